@@ -1,0 +1,142 @@
+#include "common/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace pt2serve {
+namespace {
+
+struct Code {
+  DType dtype;
+  std::string_view code;
+};
+constexpr Code kCodes[] = {
+    {DType::kBool, "BOOL"}, {DType::kUInt8, "U8"},   {DType::kInt8, "I8"},
+    {DType::kInt16, "I16"}, {DType::kInt32, "I32"},  {DType::kInt64, "I64"},
+    {DType::kFloat16, "F16"}, {DType::kBFloat16, "BF16"}, {DType::kFloat32, "F32"},
+    {DType::kFloat64, "F64"},
+};
+
+// Owns one read-only mapping of a whole file.
+struct Mapping {
+  void* addr = MAP_FAILED;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr != MAP_FAILED) munmap(addr, size);
+  }
+};
+
+}  // namespace
+
+std::string_view SafetensorsDTypeCode(DType dtype) {
+  for (const auto& c : kCodes) {
+    if (c.dtype == dtype) return c.code;
+  }
+  return "";
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return NotFound("weights file not found: " + path);
+    return InvalidArgument("cannot open " + path + ": " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument(path + " is not a regular file");
+  }
+  auto mapping = std::make_shared<Mapping>();
+  mapping->size = static_cast<size_t>(st.st_size);
+  if (mapping->size > 0) {
+    mapping->addr = mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
+  }
+  ::close(fd);
+  if (mapping->size > 0 && mapping->addr == MAP_FAILED) {
+    return Internal("cannot map " + path + ": " + std::strerror(errno));
+  }
+  const auto* bytes = static_cast<const std::byte*>(mapping->size ? mapping->addr : nullptr);
+  auto parsed = Parse(bytes, mapping->size, mapping);
+  if (!parsed.ok()) return parsed.status().WithPrefix(path);
+  return parsed;
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t size,
+                                                 std::shared_ptr<const void> owner) {
+  if (size < 8) return InvalidArgument("not a safetensors file (shorter than 8 bytes)");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(data[i]);
+  if (header_len > size - 8) {
+    return InvalidArgument("safetensors header length " + std::to_string(header_len) +
+                           " exceeds the file size " + std::to_string(size));
+  }
+  auto header = nlohmann::json::parse(reinterpret_cast<const char*>(data) + 8,
+                                      reinterpret_cast<const char*>(data) + 8 + header_len,
+                                      nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object()) {
+    return InvalidArgument("safetensors header is not a JSON object");
+  }
+  const std::byte* block = data + 8 + header_len;
+  const size_t block_size = size - 8 - header_len;
+  SafetensorsFile file;
+  try {
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__") {
+        for (const auto& [k, v] : entry.items()) {
+          file.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
+        }
+        continue;
+      }
+      Tensor t;
+      t.name = name;
+      const std::string code = entry.at("dtype").get<std::string>();
+      bool known = false;
+      for (const auto& c : kCodes) {
+        if (c.code == code) {
+          t.dtype = c.dtype;
+          known = true;
+        }
+      }
+      if (!known) return InvalidArgument("tensor '" + name + "': unsupported dtype " + code);
+      for (const auto& d : entry.at("shape")) t.shape.push_back(d.get<int64_t>());
+      const auto& offsets = entry.at("data_offsets");
+      const uint64_t begin = offsets.at(0).get<uint64_t>();
+      const uint64_t end = offsets.at(1).get<uint64_t>();
+      if (begin > end || end > block_size) {
+        return InvalidArgument("tensor '" + name + "': data offsets [" + std::to_string(begin) +
+                               ", " + std::to_string(end) + ") outside the data block of " +
+                               std::to_string(block_size) + " bytes");
+      }
+      for (int64_t d : t.shape) {
+        if (d < 0) return InvalidArgument("tensor '" + name + "': negative dim");
+      }
+      t.nbytes = end - begin;
+      if (t.nbytes != static_cast<size_t>(NumElements(t.shape)) * DTypeSize(t.dtype)) {
+        return InvalidArgument("tensor '" + name + "': " + std::to_string(t.nbytes) +
+                               " bytes do not match shape " + ShapeToString(t.shape) + " of " +
+                               code);
+      }
+      t.data = block + begin;
+      t.owner = owner;
+      file.tensors.push_back(std::move(t));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgument(std::string("malformed safetensors header: ") + e.what());
+  }
+  return file;
+}
+
+const Tensor* SafetensorsFile::Find(const std::string& name) const {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+}  // namespace pt2serve

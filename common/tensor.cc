@@ -1,0 +1,172 @@
+#include "common/tensor.h"
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace pt2serve {
+namespace {
+
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+
+constexpr DTypeInfo kDTypes[] = {
+    {DType::kBool, "bool", 1},         {DType::kUInt8, "uint8", 1},
+    {DType::kInt8, "int8", 1},         {DType::kInt16, "int16", 2},
+    {DType::kInt32, "int32", 4},       {DType::kInt64, "int64", 8},
+    {DType::kFloat16, "float16", 2},   {DType::kBFloat16, "bfloat16", 2},
+    {DType::kFloat32, "float32", 4},   {DType::kFloat64, "float64", 8},
+};
+
+const DTypeInfo& Info(DType dtype) {
+  for (const auto& info : kDTypes) {
+    if (info.dtype == dtype) return info;
+  }
+  return kDTypes[0];  // unreachable: every enumerator is listed
+}
+
+StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("name") || !j.contains("dtype") ||
+      !j.contains("shape")) {
+    return InvalidArgument("tensor spec needs name, dtype and shape");
+  }
+  TensorSpec spec;
+  spec.name = j["name"].get<std::string>();
+  auto dtype = DTypeFromName(j["dtype"].get<std::string>());
+  if (!dtype) {
+    return InvalidArgument("tensor '" + spec.name + "': unsupported dtype " +
+                           j["dtype"].get<std::string>());
+  }
+  spec.dtype = *dtype;
+  for (const auto& d : j["shape"]) spec.shape.push_back(d.get<int64_t>());
+  return spec;
+}
+
+nlohmann::json SpecToJson(const TensorSpec& spec) {
+  return {{"name", spec.name},
+          {"dtype", std::string(DTypeName(spec.dtype))},
+          {"shape", spec.shape}};
+}
+
+}  // namespace
+
+size_t DTypeSize(DType dtype) { return Info(dtype).size; }
+std::string_view DTypeName(DType dtype) { return Info(dtype).name; }
+
+std::optional<DType> DTypeFromName(std::string_view name) {
+  if (name.starts_with("torch.")) name.remove_prefix(6);
+  if (name == "half") return DType::kFloat16;
+  if (name == "float") return DType::kFloat32;
+  if (name == "double") return DType::kFloat64;
+  if (name == "long") return DType::kInt64;
+  for (const auto& info : kDTypes) {
+    if (info.name == name) return info.dtype;
+  }
+  return std::nullopt;
+}
+
+std::string ShapeToString(const Shape& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+StatusOr<Signature> Signature::FromJson(std::string_view json) {
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return InvalidArgument("signature is not a JSON object");
+  }
+  Signature sig;
+  try {
+    for (const auto& in : j.value("inputs", nlohmann::json::array())) {
+      PT2_ASSIGN_OR_RETURN(auto spec, SpecFromJson(in));
+      sig.inputs.push_back(std::move(spec));
+    }
+    for (const auto& out : j.value("outputs", nlohmann::json::array())) {
+      PT2_ASSIGN_OR_RETURN(auto spec, SpecFromJson(out));
+      sig.outputs.push_back(std::move(spec));
+    }
+    sig.max_batch_size = j.value("max_batch_size", int64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgument(std::string("malformed signature: ") + e.what());
+  }
+  if (sig.inputs.empty()) return InvalidArgument("signature has no inputs");
+  if (sig.outputs.empty()) return InvalidArgument("signature has no outputs");
+  return sig;
+}
+
+std::string Signature::ToJson() const {
+  nlohmann::json j;
+  j["inputs"] = nlohmann::json::array();
+  j["outputs"] = nlohmann::json::array();
+  for (const auto& s : inputs) j["inputs"].push_back(SpecToJson(s));
+  for (const auto& s : outputs) j["outputs"].push_back(SpecToJson(s));
+  j["max_batch_size"] = max_batch_size;
+  return j.dump();
+}
+
+int Signature::InputIndex(std::string_view name) const {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int Signature::OutputIndex(std::string_view name) const {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+Tensor Tensor::Copy(std::string name, DType dtype, Shape shape,
+                    const void* bytes, size_t nbytes) {
+  std::vector<std::byte> buf(nbytes);
+  if (nbytes) std::memcpy(buf.data(), bytes, nbytes);
+  return FromVector(std::move(name), dtype, std::move(shape), std::move(buf));
+}
+
+Status ValidateAgainstSpec(const Tensor& t, const TensorSpec& spec) {
+  const std::string who = "input '" + spec.name + "'";
+  if (t.dtype != spec.dtype) {
+    return InvalidArgument(who + ": expected dtype " +
+                           std::string(DTypeName(spec.dtype)) + ", got " +
+                           std::string(DTypeName(t.dtype)));
+  }
+  if (t.shape.size() != spec.shape.size()) {
+    return InvalidArgument(who + ": expected rank " +
+                           std::to_string(spec.shape.size()) + " (shape " +
+                           ShapeToString(spec.shape) + "), got shape " +
+                           ShapeToString(t.shape));
+  }
+  for (size_t i = 0; i < spec.shape.size(); ++i) {
+    if (t.shape[i] < 0) {
+      return InvalidArgument(who + ": negative dim in shape " + ShapeToString(t.shape));
+    }
+    if (spec.shape[i] >= 0 && t.shape[i] != spec.shape[i]) {
+      return InvalidArgument(who + ": expected shape " + ShapeToString(spec.shape) +
+                             ", got " + ShapeToString(t.shape));
+    }
+  }
+  const size_t expected = static_cast<size_t>(NumElements(t.shape)) * DTypeSize(t.dtype);
+  if (t.nbytes != expected) {
+    return InvalidArgument(who + ": shape " + ShapeToString(t.shape) + " of " +
+                           std::string(DTypeName(t.dtype)) + " needs " +
+                           std::to_string(expected) + " bytes, got " +
+                           std::to_string(t.nbytes));
+  }
+  return Status::Ok();
+}
+
+}  // namespace pt2serve

@@ -1,0 +1,169 @@
+#include "runtime/model.h"
+
+#include <set>
+
+#include "runtime/model_package.h"
+#include "runtime/tensor_convert.h"
+
+namespace pt2serve {
+
+StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
+  if (config.num_runners == 0) return InvalidArgument("num_runners must be at least 1");
+  ModelPackage::Options options;
+  options.path = config.path;
+  options.device = config.device;
+  options.num_runners = config.num_runners;
+  PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
+  return std::shared_ptr<Model>(new Model(config, std::move(package)));
+}
+
+Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package)
+    : config_(std::move(config)),
+      package_(std::move(package)),
+      pool_(std::make_unique<RunnerPool>(
+          RunnerPoolOptions{config_.num_runners, config_.max_queue_size})),
+      weights_version_(config_.initial_weights_version) {}
+
+Model::~Model() {
+  pool_.reset();  // joins pool threads: nothing runs once package_ goes
+  package_.reset();
+}
+
+const PackageInfo& Model::info() const { return package_->info(); }
+const Signature& Model::signature() const { return package_->info().signature; }
+
+std::string Model::weights_version() const {
+  std::lock_guard lock(version_mu_);
+  return weights_version_;
+}
+
+void Model::SetWeightsVersionLocked(std::string version) {
+  std::lock_guard lock(version_mu_);
+  weights_version_ = std::move(version);
+}
+
+Deadline Model::EffectiveDeadline(Deadline requested) const {
+  if (config_.default_timeout.count() <= 0) return requested;
+  return std::min(requested, Clock::now() + config_.default_timeout);
+}
+
+Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,
+                      std::vector<int>& output_indices) const {
+  const Signature& sig = signature();
+  ordered.assign(sig.inputs.size(), nullptr);
+  for (const Tensor& t : request.inputs) {
+    int idx = sig.InputIndex(t.name);
+    if (idx < 0) {
+      return InvalidArgument("model '" + config_.name + "' has no input named '" + t.name + "'");
+    }
+    if (ordered[idx]) return InvalidArgument("input '" + t.name + "' given more than once");
+    PT2_RETURN_IF_ERROR(ValidateAgainstSpec(t, sig.inputs[idx]));
+    ordered[idx] = &t;
+  }
+  for (size_t i = 0; i < ordered.size(); ++i) {
+    if (!ordered[i]) {
+      return InvalidArgument("model '" + config_.name + "' expects " +
+                             std::to_string(sig.inputs.size()) + " inputs; missing input '" +
+                             sig.inputs[i].name + "'");
+    }
+  }
+  if (sig.max_batch_size > 0) {
+    const int64_t batch = ordered[0]->shape.empty() ? 0 : ordered[0]->shape[0];
+    for (const Tensor* t : ordered) {
+      if (t->shape.empty() || t->shape[0] != batch) {
+        return InvalidArgument("inputs disagree on the batch size (input '" + t->name +
+                               "' has shape " + ShapeToString(t->shape) + ")");
+      }
+    }
+    if (batch < 1 || batch > sig.max_batch_size) {
+      return InvalidArgument("batch size " + std::to_string(batch) + " is outside 1.." +
+                             std::to_string(sig.max_batch_size));
+    }
+  }
+  output_indices.clear();
+  std::set<std::string> seen;
+  for (const auto& name : request.outputs) {
+    int idx = sig.OutputIndex(name);
+    if (idx < 0) {
+      return InvalidArgument("model '" + config_.name + "' has no output named '" + name + "'");
+    }
+    if (!seen.insert(name).second) {
+      return InvalidArgument("output '" + name + "' requested more than once");
+    }
+    output_indices.push_back(idx);
+  }
+  if (output_indices.empty()) {
+    for (size_t i = 0; i < sig.outputs.size(); ++i) output_indices.push_back(static_cast<int>(i));
+  }
+  return Status::Ok();
+}
+
+Status Model::Execute(const std::vector<const Tensor*>& inputs,
+                      const std::vector<int>& output_indices, InferResponse& response) {
+  const PackageInfo& info = package_->info();
+  std::vector<at::Tensor> args;
+  args.reserve(inputs.size());
+  for (const Tensor* t : inputs) {
+    PT2_ASSIGN_OR_RETURN(at::Tensor a, ToAten(*t, info.device));
+    args.push_back(std::move(a));
+  }
+  // Read under the runner slot: swaps happen only with no request inside, so
+  // this is the version of the weights this call uses.
+  response.weights_version = weights_version();
+  PT2_ASSIGN_OR_RETURN(auto results, package_->Run(args));
+  if (results.size() != info.signature.outputs.size()) {
+    return Internal("model returned " + std::to_string(results.size()) +
+                    " outputs, signature declares " +
+                    std::to_string(info.signature.outputs.size()));
+  }
+  response.outputs.clear();
+  for (int idx : output_indices) {
+    PT2_ASSIGN_OR_RETURN(Tensor out,
+                         FromAten(results[idx], info.signature.outputs[idx].name));
+    response.outputs.push_back(std::move(out));
+  }
+  return Status::Ok();
+}
+
+StatusOr<InferResponse> Model::Infer(const InferRequest& request) {
+  std::vector<const Tensor*> ordered;
+  std::vector<int> output_indices;
+  PT2_RETURN_IF_ERROR(Prepare(request, ordered, output_indices));
+  InferResponse response;
+  response.id = request.id;
+  PT2_RETURN_IF_ERROR(pool_->Run(
+      [&] { return Execute(ordered, output_indices, response); },
+      EffectiveDeadline(request.deadline), &response.timing));
+  return response;
+}
+
+RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
+  struct Call {
+    InferRequest request;
+    std::vector<const Tensor*> ordered;  // point into request.inputs
+    std::vector<int> output_indices;
+    InferResponse response;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  Status valid = Prepare(call->request, call->ordered, call->output_indices);
+  if (!valid.ok()) {
+    done(valid);
+    return 0;
+  }
+  call->response.id = call->request.id;
+  const Deadline deadline = EffectiveDeadline(call->request.deadline);
+  return pool_->Submit(
+      [this, call] { return Execute(call->ordered, call->output_indices, call->response); },
+      deadline,
+      [call, done = std::move(done)](const Status& status, const RequestTiming& timing) {
+        if (!status.ok()) {
+          done(status);
+          return;
+        }
+        call->response.timing = timing;
+        done(std::move(call->response));
+      });
+}
+
+}  // namespace pt2serve

@@ -1,0 +1,101 @@
+// Model: a loaded package behind its RunnerPool; what requests run against.
+//
+// Torch-free header: the server layer talks to models only through this.
+// Thread-safety: all methods may be called concurrently. Infer/InferAsync
+// validate inputs on the calling thread before queueing, so a bad request
+// never takes a runner.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/tensor.h"
+#include "runtime/package_info.h"
+#include "runtime/runner_pool.h"
+
+namespace pt2serve {
+
+class ModelPackage;
+
+struct ModelConfig {
+  std::string name;
+  std::string path;              // the .pt2 file
+  std::string device = "auto";   // "auto" = the package's own device
+  size_t num_runners = 1;
+  size_t max_queue_size = 64;
+  // Deadline applied to requests that carry none; 0 = no deadline.
+  std::chrono::milliseconds default_timeout{0};
+  // Label reported for the weights the package was compiled with.
+  std::string initial_weights_version = "initial";
+};
+
+struct InferRequest {
+  std::string id;
+  std::vector<Tensor> inputs;            // by name, any order
+  std::vector<std::string> outputs;      // requested by name; empty = all
+  Deadline deadline = kNoDeadline;
+};
+
+struct InferResponse {
+  std::string id;
+  std::vector<Tensor> outputs;  // requested order, or signature order
+  std::string weights_version;  // the weights that computed these outputs
+  RequestTiming timing;
+};
+
+class Model {
+ public:
+  using InferDone = std::function<void(StatusOr<InferResponse>)>;
+
+  // Loads the package and starts its pool.
+  static StatusOr<std::shared_ptr<Model>> Load(const ModelConfig& config);
+  // Shuts the pool down (queued requests fail with UNAVAILABLE, in-flight
+  // ones finish), then destroys the container.
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  const PackageInfo& info() const;
+  const Signature& signature() const;
+
+  // Validates, waits for a runner and runs on the calling thread.
+  StatusOr<InferResponse> Infer(const InferRequest& request);
+
+  // Validates on the calling thread (calling `done` inline on error), then
+  // runs on a pool thread and calls `done` there. Inputs' owners are kept
+  // alive until `done` returns. Returns a ticket for CancelQueued().
+  RunnerPool::Ticket InferAsync(InferRequest request, InferDone done);
+  // Drops a request that has not started (e.g. the client went away).
+  bool CancelQueued(RunnerPool::Ticket ticket) { return pool_->Cancel(ticket); }
+
+  std::string weights_version() const;
+  RunnerPool& pool() { return *pool_; }
+  ModelPackage& package() { return *package_; }
+
+  // Sets the label reported for the active weights. REQUIRES: called inside
+  // pool().RunExclusive(), together with the buffer swap it describes.
+  void SetWeightsVersionLocked(std::string version);
+
+ private:
+  Model(ModelConfig config, std::unique_ptr<ModelPackage> package);
+  // Maps named inputs to signature order and validates them; also resolves
+  // requested outputs to indices.
+  Status Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,
+                 std::vector<int>& output_indices) const;
+  // Runs with a runner held: the container call and output conversion.
+  Status Execute(const std::vector<const Tensor*>& inputs,
+                 const std::vector<int>& output_indices, InferResponse& response);
+  Deadline EffectiveDeadline(Deadline requested) const;
+
+  const ModelConfig config_;
+  std::unique_ptr<ModelPackage> package_;
+  std::unique_ptr<RunnerPool> pool_;  // destroyed before package_
+  mutable std::mutex version_mu_;
+  std::string weights_version_;  // guarded by version_mu_
+};
+
+}  // namespace pt2serve

@@ -1,0 +1,127 @@
+#include "runtime/model_package.h"
+
+#include <c10/util/Exception.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+#include "runtime/tensor_convert.h"
+
+namespace pt2serve {
+namespace {
+
+constexpr char kSignatureKey[] = "pt2serve.signature";
+
+// Loader construction is not thread-safe (a static JSON parse buffer inside
+// AOTIModelPackageLoader), so every construction in the process takes this.
+std::mutex& LoaderMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+std::string What(const std::exception& e) {
+  if (const auto* c10e = dynamic_cast<const c10::Error*>(&e)) {
+    return c10e->what_without_backtrace();
+  }
+  return e.what();
+}
+
+Status CheckIsZip(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return NotFound("package file not found: " + path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  if (!in.read(magic, sizeof(magic)) || magic[0] != 'P' || magic[1] != 'K' ||
+      magic[2] != 3 || magic[3] != 4) {
+    return InvalidArgument("not a .pt2 package (not a zip archive): " + path);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+ModelPackage::~ModelPackage() = default;
+
+torch::inductor::AOTIModelContainerRunner* ModelPackage::runner() const {
+  return loader_->get_runner();
+}
+
+StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& options) {
+  PT2_RETURN_IF_ERROR(CheckIsZip(options.path));
+  std::unique_ptr<ModelPackage> pkg(new ModelPackage);
+  PackageInfo& info = pkg->info_;
+  info.path = options.path;
+
+  std::unordered_map<std::string, std::string> metadata;
+  try {
+    std::lock_guard lock(LoaderMutex());
+    metadata = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(
+        options.path, "model");
+  } catch (const std::exception& e) {
+    return InvalidArgument("corrupt or unsupported .pt2 package " + options.path + ": " +
+                           What(e));
+  }
+  info.metadata.insert(metadata.begin(), metadata.end());
+  auto key = info.metadata.find("AOTI_DEVICE_KEY");
+  if (key == info.metadata.end()) {
+    return InvalidArgument("package " + options.path + " has no AOTI_DEVICE_KEY metadata");
+  }
+  info.device_key = key->second;
+  auto sig = info.metadata.find(kSignatureKey);
+  if (sig == info.metadata.end()) {
+    return InvalidArgument("package " + options.path + " has no '" + kSignatureKey +
+                           "' metadata; export it with tools/export/export_model.py");
+  }
+  PT2_ASSIGN_OR_RETURN(info.signature, Signature::FromJson(sig->second));
+  PT2_ASSIGN_OR_RETURN(info.device, ResolveDevice(options.device, info.device_key));
+  PT2_RETURN_IF_ERROR(CheckHostSupports(info.device));
+
+  try {
+    std::lock_guard lock(LoaderMutex());
+    pkg->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+        options.path, "model", /*run_single_threaded=*/false,
+        std::max<size_t>(options.num_runners, 1),
+        static_cast<c10::DeviceIndex>(info.device.index));
+  } catch (const std::exception& e) {
+    return InvalidArgument("failed to load package " + options.path + ": " + What(e));
+  }
+
+  try {
+    const auto constants = pkg->runner()->extract_constants_map(/*use_inactive=*/false);
+    for (const auto& fqn : pkg->loader_->get_constant_fqns()) {
+      auto it = constants.find(fqn);
+      if (it == constants.end()) continue;  // folded away; not updatable
+      ConstantInfo c;
+      c.fqn = fqn;
+      auto dtype = FromScalarType(it->second.scalar_type());
+      if (!dtype) {
+        return InvalidArgument("constant '" + fqn + "' has an unsupported dtype");
+      }
+      c.dtype = *dtype;
+      c.shape.assign(it->second.sizes().begin(), it->second.sizes().end());
+      c.nbytes = it->second.nbytes();
+      info.constants_nbytes += c.nbytes;
+      info.constants.push_back(std::move(c));
+    }
+  } catch (const std::exception& e) {
+    return Internal("reading constants of " + options.path + ": " + What(e));
+  }
+  std::sort(info.constants.begin(), info.constants.end(),
+            [](const ConstantInfo& a, const ConstantInfo& b) { return a.fqn < b.fqn; });
+  return pkg;
+}
+
+StatusOr<std::vector<at::Tensor>> ModelPackage::Run(const std::vector<at::Tensor>& inputs) {
+  try {
+    return loader_->run(inputs);
+  } catch (const std::exception& e) {
+    return Internal("model run failed: " + What(e));
+  }
+}
+
+}  // namespace pt2serve

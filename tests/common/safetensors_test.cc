@@ -1,0 +1,66 @@
+#include "common/safetensors.h"
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <fstream>
+
+#include "tests/support/test_models.h"
+
+using namespace pt2serve;
+using namespace pt2serve::testing;
+
+namespace {
+std::string Build(const std::string& header, size_t data_bytes) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + std::string(data_bytes, '\x01');
+}
+StatusOr<SafetensorsFile> ParseString(const std::string& s) {
+  auto owner = std::make_shared<std::string>(s);
+  return SafetensorsFile::Parse(reinterpret_cast<const std::byte*>(owner->data()), owner->size(),
+                                owner);
+}
+}  // namespace
+
+TEST_CASE("parses tensors and metadata", "[safetensors]") {
+  auto f = ParseString(Build(
+      R"({"__metadata__":{"version":"v2"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
+      R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}})",
+      22));
+  REQUIRE(f.ok());
+  REQUIRE(f->tensors.size() == 2);
+  CHECK(f->metadata.at("version") == "v2");
+  CHECK(f->Find("a")->shape == Shape{2, 2});
+  CHECK(f->Find("b")->dtype == DType::kBFloat16);
+  CHECK(f->Find("b")->nbytes == 6);
+  CHECK(f->Find("c") == nullptr);
+}
+
+TEST_CASE("malformed files are rejected with the reason", "[safetensors]") {
+  CHECK_THAT(ParseString("abc").status().message(), Catch::Contains("shorter than 8 bytes"));
+  CHECK_THAT(ParseString(Build("{", 0)).status().message(), Catch::Contains("not a JSON object"));
+  std::string huge = Build("{}", 0);
+  huge[0] = '\x7f';
+  CHECK_THAT(ParseString(huge).status().message(), Catch::Contains("exceeds the file size"));
+  CHECK_THAT(ParseString(Build(R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8))
+                 .status().message(),
+             Catch::Contains("unsupported dtype C64"));
+  CHECK_THAT(ParseString(Build(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}})", 16))
+                 .status().message(),
+             Catch::Contains("outside the data block"));
+  CHECK_THAT(ParseString(Build(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16))
+                 .status().message(),
+             Catch::Contains("do not match shape"));
+  CHECK(SafetensorsFile::Open("/nonexistent.safetensors").status().code() ==
+        StatusCode::kNotFound);
+}
+
+TEST_CASE("reads the exporter's weight files", "[safetensors]") {
+  auto f = SafetensorsFile::Open(ModelDir() + "/mlp.weights.safetensors");
+  REQUIRE(f.ok());
+  const Tensor* w = f->Find("fc1.weight");
+  REQUIRE(w != nullptr);
+  CHECK(w->shape == Shape{64, 16});
+  CHECK(w->dtype == DType::kFloat32);
+}

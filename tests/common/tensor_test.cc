@@ -1,0 +1,73 @@
+#include "common/tensor.h"
+
+#include <catch2/catch.hpp>
+
+using namespace pt2serve;
+
+TEST_CASE("dtype names round-trip", "[tensor]") {
+  for (DType d : {DType::kBool, DType::kUInt8, DType::kInt8, DType::kInt16, DType::kInt32,
+                  DType::kInt64, DType::kFloat16, DType::kBFloat16, DType::kFloat32,
+                  DType::kFloat64}) {
+    CHECK(DTypeFromName(DTypeName(d)) == d);
+  }
+  CHECK(DTypeFromName("torch.float16") == DType::kFloat16);
+  CHECK_FALSE(DTypeFromName("complex64").has_value());
+  CHECK(DTypeSize(DType::kBFloat16) == 2);
+  CHECK(DTypeSize(DType::kInt64) == 8);
+}
+
+TEST_CASE("signature JSON parses and rejects malformed input", "[tensor]") {
+  auto sig = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1,16]}],)"
+      R"("outputs":[{"name":"y","dtype":"float16","shape":[-1,8]}],"max_batch_size":64})");
+  REQUIRE(sig.ok());
+  CHECK(sig->inputs[0].shape == Shape{-1, 16});
+  CHECK(sig->outputs[0].dtype == DType::kFloat16);
+  CHECK(sig->max_batch_size == 64);
+  CHECK(sig->InputIndex("x") == 0);
+  CHECK(sig->OutputIndex("x") == -1);
+  auto again = Signature::FromJson(sig->ToJson());
+  REQUIRE(again.ok());
+  CHECK(again->outputs[0].name == "y");
+
+  CHECK(Signature::FromJson("not json").status().code() == StatusCode::kInvalidArgument);
+  CHECK(Signature::FromJson(R"({"inputs":[],"outputs":[]})").status().code() ==
+        StatusCode::kInvalidArgument);
+  auto bad_dtype = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"complex64","shape":[1]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
+  CHECK_THAT(bad_dtype.status().message(), Catch::Contains("complex64"));
+  auto bad_shape = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"float32","shape":"oops"}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
+  CHECK(bad_shape.status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("ValidateAgainstSpec names the tensor and the problem", "[tensor]") {
+  TensorSpec spec{"x", DType::kFloat32, {-1, 4}};
+  auto t = Tensor::FromVector<float>("x", DType::kFloat32, {2, 4}, std::vector<float>(8));
+  CHECK(ValidateAgainstSpec(t, spec).ok());
+  t.shape = {2, 5};
+  CHECK_THAT(ValidateAgainstSpec(t, spec).message(), Catch::Contains("expected shape [-1, 4]"));
+  t.shape = {-2, 4};
+  CHECK_THAT(ValidateAgainstSpec(t, spec).message(), Catch::Contains("negative dim"));
+  t.shape = {2, 4};
+  t.nbytes = 31;
+  CHECK_THAT(ValidateAgainstSpec(t, spec).message(), Catch::Contains("needs 32 bytes, got 31"));
+  t.nbytes = 32;
+  t.dtype = DType::kInt32;
+  CHECK_THAT(ValidateAgainstSpec(t, spec).message(),
+             Catch::Contains("expected dtype float32, got int32"));
+}
+
+TEST_CASE("Status formats code and message", "[status]") {
+  CHECK(Status::Ok().ToString() == "OK");
+  Status s = NotFound("model 'm'");
+  CHECK(s.ToString() == "NOT_FOUND: model 'm'");
+  CHECK(s.WithPrefix("load").message() == "load: model 'm'");
+  StatusOr<int> v = 3;
+  CHECK(v.ok());
+  CHECK(*v == 3);
+  StatusOr<int> e = Internal("x");
+  CHECK_FALSE(e.ok());
+  StatusOr<int> bogus = Status::Ok();  // an OK status without a value is an error
+  CHECK(bogus.status().code() == StatusCode::kInternal);
+}

@@ -1,0 +1,240 @@
+#include "runtime/runner_pool.h"
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <future>
+#include <thread>
+#include <vector>
+
+using namespace pt2serve;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Counts how many Work closures run at once.
+struct ConcurrencyProbe {
+  std::atomic<int> inside{0};
+  std::atomic<int> peak{0};
+  Status Enter(std::chrono::microseconds hold) {
+    int now = ++inside;
+    int prev = peak.load();
+    while (now > prev && !peak.compare_exchange_weak(prev, now)) {
+    }
+    std::this_thread::sleep_for(hold);
+    --inside;
+    return Status::Ok();
+  }
+};
+
+// A gate the test opens to let blocked work finish.
+struct Gate {
+  std::promise<void> promise;
+  std::shared_future<void> future = promise.get_future().share();
+  void Open() { promise.set_value(); }
+  Status Wait() {
+    future.wait();
+    return Status::Ok();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("never more calls inside than runners, all complete", "[runner_pool]") {
+  RunnerPool pool({/*num_runners=*/2, /*max_queue_size=*/64});
+  ConcurrencyProbe probe;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        if (pool.Run([&] { return probe.Enter(100us); }).ok()) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(ok == 400);
+  CHECK(probe.peak == 2);
+  auto stats = pool.stats();
+  CHECK(stats.completed == 400);
+  CHECK(stats.max_in_flight == 2);
+  CHECK(stats.in_flight == 0);
+  CHECK(stats.queued == 0);
+}
+
+TEST_CASE("async submissions respect the bound too", "[runner_pool]") {
+  RunnerPool pool({2, 256});
+  ConcurrencyProbe probe;
+  std::atomic<int> done{0};
+  for (int i = 0; i < 100; ++i) {
+    pool.Submit([&] { return probe.Enter(50us); }, kNoDeadline,
+                [&](const Status& s, const RequestTiming&) {
+                  if (s.ok()) ++done;
+                });
+  }
+  while (pool.stats().completed < 100) std::this_thread::sleep_for(1ms);
+  CHECK(done == 100);
+  CHECK(probe.peak <= 2);
+}
+
+TEST_CASE("queued requests are served in FIFO order", "[runner_pool]") {
+  RunnerPool pool({1, 16});
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  std::mutex mu;
+  std::vector<int> order;
+  std::atomic<int> finished{0};
+  for (int i = 0; i < 5; ++i) {
+    pool.Submit(
+        [&, i] {
+          std::lock_guard l(mu);
+          order.push_back(i);
+          return Status::Ok();
+        },
+        kNoDeadline, [&](const Status&, const RequestTiming&) { ++finished; });
+  }
+  CHECK(pool.stats().queued == 5);
+  gate.Open();
+  CHECK(blocker.get().ok());
+  while (finished < 5) std::this_thread::sleep_for(100us);
+  CHECK(order == std::vector<int>{0, 1, 2, 3, 4});
+}
+
+TEST_CASE("a full queue rejects at once with RESOURCE_EXHAUSTED", "[runner_pool]") {
+  RunnerPool pool({1, 2});
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  std::atomic<int> finished{0};
+  for (int i = 0; i < 2; ++i) {
+    pool.Submit([] { return Status::Ok(); }, kNoDeadline,
+                [&](const Status&, const RequestTiming&) { ++finished; });
+  }
+  Status rejected;
+  pool.Submit([] { return Status::Ok(); }, kNoDeadline,
+              [&](const Status& s, const RequestTiming&) { rejected = s; });
+  CHECK(rejected.code() == StatusCode::kResourceExhausted);
+  CHECK(pool.Run([] { return Status::Ok(); }).code() == StatusCode::kResourceExhausted);
+  CHECK(pool.stats().rejected == 2);
+  gate.Open();
+  CHECK(blocker.get().ok());
+  while (finished < 2) std::this_thread::sleep_for(100us);
+}
+
+TEST_CASE("requests whose deadline passes in the queue get DEADLINE_EXCEEDED", "[runner_pool]") {
+  RunnerPool pool({1, 16});
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+
+  std::promise<Status> async_result;
+  pool.Submit([] { return Status::Ok(); }, Clock::now() + 20ms,
+              [&](const Status& s, const RequestTiming&) { async_result.set_value(s); });
+  const auto start = Clock::now();
+  Status sync = pool.Run([] { return Status::Ok(); }, Clock::now() + 30ms);
+  CHECK(sync.code() == StatusCode::kDeadlineExceeded);
+  CHECK(Clock::now() - start < 2s);  // left the queue while the runner was still busy
+  auto f = async_result.get_future();
+  REQUIRE(f.wait_for(2s) == std::future_status::ready);
+  CHECK(f.get().code() == StatusCode::kDeadlineExceeded);
+  CHECK(pool.stats().expired == 2);
+  CHECK(pool.stats().queued == 0);
+  gate.Open();
+  CHECK(blocker.get().ok());
+}
+
+TEST_CASE("a request already past its deadline is not run", "[runner_pool]") {
+  RunnerPool pool({1, 16});
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  bool ran = false;
+  Status s = pool.Run([&] { ran = true; return Status::Ok(); }, Clock::now() - 1ms);
+  CHECK(s.code() == StatusCode::kDeadlineExceeded);
+  CHECK_FALSE(ran);
+  gate.Open();
+  CHECK(blocker.get().ok());
+}
+
+TEST_CASE("Cancel removes a queued request", "[runner_pool]") {
+  RunnerPool pool({1, 16});
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  Status got;
+  bool ran = false;
+  auto ticket = pool.Submit([&] { ran = true; return Status::Ok(); }, kNoDeadline,
+                            [&](const Status& s, const RequestTiming&) { got = s; });
+  CHECK(pool.Cancel(ticket));
+  CHECK(got.code() == StatusCode::kCancelled);
+  CHECK_FALSE(pool.Cancel(ticket));
+  gate.Open();
+  CHECK(blocker.get().ok());
+  CHECK_FALSE(ran);
+}
+
+TEST_CASE("work errors and exceptions come back as statuses", "[runner_pool]") {
+  RunnerPool pool({1, 4});
+  CHECK(pool.Run([] { return InvalidArgument("bad"); }).code() == StatusCode::kInvalidArgument);
+  Status s = pool.Run([]() -> Status { throw std::runtime_error("boom"); });
+  CHECK(s.code() == StatusCode::kInternal);
+  CHECK_THAT(s.message(), Catch::Contains("boom"));
+  CHECK(pool.stats().failed == 2);
+  CHECK(pool.Run([] { return Status::Ok(); }).ok());  // the runner was released
+}
+
+TEST_CASE("RunExclusive waits for in-flight work and holds new work back", "[runner_pool]") {
+  RunnerPool pool({2, 64});
+  std::atomic<int> inside{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> violations{0};
+  std::atomic<bool> exclusive{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      while (!stop) {
+        Status s = pool.Run([&] {
+          ++inside;
+          if (exclusive) ++violations;
+          std::this_thread::sleep_for(200us);
+          --inside;
+          return Status::Ok();
+        });
+        if (!s.ok()) ++violations;
+      }
+    });
+  }
+  for (int i = 0; i < 50; ++i) {
+    Status s = pool.RunExclusive([&] {
+      exclusive = true;
+      if (inside != 0) ++violations;
+      std::this_thread::sleep_for(100us);
+      exclusive = false;
+      return Status::Ok();
+    });
+    CHECK(s.ok());
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  CHECK(violations == 0);
+  CHECK(pool.stats().failed == 0);
+}
+
+TEST_CASE("Shutdown fails queued requests and lets in-flight ones finish", "[runner_pool]") {
+  auto pool = std::make_unique<RunnerPool>(RunnerPoolOptions{1, 16});
+  Gate gate;
+  auto blocker =
+      std::async(std::launch::async, [&] { return pool->Run([&] { return gate.Wait(); }); });
+  while (pool->stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  std::promise<Status> queued;
+  pool->Submit([] { return Status::Ok(); }, kNoDeadline,
+               [&](const Status& s, const RequestTiming&) { queued.set_value(s); });
+  auto shutdown = std::async(std::launch::async, [&] { pool->Shutdown(); });
+  CHECK(queued.get_future().get().code() == StatusCode::kUnavailable);
+  CHECK(shutdown.wait_for(50ms) == std::future_status::timeout);  // waits for in-flight
+  gate.Open();
+  CHECK(blocker.get().ok());
+  shutdown.get();
+  CHECK(pool->Run([] { return Status::Ok(); }).code() == StatusCode::kUnavailable);
+  pool.reset();
+}

@@ -1,0 +1,119 @@
+"""Small deterministic models used to test pt2serve end to end.
+
+Every entry builds its module from a seed (``torch.manual_seed(seed)`` then construct), so a
+different seed gives a different weight set with identical names, dtypes and shapes: that is
+what the weight hot-swap tests rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+DEFAULT_SEED = 0
+REFERENCE_SEED = 1234  # seeds the fixed reference input, independent of the weight seed
+REFERENCE_BATCH = 3
+MAX_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]  # -1 marks a dynamic dim; only dim 0 (batch) is dynamic in the zoo
+    high: int = 0  # integer inputs: values are drawn from [0, high)
+
+    def make(self, batch: int, gen: torch.Generator) -> torch.Tensor:
+        shape = [batch if d == -1 else d for d in self.shape]
+        if self.dtype.is_floating_point:
+            return torch.randn(shape, generator=gen).to(self.dtype)
+        if self.dtype == torch.bool:
+            return torch.randint(0, 2, shape, generator=gen).bool()
+        return torch.randint(0, self.high, shape, generator=gen, dtype=self.dtype)
+
+
+def make_inputs(specs, batch: int, seed: int = REFERENCE_SEED) -> tuple[torch.Tensor, ...]:
+    """Deterministic inputs: the same specs, batch and seed always give the same tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(spec.make(batch, gen) for spec in specs)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    factory: Callable[[], nn.Module]
+    inputs: tuple[TensorSpec, ...]  # forward's positional order
+    outputs: tuple[str, ...]  # forward's return order
+    max_batch: int = MAX_BATCH
+
+    def build(self, seed: int = DEFAULT_SEED) -> nn.Module:
+        torch.manual_seed(seed)
+        return self.factory().eval()
+
+    def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
+        return make_inputs(self.inputs, batch)
+
+    def reference_inputs(self) -> tuple[torch.Tensor, ...]:
+        return make_inputs(self.inputs, REFERENCE_BATCH)
+
+
+class MLP(nn.Module):
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 64, dtype=dtype)
+        self.fc2 = nn.Linear(64, 8, dtype=dtype)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+        # Fresh BatchNorm is an identity-ish affine (mean 0, var 1, weight 1, bias 0); draw every
+        # BN tensor from the seeded RNG so that swapping buffers visibly changes the output.
+        with torch.no_grad():
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.normal_(0.0, 0.2)
+            self.bn.running_mean.normal_(0.0, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, image):
+        h = torch.relu(self.bn(self.conv(image)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+class TwoIO(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(32, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x, ids):
+        e = self.emb(ids)  # [B, 4, 8]
+        summed = self.proj(x + e.mean(1))  # [B, 8]
+        scores = torch.bmm(e, x.unsqueeze(-1)).squeeze(-1)  # [B, 4]: each embedding . x
+        return summed, scores
+
+
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel("mlp", MLP, (TensorSpec("x", torch.float32, (-1, 16)),), ("y",)),
+        ZooModel("cnn", CNN, (TensorSpec("image", torch.float32, (-1, 3, 16, 16)),), ("logits",)),
+        ZooModel(
+            "two_io",
+            TwoIO,
+            (TensorSpec("x", torch.float32, (-1, 8)), TensorSpec("ids", torch.int64, (-1, 4), high=32)),
+            ("sum", "scores"),
+        ),
+        # fp16 compiles and runs on CPU with inductor in torch 2.13, so no bfloat16 fallback.
+        ZooModel("half", lambda: MLP(torch.float16), (TensorSpec("x", torch.float16, (-1, 16)),), ("y",)),
+    )
+}
