@@ -1,0 +1,482 @@
+#include "config/server_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <map>
+#include <sstream>
+
+namespace pt2serve {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- YAML reading: every helper reports the key path it failed at. ----
+
+std::string Child(std::string_view path, std::string_view key) {
+  return path.empty() ? std::string(key) : std::string(path) + "." + std::string(key);
+}
+
+std::string_view KindName(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null: return "nothing";
+    case YAML::NodeType::Scalar: return "a scalar";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a mapping";
+    default: return "an undefined node";
+  }
+}
+
+Status Error(std::string_view path, std::string_view problem) {
+  return InvalidArgument(std::string(path) + ": " + std::string(problem));
+}
+
+// A mapping (or null, read as empty) whose keys must all be in `allowed`.
+Status CheckMap(const YAML::Node& node, std::string_view path,
+                std::initializer_list<std::string_view> allowed) {
+  if (node.IsNull()) return Status::Ok();
+  if (!node.IsMap()) {
+    return Error(path, "expected a mapping, got " + std::string(KindName(node)));
+  }
+  std::map<std::string, int, std::less<>> seen;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) return Error(path, "mapping keys must be strings");
+    const std::string& key = kv.first.Scalar();
+    if (seen[key]++ > 0) return Error(Child(path, key), "duplicate key");
+    bool known = false;
+    for (std::string_view a : allowed) known = known || a == key;
+    if (!known) {
+      std::string list;
+      for (std::string_view a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+      return InvalidArgument("unknown key '" + Child(path, key) + "' (known keys: " + list + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+// map[key], or a null node when absent. (A missing key on a const node yields
+// an invalid "zombie" node whose Type() throws; never let one escape.)
+YAML::Node Get(const YAML::Node& map, std::string_view key) {
+  if (!map.IsMap()) return YAML::Node();
+  YAML::Node node = map[std::string(key)];
+  return node.IsDefined() ? node : YAML::Node();
+}
+
+bool Has(const YAML::Node& map, std::string_view key) {
+  return map.IsMap() && map[std::string(key)].IsDefined();
+}
+
+// The Read* helpers set *out from map[key] if present and leave *out (the
+// default) otherwise. An explicit null (`key:`) is an error, not a default.
+Status ReadScalar(const YAML::Node& map, std::string_view key, std::string_view path,
+                  std::string_view type, YAML::Node* out) {
+  *out = Get(map, key);
+  if (out->IsNull()) return Error(Child(path, key), "has no value (write \"\" for empty)");
+  if (!out->IsScalar()) {
+    return Error(Child(path, key),
+                 "expected " + std::string(type) + ", got " + std::string(KindName(*out)));
+  }
+  return Status::Ok();
+}
+
+Status ReadString(const YAML::Node& map, std::string_view key, std::string_view path,
+                  std::string* out) {
+  if (!Has(map, key)) return Status::Ok();
+  YAML::Node node;
+  PT2_RETURN_IF_ERROR(ReadScalar(map, key, path, "a string", &node));
+  *out = node.Scalar();
+  return Status::Ok();
+}
+
+Status ReadInt64(const YAML::Node& map, std::string_view key, std::string_view path,
+                 int64_t* out) {
+  if (!Has(map, key)) return Status::Ok();
+  YAML::Node node;
+  PT2_RETURN_IF_ERROR(ReadScalar(map, key, path, "an integer", &node));
+  if (!YAML::convert<int64_t>::decode(node, *out)) {
+    return Error(Child(path, key), "expected an integer, got '" + node.Scalar() + "'");
+  }
+  return Status::Ok();
+}
+
+Status ReadInt(const YAML::Node& map, std::string_view key, std::string_view path, int* out) {
+  int64_t value = *out;
+  PT2_RETURN_IF_ERROR(ReadInt64(map, key, path, &value));
+  if (value < INT_MIN || value > INT_MAX) {
+    return Error(Child(path, key), "value " + std::to_string(value) + " is out of range");
+  }
+  *out = static_cast<int>(value);
+  return Status::Ok();
+}
+
+Status ReadBool(const YAML::Node& map, std::string_view key, std::string_view path, bool* out) {
+  if (!Has(map, key)) return Status::Ok();
+  YAML::Node node;
+  PT2_RETURN_IF_ERROR(ReadScalar(map, key, path, "true or false", &node));
+  if (!YAML::convert<bool>::decode(node, *out)) {
+    return Error(Child(path, key), "expected true or false, got '" + node.Scalar() + "'");
+  }
+  return Status::Ok();
+}
+
+Status ReadTls(const YAML::Node& tls, std::string_view key, TlsConfig* out) {
+  const std::string path = Child("server.tls", key);
+  const YAML::Node node = Get(tls, key);
+  PT2_RETURN_IF_ERROR(CheckMap(node, path, {"cert_file", "key_file", "client_ca_file"}));
+  PT2_RETURN_IF_ERROR(ReadString(node, "cert_file", path, &out->cert_file));
+  PT2_RETURN_IF_ERROR(ReadString(node, "key_file", path, &out->key_file));
+  return ReadString(node, "client_ca_file", path, &out->client_ca_file);
+}
+
+Status ReadServer(const YAML::Node& s, ServerConfig* c) {
+  const std::string p = "server";
+  PT2_RETURN_IF_ERROR(CheckMap(s, p,
+      {"inference_address", "admin_address", "metrics_address", "model_repository",
+       "max_message_bytes", "drain_timeout_ms", "allow_repository_admin_on_inference_port",
+       "admin_auth", "tls"}));
+  PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
+  PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
+  PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
+  PT2_RETURN_IF_ERROR(ReadString(s, "model_repository", p, &c->model_repository));
+  PT2_RETURN_IF_ERROR(ReadInt64(s, "max_message_bytes", p, &c->max_message_bytes));
+  PT2_RETURN_IF_ERROR(ReadInt(s, "drain_timeout_ms", p, &c->drain_timeout_ms));
+  PT2_RETURN_IF_ERROR(ReadBool(s, "allow_repository_admin_on_inference_port", p,
+                               &c->allow_repository_admin_on_inference_port));
+
+  const YAML::Node auth = Get(s, "admin_auth");
+  PT2_RETURN_IF_ERROR(CheckMap(auth, "server.admin_auth", {"token_file", "token_env"}));
+  PT2_RETURN_IF_ERROR(ReadString(auth, "token_file", "server.admin_auth", &c->admin_token_file));
+  PT2_RETURN_IF_ERROR(ReadString(auth, "token_env", "server.admin_auth", &c->admin_token_env));
+
+  const YAML::Node tls = Get(s, "tls");
+  PT2_RETURN_IF_ERROR(CheckMap(tls, "server.tls", {"inference", "admin"}));
+  PT2_RETURN_IF_ERROR(ReadTls(tls, "inference", &c->inference_tls));
+  return ReadTls(tls, "admin", &c->admin_tls);
+}
+
+Status ReadLogging(const YAML::Node& l, ServerConfig* c) {
+  const std::string p = "logging";
+  PT2_RETURN_IF_ERROR(CheckMap(l, p, {"level", "format", "access_log"}));
+  PT2_RETURN_IF_ERROR(ReadString(l, "level", p, &c->log_level));
+  PT2_RETURN_IF_ERROR(ReadString(l, "format", p, &c->log_format));
+  return ReadBool(l, "access_log", p, &c->access_log);
+}
+
+Status ReadModels(const YAML::Node& list, ServerConfig* c) {
+  if (!list || list.IsNull()) return Status::Ok();
+  if (!list.IsSequence()) {
+    return Error("models", "expected a list, got " + std::string(KindName(list)));
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string p = "models[" + std::to_string(i) + "]";
+    const YAML::Node m = list[i];
+    if (!m.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(m)));
+    PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
+                                        "max_queue_size", "timeout_ms", "weights_version"}));
+    ModelEntry e;
+    PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
+    PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
+    PT2_RETURN_IF_ERROR(ReadString(m, "device", p, &e.device));
+    PT2_RETURN_IF_ERROR(ReadInt(m, "num_runners", p, &e.num_runners));
+    PT2_RETURN_IF_ERROR(ReadInt(m, "max_queue_size", p, &e.max_queue_size));
+    PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
+    PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
+    c->models.push_back(std::move(e));
+  }
+  return Status::Ok();
+}
+
+void Resolve(const fs::path& base, std::string* path) {
+  if (path->empty() || fs::path(*path).is_absolute()) return;
+  *path = (base / *path).lexically_normal().string();
+}
+
+void ResolvePaths(std::string_view base_dir, ServerConfig* c) {
+  if (base_dir.empty()) return;
+  const fs::path base(base_dir);
+  Resolve(base, &c->model_repository);
+  Resolve(base, &c->admin_token_file);
+  for (TlsConfig* t : {&c->inference_tls, &c->admin_tls}) {
+    Resolve(base, &t->cert_file);
+    Resolve(base, &t->key_file);
+    Resolve(base, &t->client_ca_file);
+  }
+  for (ModelEntry& m : c->models) Resolve(base, &m.path);
+}
+
+// ---- Validation helpers: return a problem description, "" when fine. ----
+
+bool AllOf(std::string_view s, bool (*pred)(char)) {
+  for (char ch : s) {
+    if (!pred(ch)) return false;
+  }
+  return true;
+}
+bool IsDigit(char ch) { return ch >= '0' && ch <= '9'; }
+bool IsAlnum(char ch) {
+  return IsDigit(ch) || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+bool IsNameChar(char ch) { return IsAlnum(ch) || ch == '_' || ch == '.' || ch == '-'; }
+bool IsHostChar(char ch) { return IsAlnum(ch) || ch == '.' || ch == '-' || ch == '_'; }
+bool IsIpv6Char(char ch) {
+  return IsDigit(ch) || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F') || ch == ':' ||
+         ch == '.';
+}
+
+std::string PortProblem(std::string_view port) {
+  if (port.empty() || port.size() > 5 || !AllOf(port, IsDigit) ||
+      std::stoi(std::string(port)) < 1 || std::stoi(std::string(port)) > 65535) {
+    return "port must be a number in 1..65535, got '" + std::string(port) + "'";
+  }
+  return "";
+}
+
+std::string AddressProblem(std::string_view addr, bool allow_unix) {
+  constexpr std::string_view kForms = " (expected host:port, [ipv6]:port or unix:/path)";
+  if (addr.substr(0, 5) == "unix:") {
+    if (!allow_unix) return "unix sockets are not supported here, expected host:port";
+    std::string_view path = addr.substr(5);
+    if (path.size() < 2 || path[0] != '/') return "unix socket path must be absolute";
+    if (path.size() > 107) return "unix socket path is longer than 107 bytes";
+    return "";
+  }
+  std::string_view host, port;
+  if (!addr.empty() && addr[0] == '[') {
+    size_t close = addr.find(']');
+    if (close == std::string_view::npos || close + 1 >= addr.size() || addr[close + 1] != ':') {
+      return "malformed address '" + std::string(addr) + "'" + std::string(kForms);
+    }
+    host = addr.substr(1, close - 1);
+    port = addr.substr(close + 2);
+    if (host.empty() || !AllOf(host, IsIpv6Char)) {
+      return "malformed IPv6 host in '" + std::string(addr) + "'";
+    }
+  } else {
+    size_t colon = addr.rfind(':');
+    if (colon == std::string_view::npos) {
+      return "malformed address '" + std::string(addr) + "'" + std::string(kForms);
+    }
+    host = addr.substr(0, colon);
+    port = addr.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) {
+      return "IPv6 hosts need brackets, e.g. [::1]:8001; got '" + std::string(addr) + "'";
+    }
+    if (host.empty() || !AllOf(host, IsHostChar)) {
+      return "malformed host in '" + std::string(addr) + "'" + std::string(kForms);
+    }
+  }
+  return PortProblem(port);
+}
+
+std::string DeviceProblem(std::string_view device) {
+  if (device == "auto") return "";
+  std::string_view kind = device.substr(0, device.find(':'));
+  if (kind != "cpu" && kind != "cuda" && kind != "xpu" && kind != "mps") {
+    return "unknown device '" + std::string(device) +
+           "' (expected auto, cpu, mps, cuda[:N], xpu[:N])";
+  }
+  if (kind.size() < device.size()) {
+    std::string_view index = device.substr(kind.size() + 1);
+    if (index.empty() || index.size() > 4 || !AllOf(index, IsDigit)) {
+      return "malformed device index in '" + std::string(device) + "'";
+    }
+  }
+  return "";
+}
+
+Status ValidateTls(const TlsConfig& tls, const std::string& path) {
+  if (!tls.cert_file.empty() && tls.key_file.empty()) {
+    return Error(path + ".key_file", "required when cert_file is set");
+  }
+  if (tls.cert_file.empty() && !tls.key_file.empty()) {
+    return Error(path + ".cert_file", "required when key_file is set");
+  }
+  if (tls.cert_file.empty() && !tls.client_ca_file.empty()) {
+    return Error(path + ".client_ca_file",
+                 "client certificates need server TLS (cert_file and key_file)");
+  }
+  return Status::Ok();
+}
+
+bool IsEnvStart(char ch) {
+  return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || ch == '_';
+}
+bool IsEnvChar(char ch) { return IsEnvStart(ch) || IsDigit(ch); }
+
+std::string Trim(std::string_view s) {
+  constexpr std::string_view kSpace = " \t\r\n\f\v";
+  size_t b = s.find_first_not_of(kSpace);
+  if (b == std::string_view::npos) return "";
+  size_t e = s.find_last_not_of(kSpace);
+  return std::string(s.substr(b, e - b + 1));
+}
+
+Status ReadWholeFile(const std::string& path, std::string_view what, std::string* out) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return NotFound(std::string(what) + " '" + path + "' does not exist");
+  if (fs::is_directory(path, ec)) {
+    return InvalidArgument(std::string(what) + " '" + path + "' is a directory");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    int err = errno;
+    std::string msg = "cannot read " + std::string(what) + " '" + path + "': " + std::strerror(err);
+    return err == EACCES ? PermissionDenied(msg) : FailedPrecondition(msg);
+  }
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  *out = buf.str();
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ValidateServerConfig(const ServerConfig& c) {
+  struct Listener { std::string_view key; const std::string& addr; bool allow_unix; };
+  const Listener listeners[] = {{"server.inference_address", c.inference_address, true},
+                                {"server.admin_address", c.admin_address, true},
+                                {"server.metrics_address", c.metrics_address, false}};
+  if (c.inference_address.empty()) return Error("server.inference_address", "must not be empty");
+  for (size_t i = 0; i < std::size(listeners); ++i) {
+    const Listener& l = listeners[i];
+    if (l.addr.empty()) continue;  // disabled
+    std::string problem = AddressProblem(l.addr, l.allow_unix);
+    if (!problem.empty()) return Error(l.key, problem);
+    for (size_t j = 0; j < i; ++j) {
+      if (listeners[j].addr == l.addr) {
+        return Error(l.key, "'" + l.addr + "' is already used by " + std::string(listeners[j].key));
+      }
+    }
+  }
+  if (c.max_message_bytes < 1 || c.max_message_bytes > INT32_MAX) {
+    return Error("server.max_message_bytes",
+                 "must be in 1..2147483647, got " + std::to_string(c.max_message_bytes));
+  }
+  if (c.drain_timeout_ms < 0) {
+    return Error("server.drain_timeout_ms",
+                 "must be >= 0, got " + std::to_string(c.drain_timeout_ms));
+  }
+  if (!c.admin_token_env.empty() &&
+      !(IsEnvStart(c.admin_token_env[0]) && AllOf(c.admin_token_env, IsEnvChar))) {
+    return Error("server.admin_auth.token_env",
+                 "'" + c.admin_token_env + "' is not a valid environment variable name");
+  }
+  PT2_RETURN_IF_ERROR(ValidateTls(c.inference_tls, "server.tls.inference"));
+  PT2_RETURN_IF_ERROR(ValidateTls(c.admin_tls, "server.tls.admin"));
+
+  constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn",
+                                          "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
+    return Error("logging.level",
+                 "unknown level '" + c.log_level +
+                     "' (expected trace, debug, info, warn, error, critical, off)");
+  }
+  if (c.log_format != "text" && c.log_format != "json") {
+    return Error("logging.format", "unknown format '" + c.log_format + "' (expected text or json)");
+  }
+
+  std::map<std::string, size_t, std::less<>> index_by_name;
+  for (size_t i = 0; i < c.models.size(); ++i) {
+    const ModelEntry& m = c.models[i];
+    const std::string p = "models[" + std::to_string(i) + "]";
+    if (m.name.empty()) return Error(p + ".name", "must not be empty");
+    if (!AllOf(m.name, IsNameChar) || m.name == "." || m.name == "..") {
+      return Error(p + ".name", "'" + m.name + "' has characters outside [A-Za-z0-9_.-]");
+    }
+    auto [it, inserted] = index_by_name.emplace(m.name, i);
+    if (!inserted) {
+      return Error(p + ".name", "duplicate model name '" + m.name + "' (also models[" +
+                                    std::to_string(it->second) + "])");
+    }
+    if (m.path.empty()) return Error(p + ".path", "must not be empty");
+    std::string problem = DeviceProblem(m.device);
+    if (!problem.empty()) return Error(p + ".device", problem);
+    if (m.num_runners < 1 || m.num_runners > 256) {
+      return Error(p + ".num_runners", "must be in 1..256, got " + std::to_string(m.num_runners));
+    }
+    if (m.max_queue_size < 0) {
+      return Error(p + ".max_queue_size", "must be >= 0, got " + std::to_string(m.max_queue_size));
+    }
+    if (m.timeout_ms < 0) {
+      return Error(p + ".timeout_ms", "must be >= 0 (0 = no deadline), got " +
+                                          std::to_string(m.timeout_ms));
+    }
+    if (m.weights_version.empty()) return Error(p + ".weights_version", "must not be empty");
+  }
+  return Status::Ok();
+}
+
+StatusOr<ServerConfig> ParseServerConfig(std::string_view yaml_text, std::string_view origin,
+                                         std::string_view base_dir) {
+  const std::string where(origin);
+  ServerConfig config;
+  try {
+    const YAML::Node root = YAML::Load(std::string(yaml_text));
+    Status status = CheckMap(root, "", {"server", "logging", "models"});
+    if (status.ok()) status = ReadServer(Get(root, "server"), &config);
+    if (status.ok()) status = ReadLogging(Get(root, "logging"), &config);
+    if (status.ok()) status = ReadModels(Get(root, "models"), &config);
+    if (!status.ok()) return status.WithPrefix(where);
+  } catch (const YAML::Exception& e) {
+    // ParserException etc.: mark is 0-based; -1 when unknown.
+    std::string pos = e.mark.is_null() ? "" : ":" + std::to_string(e.mark.line + 1) + ":" +
+                                                  std::to_string(e.mark.column + 1);
+    return InvalidArgument(where + pos + ": invalid YAML: " + e.msg);
+  } catch (const std::exception& e) {
+    return InvalidArgument(where + ": " + e.what());
+  } catch (...) {
+    return InvalidArgument(where + ": unknown error while parsing");
+  }
+  ResolvePaths(base_dir, &config);
+  Status status = ValidateServerConfig(config);
+  if (!status.ok()) return status.WithPrefix(where);
+  return config;
+}
+
+StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path) {
+  std::string text;
+  PT2_RETURN_IF_ERROR(ReadWholeFile(path, "config file", &text));
+  std::error_code ec;
+  fs::path abs = fs::absolute(path, ec);
+  std::string base = ec ? fs::path(path).parent_path().string() : abs.parent_path().string();
+  if (base.empty()) base = ".";
+  return ParseServerConfig(text, path, base);
+}
+
+StatusOr<std::string> ResolveAdminToken(const ServerConfig& c) {
+  std::string token, source;
+  const char* env = c.admin_token_env.empty() ? nullptr : std::getenv(c.admin_token_env.c_str());
+  if (env != nullptr && *env != '\0') {
+    token = Trim(env);
+    source = "environment variable " + c.admin_token_env;
+  } else if (!c.admin_token_file.empty()) {
+    std::string text;
+    PT2_RETURN_IF_ERROR(ReadWholeFile(c.admin_token_file, "admin token file", &text));
+    token = Trim(text);
+    source = "admin token file '" + c.admin_token_file + "'";
+  } else if (!c.admin_token_env.empty()) {
+    return FailedPrecondition("admin token: environment variable " + c.admin_token_env +
+                              " is unset or empty and no token_file is configured");
+  } else {
+    return std::string();  // no admin auth configured
+  }
+  if (token.empty()) return FailedPrecondition("admin token: " + source + " is empty");
+  for (char ch : token) {
+    if (ch < 0x20 || ch > 0x7e) {
+      return FailedPrecondition(
+          "admin token: " + source +
+          " has non-printable characters (one line of printable ASCII expected)");
+    }
+  }
+  return token;
+}
+
+}  // namespace pt2serve

@@ -1,0 +1,85 @@
+// ServerConfig: the daemon's YAML configuration file, parsed and validated.
+//
+// Depends only on common/ and yaml-cpp: plain strings and ints that the daemon
+// maps onto runtime/server types. The schema is documented, key by key, in
+// config/pt2serve.example.yaml. Every error is INVALID_ARGUMENT naming the
+// origin (file), the key path (e.g. "models[1].num_runners") and the problem;
+// unknown keys are errors, so a typo never falls back to a default silently.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace pt2serve {
+
+struct TlsConfig {
+  std::string cert_file;       // PEM server certificate chain
+  std::string key_file;        // PEM private key; required with cert_file
+  std::string client_ca_file;  // set: clients must present a cert it signed
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+struct ModelEntry {
+  std::string name;                   // [A-Za-z0-9_.-]+, unique
+  std::string path;                   // the .pt2 package
+  std::string device = "auto";        // auto | cpu | mps | cuda[:N] | xpu[:N]
+  int num_runners = 1;                // 1..256
+  int max_queue_size = 64;            // >= 0
+  int timeout_ms = 0;                 // default request deadline; 0 = none
+  std::string weights_version = "initial";
+};
+
+struct ServerConfig {
+  std::string inference_address = "127.0.0.1:8001";
+  // "" disables the admin listener; "unix:/path" is allowed.
+  std::string admin_address = "127.0.0.1:8003";
+  // "" disables /metrics; host:port only (served over HTTP).
+  std::string metrics_address = "127.0.0.1:8002";
+  // Root that admin LoadModel paths and server-side weight paths are confined
+  // to; "" disables admin loads.
+  std::string model_repository;
+  int64_t max_message_bytes = 64 << 20;  // 1..INT32_MAX (gRPC takes an int)
+  int drain_timeout_ms = 30000;          // >= 0
+  // Serve KServe RepositoryModelLoad/Unload on the inference port too.
+  bool allow_repository_admin_on_inference_port = false;
+  // Bearer token for the admin listener; see ResolveAdminToken().
+  std::string admin_token_file;
+  std::string admin_token_env;
+  TlsConfig inference_tls, admin_tls;
+  std::string log_level = "info";   // trace debug info warn error critical off
+  std::string log_format = "text";  // text | json
+  bool access_log = false;
+  std::vector<ModelEntry> models;
+};
+
+// Parses and validates `yaml_text`. `origin` names the source in messages.
+// Non-empty `base_dir`: relative model paths, model_repository, token and TLS
+// files are resolved against it (LoadServerConfigFile passes the file's
+// directory); empty: they are left as written. An empty document gives the
+// defaults.
+StatusOr<ServerConfig> ParseServerConfig(std::string_view yaml_text,
+                                         std::string_view origin,
+                                         std::string_view base_dir = {});
+
+// Reads and parses `path`; relative paths inside resolve against its
+// (absolute) directory. NOT_FOUND if the file does not exist.
+StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path);
+
+// Checks values and cross-field rules (addresses, ranges, names, TLS pairs).
+// Both parse paths call it; the daemon calls it again after CLI overrides.
+// Messages name the key path but not the file.
+Status ValidateServerConfig(const ServerConfig& config);
+
+// The admin bearer token: the variable named by admin_token_env if it is set
+// and non-empty, else the contents of admin_token_file, whitespace-trimmed.
+// "" when neither is configured. Errors (fail closed): NOT_FOUND for a
+// missing file, PERMISSION_DENIED for an unreadable one, FAILED_PRECONDITION
+// when the configured source yields an empty token or one with characters
+// that cannot travel in a gRPC header (non-printable ASCII).
+StatusOr<std::string> ResolveAdminToken(const ServerConfig& config);
+
+}  // namespace pt2serve
