@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "runtime/constant_buffer_manager.h"
 #include "runtime/model_package.h"
 #include "runtime/tensor_convert.h"
 
@@ -22,9 +23,11 @@ Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package)
       package_(std::move(package)),
       pool_(std::make_unique<RunnerPool>(
           RunnerPoolOptions{config_.num_runners, config_.max_queue_size})),
-      weights_version_(config_.initial_weights_version) {}
+      weights_version_(config_.initial_weights_version),
+      weights_(std::make_unique<ConstantBufferManager>(*this)) {}
 
 Model::~Model() {
+  weights_.reset();
   pool_.reset();  // joins pool threads: nothing runs once package_ goes
   package_.reset();
 }

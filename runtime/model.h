@@ -20,6 +20,7 @@
 
 namespace pt2serve {
 
+class ConstantBufferManager;
 class ModelPackage;
 
 struct ModelConfig {
@@ -73,6 +74,9 @@ class Model {
   bool CancelQueued(RunnerPool::Ticket ticket) { return pool_->Cancel(ticket); }
 
   std::string weights_version() const;
+  // Weight hot-swap (stage/swap/rollback/free) for this model; include
+  // runtime/constant_buffer_manager.h to use it.
+  ConstantBufferManager& weights() { return *weights_; }
   RunnerPool& pool() { return *pool_; }
   ModelPackage& package() { return *package_; }
 
@@ -96,6 +100,8 @@ class Model {
   std::unique_ptr<RunnerPool> pool_;  // destroyed before package_
   mutable std::mutex version_mu_;
   std::string weights_version_;  // guarded by version_mu_
+  // Constructed last, destroyed first (it uses package_ and pool_).
+  std::unique_ptr<ConstantBufferManager> weights_;
 };
 
 }  // namespace pt2serve

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 
 namespace pt2serve {
 namespace {
@@ -97,12 +98,13 @@ void RunnerPool::Finish(const std::vector<Waiter*>& finished) {
   }
 }
 
-void RunnerPool::ReleaseRunner(std::chrono::nanoseconds compute, bool ok) {
+void RunnerPool::ReleaseRunner(const RequestTiming& timing, bool ok) {
   std::vector<Waiter*> finished;
   {
     std::lock_guard lock(mu_);
     --in_flight_;
-    stats_.compute_ns += Nanos(compute);
+    stats_.queue_ns += Nanos(timing.queue);
+    stats_.compute_ns += Nanos(timing.compute);
     ++(ok ? stats_.completed : stats_.failed);
     DispatchLocked(finished);
     if (in_flight_ == 0 && (paused_ || stopping_)) idle_cv_.notify_all();
@@ -112,7 +114,7 @@ void RunnerPool::ReleaseRunner(std::chrono::nanoseconds compute, bool ok) {
 
 Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timing) {
   const auto start = Clock::now();
-  std::condition_variable cv;
+  std::optional<std::condition_variable> cv;  // only built when the caller must wait
   Waiter w;
   {
     std::unique_lock lock(mu_);
@@ -133,28 +135,21 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
       w.ticket = next_ticket_++;
       w.deadline = deadline;
       w.enqueued = start;
-      w.cv = &cv;
+      w.cv = &cv.emplace();
       queue_.push_back(&w);
       if (deadline < reaper_wake_) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
       }
-      cv.wait(lock, [&] { return w.state != WaiterState::kQueued; });
+      cv->wait(lock, [&] { return w.state != WaiterState::kQueued; });
       if (w.state == WaiterState::kFinished) return w.result;
     }
   }
   const auto admitted = Clock::now();
   Status result = RunGuarded(work);
-  const auto end = Clock::now();
-  {
-    std::lock_guard lock(mu_);
-    stats_.queue_ns += Nanos(admitted - start);
-  }
-  ReleaseRunner(end - admitted, result.ok());
-  if (timing) {
-    timing->queue = admitted - start;
-    timing->compute = end - admitted;
-  }
+  const RequestTiming measured{admitted - start, Clock::now() - admitted};
+  ReleaseRunner(measured, result.ok());
+  if (timing) *timing = measured;
   return result;
 }
 
@@ -276,13 +271,8 @@ void RunnerPool::WorkerLoop() {
     }
     const auto admitted = Clock::now();
     Status result = RunGuarded(w->work);
-    const auto end = Clock::now();
-    RequestTiming timing{admitted - w->enqueued, end - admitted};
-    {
-      std::lock_guard lock(mu_);
-      stats_.queue_ns += Nanos(timing.queue);
-    }
-    ReleaseRunner(timing.compute, result.ok());
+    const RequestTiming timing{admitted - w->enqueued, Clock::now() - admitted};
+    ReleaseRunner(timing, result.ok());
     w->done(result, timing);
     delete w;
   }

@@ -120,7 +120,7 @@ class RunnerPool {
   void DispatchLocked(std::vector<Waiter*>& finished);
   // Removes queued requests whose deadline passed.
   void ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finished);
-  void ReleaseRunner(std::chrono::nanoseconds compute, bool ok);
+  void ReleaseRunner(const RequestTiming& timing, bool ok);
   // Calls `done` of requests that left the queue unserved; outside the lock.
   void Finish(const std::vector<Waiter*>& finished);
   void WorkerLoop();

@@ -7,11 +7,25 @@ Usage: make_fixture_packages.py SRC_MODEL_DIR OUT_DIR
 - fake_cuda.pt2: mlp.pt2 with AOTI_DEVICE_KEY rewritten to "cuda", i.e. a
   package this CPU-only host cannot run.
 - no_signature.pt2: mlp.pt2 without the pt2serve.signature metadata.
+
+Alternative weight sets for the hot-swap tests (tools/export/export_model.py weights):
+- mlp.seed{7,8}.weights.safetensors / mlp.seed{7,8}.reference.safetensors: the mlp built with
+  that seed, and the eager output for the fixed reference input.
+- mlp.seed7.weights.sha256: sha256 of that file's bytes; mlp.seed7.data.sha256: sha256 of its
+  tensors' data concatenated in FQN order (what an in-order upload hashes).
+- mlp.bad_dtype / bad_shape / missing / unknown / all_wrong .weights.safetensors: seed 7 with
+  fc1.bias as float16 / fc1.weight as [64, 15] / without fc2.bias / plus an extra 'foo' / all of
+  these at once.
+The weight files are rebuilt only when the exporter's cache key changes.
 """
+import hashlib
 import json
 import os
 import sys
 import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "export"))
 
 
 def rewrite_metadata(src, dst, edit):
@@ -40,6 +54,58 @@ def main():
                      lambda m: m.update(AOTI_DEVICE_KEY="cuda"))
     rewrite_metadata(mlp, os.path.join(out_dir, "no_signature.pt2"),
                      lambda m: m.pop("pt2serve.signature", None))
+    make_weight_sets(Path(out_dir))
+
+
+def make_weight_sets(out: Path):
+    import export_model  # needs torch; imported here so the zip fixtures never do
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    stamp = out / "weights.stamp"
+    key = export_model.cache_key()
+    if stamp.is_file() and stamp.read_text() == key:
+        return
+    for seed in (7, 8):
+        export_model.main(["weights", "--model", "mlp", "--seed", str(seed),
+                           "--out", str(out / f"mlp.seed{seed}.weights.safetensors"),
+                           "--reference", str(out / f"mlp.seed{seed}.reference.safetensors")])
+    seed7_path = out / "mlp.seed7.weights.safetensors"
+    (out / "mlp.seed7.weights.sha256").write_text(
+        hashlib.sha256(seed7_path.read_bytes()).hexdigest() + "\n")
+    seed7 = load_file(str(seed7_path))
+    data = hashlib.sha256()
+    for name in sorted(seed7):
+        data.update(seed7[name].contiguous().numpy().tobytes())
+    (out / "mlp.seed7.data.sha256").write_text(data.hexdigest() + "\n")
+
+    def bad(name, edit):
+        tensors = {k: v.clone() for k, v in seed7.items()}
+        edit(tensors)
+        save_file(tensors, str(out / f"mlp.{name}.weights.safetensors"))
+
+    def wrong_dtype(t):
+        t["fc1.bias"] = t["fc1.bias"].to(torch.float16)
+
+    def wrong_shape(t):
+        t["fc1.weight"] = t["fc1.weight"][:, :15].contiguous()
+
+    def missing(t):
+        del t["fc2.bias"]
+
+    def unknown(t):
+        t["foo"] = torch.zeros(3)
+
+    def all_wrong(t):
+        for edit in (wrong_dtype, wrong_shape, missing, unknown):
+            edit(t)
+
+    bad("bad_dtype", wrong_dtype)
+    bad("bad_shape", wrong_shape)
+    bad("missing", missing)
+    bad("unknown", unknown)
+    bad("all_wrong", all_wrong)
+    stamp.write_text(key)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,643 @@
+#include "runtime/constant_buffer_manager.h"
+
+#include <c10/util/Exception.h>
+#include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <new>
+#include <optional>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include "common/safetensors.h"
+#include "runtime/model.h"
+#include "runtime/model_package.h"
+#include "runtime/tensor_convert.h"
+
+namespace pt2serve {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using SystemClock = std::chrono::system_clock;
+
+// Longest problem list quoted in one message; the count always covers all.
+// A gRPC status message travels in a trailer of limited size.
+constexpr size_t kMaxListedProblems = 32;
+
+// One tensor offered for a constant: a Tensor (with data) or an announced
+// TensorSpec (no data yet, nbytes unknown).
+struct Offered {
+  std::string_view name;
+  DType dtype;
+  const Shape* shape;
+  std::optional<size_t> nbytes;
+};
+
+std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
+
+// Appends every mismatch between `offered` and the package's constants:
+// missing FQNs (in FQN order) first, then per offered tensor in the order
+// given: unknown, duplicate, dtype, shape, data size.
+void FindProblems(const std::vector<ConstantInfo>& constants, const std::vector<Offered>& offered,
+                  std::vector<std::string>& problems) {
+  std::map<std::string_view, int> count;
+  for (const Offered& o : offered) ++count[o.name];
+  for (const ConstantInfo& c : constants) {
+    if (!count.contains(c.fqn)) problems.push_back("missing " + Quoted(c.fqn));
+  }
+  std::map<std::string_view, const ConstantInfo*> by_fqn;
+  for (const ConstantInfo& c : constants) by_fqn[c.fqn] = &c;
+  std::set<std::string_view> reported_duplicates;
+  for (const Offered& o : offered) {
+    auto it = by_fqn.find(o.name);
+    if (it == by_fqn.end()) {
+      problems.push_back("unknown " + Quoted(o.name));
+      continue;
+    }
+    if (count[o.name] > 1) {
+      if (reported_duplicates.insert(o.name).second) {
+        problems.push_back(Quoted(o.name) + " given " + std::to_string(count[o.name]) +
+                           " times");
+      }
+      continue;
+    }
+    const ConstantInfo& c = *it->second;
+    bool layout_ok = true;
+    if (o.dtype != c.dtype) {
+      problems.push_back(Quoted(o.name) + " has dtype " + std::string(DTypeName(o.dtype)) +
+                         ", expected " + std::string(DTypeName(c.dtype)));
+      layout_ok = false;
+    }
+    if (*o.shape != c.shape) {
+      problems.push_back(Quoted(o.name) + " has shape " + ShapeToString(*o.shape) +
+                         ", expected " + ShapeToString(c.shape));
+      layout_ok = false;
+    }
+    if (layout_ok && o.nbytes && *o.nbytes != c.nbytes) {
+      problems.push_back(Quoted(o.name) + " has " + std::to_string(*o.nbytes) +
+                         " bytes of data, expected " + std::to_string(c.nbytes));
+    }
+  }
+}
+
+void CheckOptions(const StageOptions& options, std::vector<std::string>& problems) {
+  if (options.version.empty()) problems.push_back("no version label given");
+  if (!options.sha256.empty() && !Sha256::IsHexDigest(options.sha256)) {
+    problems.push_back("sha256 " + Quoted(options.sha256) + " is not 64 hex digits");
+  }
+}
+
+// "3 problems with the weights for model 'mlp': missing 'fc2.bias'; ..."
+Status ProblemsStatus(const std::string& model, const std::vector<std::string>& problems) {
+  std::string msg = std::to_string(problems.size()) +
+                    (problems.size() == 1 ? " problem" : " problems") +
+                    " with the weights for model '" + model + "': ";
+  const size_t listed = std::min(problems.size(), kMaxListedProblems);
+  for (size_t i = 0; i < listed; ++i) {
+    if (i) msg += "; ";
+    msg += problems[i];
+  }
+  if (listed < problems.size()) {
+    msg += "; ... and " + std::to_string(problems.size() - listed) + " more";
+  }
+  return InvalidArgument(std::move(msg));
+}
+
+std::string ToLower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Maps an exception from LibTorch or the container to a Status.
+Status FromException(const std::exception& e, const std::string& context) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) || dynamic_cast<const std::bad_alloc*>(&e)) {
+    return ResourceExhausted("out of memory " + context + ": " + e.what());
+  }
+  if (const auto* c10e = dynamic_cast<const c10::Error*>(&e)) {
+    return Internal(context + ": " + c10e->what_without_backtrace());
+  }
+  return Internal(context + ": " + e.what());
+}
+
+StatusOr<std::string> HashFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("weights file not found: " + path);
+  Sha256 hasher;
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    hasher.Update(buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) return DataLoss("error reading " + path);
+  return hasher.FinishHex();
+}
+
+}  // namespace
+
+std::string_view InactiveStateName(InactiveState state) {
+  switch (state) {
+    case InactiveState::kEmpty: return "EMPTY";
+    case InactiveState::kStaged: return "STAGED";
+    case InactiveState::kPrevious: return "PREVIOUS";
+  }
+  return "UNKNOWN";
+}
+
+// ---------------------------------------------------------------------------
+// WriterSlot
+
+ConstantBufferManager::WriterSlot::WriterSlot(WriterSlot&& other) noexcept
+    : owner_(std::exchange(other.owner_, nullptr)) {}
+
+ConstantBufferManager::WriterSlot& ConstantBufferManager::WriterSlot::operator=(
+    WriterSlot&& other) noexcept {
+  if (this != &other) {
+    Release();
+    owner_ = std::exchange(other.owner_, nullptr);
+  }
+  return *this;
+}
+
+void ConstantBufferManager::WriterSlot::Release() {
+  if (!owner_) return;
+  std::lock_guard lock(owner_->mu_);
+  owner_->writer_busy_ = false;
+  owner_ = nullptr;
+}
+
+// ---------------------------------------------------------------------------
+// ConstantBufferManager
+
+ConstantBufferManager::ConstantBufferManager(Model& model)
+    : model_(model),
+      model_name_(model.config().name),
+      weight_bytes_(model.info().constants_nbytes) {
+  active_.info.version = model.config().initial_weights_version;
+  active_.info.source = model.info().path;
+  active_.info.updated_at = SystemClock::now();
+}
+
+ConstantBufferManager::~ConstantBufferManager() = default;
+
+StatusOr<ConstantBufferManager::WriterSlot> ConstantBufferManager::AcquireWriter() {
+  std::lock_guard lock(mu_);
+  if (writer_busy_) {
+    return FailedPrecondition("another weight operation on model '" + model_name_ +
+                              "' is in progress");
+  }
+  writer_busy_ = true;
+  return WriterSlot(this);
+}
+
+StatusOr<const std::map<std::string, std::string>*> ConstantBufferManager::InternalNames() {
+  if (!internal_names_.empty() || model_.info().constants.empty()) return &internal_names_;
+  std::unordered_map<std::string, std::string> to_fqn;
+  try {
+    to_fqn = model_.package().runner()->getConstantNamesToOriginalFQNs();
+  } catch (const std::exception& e) {
+    return FromException(e, "reading constant names of model '" + model_name_ + "'");
+  }
+  std::map<std::string, std::string> names;
+  for (const ConstantInfo& c : model_.info().constants) names[c.fqn];
+  for (const auto& [internal, fqn] : to_fqn) {
+    auto it = names.find(fqn);
+    if (it == names.end()) continue;  // folded or not updatable
+    if (!it->second.empty()) {
+      return Internal("model '" + model_name_ + "': constant '" + fqn +
+                      "' has two internal names ('" + it->second + "', '" + internal + "')");
+    }
+    it->second = internal;
+  }
+  for (const auto& [fqn, internal] : names) {
+    if (internal.empty()) {
+      return Internal("model '" + model_name_ + "': no internal name for constant '" + fqn + "'");
+    }
+  }
+  internal_names_ = std::move(names);
+  return &internal_names_;
+}
+
+Status ConstantBufferManager::Stage(const std::vector<Tensor>& tensors,
+                                    const StageOptions& options) {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  return StageHoldingSlot(tensors, options);
+}
+
+Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
+                                            StageOptions options) {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  if (options.source.empty()) options.source = safetensors_path;
+  auto file = SafetensorsFile::Open(safetensors_path);
+  if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
+  if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
+    auto actual = HashFile(safetensors_path);
+    if (!actual.ok()) return FailStage(actual.status(), false);
+    if (*actual != ToLower(options.sha256)) {
+      return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
+                                ", got " + *actual + " (" + safetensors_path + ")"),
+                       false);
+    }
+  }
+  // file->tensors alias the mapping, which stays alive until we return.
+  return StageHoldingSlot(file->tensors, options);
+}
+
+Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensors,
+                                               const StageOptions& options) {
+  const PackageInfo& info = model_.info();
+  std::vector<std::string> problems;
+  CheckOptions(options, problems);
+  std::vector<Offered> offered;
+  offered.reserve(tensors.size());
+  for (const Tensor& t : tensors) offered.push_back({t.name, t.dtype, &t.shape, t.nbytes});
+  FindProblems(info.constants, offered, problems);
+  if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
+
+  auto names = InternalNames();
+  if (!names.ok()) return FailStage(names.status(), false);
+
+  // The container copies raw storage bytes without checking dtype or shape
+  // (validated above), from contiguous tensors with storage offset 0 on the
+  // model's device: ToAten wraps host memory as such (no copy on CPU) and
+  // copies it to an accelerator otherwise, which on CUDA briefly needs a third
+  // copy of the weights on the device.
+  std::unordered_map<std::string, at::Tensor> by_internal_name;
+  for (const Tensor& t : tensors) {
+    auto converted = ToAten(t, info.device);
+    if (!converted.ok()) return FailStage(converted.status(), false);
+    by_internal_name.emplace((*names)->at(t.name), std::move(converted).value());
+  }
+
+  {
+    std::lock_guard lock(mu_);
+    inactive_state_ = InactiveState::kEmpty;  // overwritten from here on
+    inactive_ = WeightSet{};
+    inactive_allocated_ = true;  // allocated on the first write, at full size
+  }
+  // No RunExclusive: these calls write only the inactive buffer. A fold
+  // borrows one of the container's model instances (so it may wait for a
+  // running request to finish) and points it at the inactive buffer.
+  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
+  try {
+    if (inactive_needs_refold_) {
+      // After a free, the container's update would crash on the freed folded
+      // constants (see FreeContainerInactive); refolding the aliases of the
+      // active weights recreates them first.
+      runner->run_const_fold(/*use_inactive=*/true);
+      inactive_needs_refold_ = false;
+    }
+    runner->update_constant_buffer(by_internal_name, /*use_inactive=*/true,
+                                   /*validate_full_updates=*/true);
+    runner->run_const_fold(/*use_inactive=*/true);
+  } catch (const std::exception& e) {
+    return FailStage(FromException(e, "while staging weights for model '" + model_name_ + "'"),
+                     /*buffer_written=*/true);
+  }
+  by_internal_name.clear();  // drop device copies before reporting
+
+  std::lock_guard lock(mu_);
+  inactive_.info.version = options.version;
+  inactive_.info.sha256 = ToLower(options.sha256);
+  inactive_.info.source = options.source;
+  inactive_.info.updated_at = SystemClock::now();
+  inactive_.folded = true;
+  inactive_state_ = InactiveState::kStaged;
+  return Status::Ok();
+}
+
+Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
+  bool free_buffer = false;
+  {
+    std::lock_guard lock(mu_);
+    if (buffer_written || inactive_state_ == InactiveState::kStaged) {
+      inactive_state_ = InactiveState::kEmpty;
+      inactive_ = WeightSet{};
+      free_buffer = inactive_allocated_;
+    }
+  }
+  if (free_buffer) {
+    Status freed = FreeContainerInactive();
+    if (!freed.ok()) {
+      return Status(error.code(), error.message() + " (and freeing the inactive buffer failed: " +
+                                      freed.ToString() + ")");
+    }
+  }
+  return error;
+}
+
+// free_inactive_constant_buffer() releases the inactive blob and resets the
+// inactive map's constant-folded entries to null handles, but leaves them in
+// the map. The next update of that buffer then dereferences a null handle
+// (ConstantBufferSet::update_array -> aoti_torch_get_data_ptr): a segfault on
+// torch 2.13 for any package compiled with runtime constant folding. The
+// non-folded entries would still point into the freed blob, so refolding
+// first would read freed memory.
+//
+// Work-around: before freeing, point the inactive buffer's non-folded entries
+// at the ACTIVE weights (user_managed update: no copy, no blob). After the
+// free they reference live memory, and the next Stage refolds them (creating
+// valid folded entries) before it writes. The active set cannot change in
+// between: Swap and Rollback need a staged or previous set. Cost: the
+// container leaks one small tensor handle per constant per free in
+// user-managed mode (PyTorch PR 194480), never the weight memory.
+Status ConstantBufferManager::FreeContainerInactive() {
+  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
+  auto names = InternalNames();
+  if (!names.ok()) return names.status();
+  // Serialized with requests as well as writers, per the AOTI notes: a free
+  // that races a swap can free the live buffer.
+  Status status = model_.pool().RunExclusive([&]() -> Status {
+    try {
+      if (!inactive_needs_refold_) {  // else: already aliased and freed
+        std::unordered_map<std::string, at::Tensor> aliases;
+        for (auto& [fqn, tensor] : runner->extract_constants_map(/*use_inactive=*/false)) {
+          auto it = (*names)->find(fqn);
+          if (it != (*names)->end()) aliases.emplace(it->second, tensor);
+        }
+        runner->update_constant_buffer(aliases, /*use_inactive=*/true,
+                                       /*validate_full_updates=*/true, /*user_managed=*/true);
+      }
+      runner->free_inactive_constant_buffer();
+      inactive_needs_refold_ = true;
+    } catch (const std::exception& e) {
+      return FromException(e, "freeing the inactive weights of model '" + model_name_ + "'");
+    }
+    return Status::Ok();
+  });
+  if (status.ok()) {
+    std::lock_guard lock(mu_);
+    inactive_allocated_ = false;
+  }
+  return status;
+}
+
+StatusOr<SwapResult> ConstantBufferManager::Swap(std::string_view expected_version) {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  {
+    std::lock_guard lock(mu_);
+    if (inactive_state_ == InactiveState::kPrevious) {
+      return FailedPrecondition("no weights are staged for model '" + model_name_ +
+                                "' (the inactive buffer holds the previous weights '" +
+                                inactive_.info.version + "'; Rollback restores them)");
+    }
+    if (inactive_state_ != InactiveState::kStaged) {
+      return FailedPrecondition("no weights are staged for model '" + model_name_ + "'");
+    }
+    if (!expected_version.empty() && inactive_.info.version != expected_version) {
+      return FailedPrecondition("model '" + model_name_ + "' has version '" +
+                                inactive_.info.version + "' staged, not '" +
+                                std::string(expected_version) + "'");
+    }
+  }
+  return SwapHoldingSlot();
+}
+
+StatusOr<SwapResult> ConstantBufferManager::Rollback() {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  {
+    std::lock_guard lock(mu_);
+    if (inactive_state_ == InactiveState::kStaged) {
+      return FailedPrecondition("no previous weights retained for model '" + model_name_ +
+                                "': the inactive buffer holds the staged weights '" +
+                                inactive_.info.version + "' (staging replaces them)");
+    }
+    if (inactive_state_ != InactiveState::kPrevious) {
+      return FailedPrecondition("no previous weights retained for model '" + model_name_ +
+                                "': nothing was swapped in, or the inactive buffer was freed");
+    }
+  }
+  return SwapHoldingSlot();
+}
+
+StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
+  std::string to_version, from_version;
+  bool fold_after = false;
+  {
+    std::lock_guard lock(mu_);
+    to_version = inactive_.info.version;
+    from_version = active_.info.version;
+    fold_after = !inactive_.folded;
+  }
+  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
+  const auto called = SteadyClock::now();
+  SteadyClock::time_point entered, left;
+  // On an accelerator, requests that ran on the old buffer have copied their
+  // outputs to the host (Model::Execute) before releasing their runner, which
+  // waits for their kernels: nothing reads the buffer once it is inactive.
+  Status status = model_.pool().RunExclusive([&]() -> Status {
+    entered = SteadyClock::now();
+    try {
+      runner->swap_constant_buffer();
+    } catch (const std::exception& e) {
+      return FromException(e, "swapping the weights of model '" + model_name_ + "'");
+    }
+    model_.SetWeightsVersionLocked(to_version);
+    if (fold_after) {
+      // Only the compiled-in set may be unfolded (no request ran before the
+      // first swap). Fold it here, while requests are paused anyway; on
+      // failure the first request folds it instead.
+      try {
+        runner->run_const_fold(/*use_inactive=*/false);
+      } catch (const std::exception&) {
+        fold_after = false;
+      }
+    }
+    left = SteadyClock::now();
+    return Status::Ok();
+  });
+  if (!status.ok()) return status;
+
+  std::lock_guard lock(mu_);
+  std::swap(active_, inactive_);
+  inactive_state_ = InactiveState::kPrevious;
+  const auto now = SystemClock::now();
+  active_.info.updated_at = now;
+  inactive_.info.updated_at = now;
+  if (fold_after) active_.folded = true;
+  SwapResult result;
+  result.active_version = std::move(to_version);
+  result.previous_version = std::move(from_version);
+  result.swap_time = left - entered;
+  result.wait_time = entered - called;
+  return result;
+}
+
+StatusOr<size_t> ConstantBufferManager::FreeInactive() {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  {
+    std::lock_guard lock(mu_);
+    if (!inactive_allocated_) return size_t{0};
+    // No rollback into a buffer that may be half freed, even if freeing fails.
+    inactive_state_ = InactiveState::kEmpty;
+    inactive_ = WeightSet{};
+  }
+  PT2_RETURN_IF_ERROR(FreeContainerInactive());
+  return weight_bytes_;
+}
+
+BufferStatus ConstantBufferManager::status() const {
+  std::lock_guard lock(mu_);
+  BufferStatus s;
+  s.active = active_.info;
+  s.active.bytes = weight_bytes_;
+  s.inactive_state = inactive_state_;
+  s.inactive = inactive_.info;
+  s.inactive.bytes = inactive_allocated_ ? weight_bytes_ : 0;
+  s.bytes_in_use = s.active.bytes + s.inactive.bytes;
+  return s;
+}
+
+StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
+    std::vector<TensorSpec> tensors, StageOptions options) {
+  PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
+  std::vector<std::string> problems;
+  CheckOptions(options, problems);
+  std::vector<Offered> offered;
+  offered.reserve(tensors.size());
+  for (const TensorSpec& t : tensors) {
+    offered.push_back({t.name, t.dtype, &t.shape, std::nullopt});
+  }
+  FindProblems(model_.info().constants, offered, problems);
+  if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
+
+  std::map<std::string_view, size_t> nbytes;
+  for (const ConstantInfo& c : model_.info().constants) nbytes[c.fqn] = c.nbytes;
+  std::vector<UploadSession::Part> parts(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    parts[i].nbytes = nbytes.at(tensors[i].name);
+    // Default-initialized: no time spent zeroing memory the upload overwrites.
+    parts[i].data.reset(new (std::nothrow) std::byte[std::max<size_t>(parts[i].nbytes, 1)]);
+    if (!parts[i].data) {
+      return FailStage(ResourceExhausted("out of host memory for the upload of '" +
+                                         tensors[i].name + "' (" +
+                                         std::to_string(parts[i].nbytes) + " bytes)"),
+                       false);
+    }
+  }
+  return std::unique_ptr<UploadSession>(new UploadSession(
+      *this, std::move(slot), std::move(tensors), std::move(parts), std::move(options)));
+}
+
+// ---------------------------------------------------------------------------
+// UploadSession
+
+UploadSession::UploadSession(ConstantBufferManager& manager,
+                             ConstantBufferManager::WriterSlot slot,
+                             std::vector<TensorSpec> specs, std::vector<Part> parts,
+                             StageOptions options)
+    : manager_(manager),
+      slot_(std::move(slot)),
+      specs_(std::move(specs)),
+      parts_(std::move(parts)),
+      options_(std::move(options)) {
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    index_.emplace(specs_[i].name, i);
+    bytes_expected_ += parts_[i].nbytes;
+  }
+}
+
+// Releasing slot_ (a member) is all an abandoned upload needs: nothing was
+// written to the container yet.
+UploadSession::~UploadSession() = default;
+
+Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,
+                            size_t size) {
+  if (committed_) return FailedPrecondition("upload already committed");
+  auto found = index_.find(name);
+  if (found == index_.end()) {
+    return InvalidArgument("upload: tensor " + Quoted(name) + " was not announced");
+  }
+  Part& part = parts_[found->second];
+  if (offset > part.nbytes || size > part.nbytes - offset) {
+    return InvalidArgument("upload: chunk [" + std::to_string(offset) + ", " +
+                           std::to_string(offset + size) + ") is outside tensor " +
+                           Quoted(name) + " (" + std::to_string(part.nbytes) + " bytes)");
+  }
+  if (size == 0) return Status::Ok();
+  const uint64_t end = offset + size;
+  // First range starting after `offset`, and the one before it.
+  auto next = part.written.upper_bound(offset);
+  auto prev = next == part.written.begin() ? part.written.end() : std::prev(next);
+  if ((prev != part.written.end() && prev->second > offset) ||
+      (next != part.written.end() && next->first < end)) {
+    return InvalidArgument("upload: bytes [" + std::to_string(offset) + ", " +
+                           std::to_string(end) + ") of tensor " + Quoted(name) +
+                           " were already written");
+  }
+  std::memcpy(part.data.get() + offset, data, size);
+  if (!options_.sha256.empty()) hasher_.Update(data, size);
+  part.received += size;
+  bytes_received_ += size;
+  // Record [offset, end), merged with touching neighbours.
+  uint64_t begin = offset, stop = end;
+  if (prev != part.written.end() && prev->second == offset) {
+    begin = prev->first;
+    part.written.erase(prev);
+  }
+  if (next != part.written.end() && next->first == end) {
+    stop = next->second;
+    part.written.erase(next);
+  }
+  part.written[begin] = stop;
+  return Status::Ok();
+}
+
+Status UploadSession::Commit() {
+  if (committed_) return FailedPrecondition("upload already committed");
+  committed_ = true;
+  // Released when Commit returns, whatever happens.
+  ConstantBufferManager::WriterSlot slot = std::move(slot_);
+
+  std::vector<std::string> incomplete;
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    if (parts_[i].received != parts_[i].nbytes) {
+      incomplete.push_back(Quoted(specs_[i].name) + " has " +
+                           std::to_string(parts_[i].received) + " of " +
+                           std::to_string(parts_[i].nbytes) + " bytes");
+    }
+  }
+  if (!incomplete.empty()) {
+    std::string msg = "incomplete upload for model '" + manager_.model_name_ + "': ";
+    for (size_t i = 0; i < incomplete.size() && i < kMaxListedProblems; ++i) {
+      if (i) msg += "; ";
+      msg += incomplete[i];
+    }
+    if (incomplete.size() > kMaxListedProblems) {
+      msg += "; ... and " + std::to_string(incomplete.size() - kMaxListedProblems) + " more";
+    }
+    return manager_.FailStage(InvalidArgument(std::move(msg)), false);
+  }
+  if (!options_.sha256.empty()) {
+    const std::string actual = hasher_.FinishHex();
+    const std::string expected = ToLower(options_.sha256);
+    if (actual != expected) {
+      return manager_.FailStage(
+          DataLoss("checksum mismatch: expected " + expected + ", got " + actual), false);
+    }
+  }
+
+  // Hand the buffers over without copying; they are freed when Stage's
+  // tensors (and anything LibTorch made from them) are gone.
+  std::vector<Tensor> tensors;
+  tensors.reserve(specs_.size());
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    std::shared_ptr<std::byte[]> owner(std::move(parts_[i].data));
+    Tensor t;
+    t.name = specs_[i].name;
+    t.dtype = specs_[i].dtype;
+    t.shape = specs_[i].shape;
+    t.data = owner.get();
+    t.nbytes = parts_[i].nbytes;
+    t.owner = std::move(owner);
+    tensors.push_back(std::move(t));
+  }
+  parts_.clear();
+  return manager_.StageHoldingSlot(tensors, options_);
+}
+
+}  // namespace pt2serve

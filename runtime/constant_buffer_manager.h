@@ -1,0 +1,298 @@
+// ConstantBufferManager: hot-swaps the weights of one loaded model.
+//
+// An AOTInductor container keeps two constant buffers: run() reads the ACTIVE
+// one, the INACTIVE one can be written while requests run and then swapped
+// in. This class is the operator's view of that pair; the gRPC admin service
+// is a thin layer over it.
+//
+//   Stage / StageFromFile / BeginUpload..Commit
+//                  validate a complete weight set against the package and
+//                  write it into the INACTIVE buffer (then constant-fold it
+//                  there) while requests keep running on the ACTIVE one.
+//   Swap           make the staged set ACTIVE; the old ACTIVE set is kept in
+//                  the INACTIVE buffer as PREVIOUS (the rollback target).
+//   Rollback       swap ACTIVE and PREVIOUS again; twice = back where you were.
+//   FreeInactive   release the INACTIVE buffer; no rollback afterwards.
+//
+// What the INACTIVE buffer holds (InactiveState):
+//
+//   EMPTY --Stage--> STAGED --Swap--> PREVIOUS --Rollback--> PREVIOUS (the other set)
+//   STAGED   --Stage--> STAGED   the new set replaces the staged one.
+//   PREVIOUS --Stage--> STAGED   the rollback target is DISCARDED: there is only
+//                                one spare buffer, so staging new weights costs
+//                                the ability to roll back to the previous ones.
+//   any --FreeInactive--> EMPTY
+//
+// Failures never touch the ACTIVE weights; the model keeps serving them. After
+// a failed Stage/StageFromFile/BeginUpload/Commit there is no staged set: a
+// set staged earlier is discarded (and freed), so a later Swap() cannot put
+// weights live that the operator was trying to replace. A PREVIOUS set
+// survives failures found before anything was written (validation, checksum,
+// incomplete upload); a failure while writing the buffer (LibTorch error, out
+// of memory) leaves it partly overwritten, so it is freed and the state is
+// EMPTY.
+//
+// Consistency: Swap, Rollback and FreeInactive run inside
+// RunnerPool::RunExclusive, so no request is inside the container while the
+// buffers change, and the version label that responses report
+// (InferResponse::weights_version) changes in the same exclusive section:
+// every response names the weights that computed it. Staging does NOT pause
+// requests: the container's update and constant folding of the inactive side
+// take no lock and never touch the active side, and the one-writer rule below
+// keeps swaps and frees (the only operations that change which side is active
+// or release memory) away meanwhile.
+//
+// Thread-safety: every method may be called from any thread. There is ONE
+// writer per model at a time: Stage, StageFromFile, Swap, Rollback,
+// FreeInactive and an UploadSession (from BeginUpload until Commit returns or
+// the session is destroyed) each hold the model's writer slot. A second
+// writer fails at once with FAILED_PRECONDITION ("another weight operation on
+// model 'X' is in progress") rather than queueing: weight operations are rare
+// admin actions, and an operator should learn of a conflict instead of having
+// an old request run later. status() never waits for a writer.
+//
+// Memory: the INACTIVE buffer is allocated by the first Stage, at full weight
+// size, so a model needs twice its weight memory while a set is staged or
+// retained for rollback; FreeInactive gives it back. Byte counts below are
+// estimates from PackageInfo::constants_nbytes (constant-folded intermediates
+// come on top). The first Stage after a free constant-folds one extra time
+// (a work-around for an AOTInductor crash, see FreeContainerInactive).
+//
+// Ownership: Model owns its manager (Model::weights()); the manager refers
+// back to the model and must not outlive it. Neither may an UploadSession.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/sha256.h"
+#include "common/status.h"
+#include "common/tensor.h"
+
+namespace pt2serve {
+
+class Model;
+class UploadSession;
+
+struct StageOptions {
+  // Label reported as the weights version once this set is active. Required.
+  std::string version;
+  // Optional lower- or upper-case hex SHA-256. StageFromFile checks it against
+  // the file's bytes, UploadSession::Commit against the uploaded chunks (in
+  // arrival order); Stage only records it.
+  std::string sha256;
+  // Free text for status(): a path, a URL, a training job. StageFromFile
+  // defaults it to the path.
+  std::string source;
+};
+
+enum class InactiveState { kEmpty, kStaged, kPrevious };
+// "EMPTY", "STAGED", "PREVIOUS".
+std::string_view InactiveStateName(InactiveState state);
+
+struct WeightSetInfo {
+  std::string version;  // empty for an EMPTY buffer
+  std::string sha256;   // as given in StageOptions (lower case), may be empty
+  std::string source;
+  size_t bytes = 0;     // memory the buffer holds (estimate)
+  // Last state change: loaded, staged, swapped in or out.
+  std::chrono::system_clock::time_point updated_at{};
+};
+
+struct BufferStatus {
+  WeightSetInfo active;
+  InactiveState inactive_state = InactiveState::kEmpty;
+  // For EMPTY only `bytes` may be non-zero (a Stage is writing into it).
+  WeightSetInfo inactive;
+  size_t bytes_in_use = 0;  // active.bytes + inactive.bytes
+};
+
+struct SwapResult {
+  std::string active_version;    // serving now
+  std::string previous_version;  // what Rollback() would restore
+  // Time requests were paused for the swap itself.
+  std::chrono::nanoseconds swap_time{0};
+  // Time spent waiting for in-flight requests to finish before that.
+  std::chrono::nanoseconds wait_time{0};
+};
+
+class ConstantBufferManager {
+ public:
+  // Cheap; touches nothing in the container. REQUIRES: `model` is fully
+  // constructed up to its pool and outlives this object.
+  explicit ConstantBufferManager(Model& model);
+  ~ConstantBufferManager();
+  ConstantBufferManager(const ConstantBufferManager&) = delete;
+  ConstantBufferManager& operator=(const ConstantBufferManager&) = delete;
+
+  // Validates `tensors` as a complete set of the package's updatable
+  // constants (PackageInfo::constants: each FQN exactly once, no unknown
+  // names, equal dtype and shape, data size matching) and writes them into the
+  // INACTIVE buffer, then constant-folds that buffer so the first request
+  // after the swap does not fold under the container's lock. Every problem is
+  // reported in ONE INVALID_ARGUMENT ("3 problems: missing 'fc2.bias'; unknown
+  // 'foo'; 'fc1.weight' has shape [64, 15], expected [64, 16]"). Replaces a
+  // STAGED set; discards a PREVIOUS one (see the state diagram above).
+  // RESOURCE_EXHAUSTED when the device runs out of memory, INTERNAL for other
+  // LibTorch errors. The tensors are only read during the call.
+  Status Stage(const std::vector<Tensor>& tensors, const StageOptions& options);
+
+  // Stage() of a safetensors file, read through a memory map (the container's
+  // copy into its buffer is the only full copy on CPU). NOT_FOUND for a
+  // missing file; DATA_LOSS when options.sha256 is given and differs from the
+  // SHA-256 of the file's bytes (what `sha256sum FILE` prints).
+  Status StageFromFile(const std::string& safetensors_path, StageOptions options);
+
+  // Starts a streamed upload of a complete weight set: validates the
+  // announced names/dtypes/shapes up front (all problems in one
+  // INVALID_ARGUMENT, like Stage) and allocates one host buffer per tensor
+  // for the chunks. The session holds the writer slot until it is committed
+  // or destroyed.
+  StatusOr<std::unique_ptr<UploadSession>> BeginUpload(std::vector<TensorSpec> tensors,
+                                                       StageOptions options);
+
+  // Makes the STAGED set active; the old active set becomes PREVIOUS.
+  // FAILED_PRECONDITION when nothing is staged, or when `expected_version` is
+  // non-empty and differs from the staged version. UNAVAILABLE when the
+  // model is shutting down.
+  StatusOr<SwapResult> Swap(std::string_view expected_version = "");
+
+  // Swaps ACTIVE and PREVIOUS: the rolled-back-from set becomes PREVIOUS, so
+  // a second Rollback() returns to it. FAILED_PRECONDITION when no previous
+  // set is retained (never swapped, freed, or discarded by a later Stage).
+  StatusOr<SwapResult> Rollback();
+
+  // Frees the INACTIVE buffer (a staged or previous set) with requests
+  // paused, since freeing must never race a swap. Returns the bytes released
+  // (estimate), 0 when nothing was held. Rollback fails afterwards.
+  StatusOr<size_t> FreeInactive();
+
+  BufferStatus status() const;
+
+ private:
+  friend class UploadSession;
+
+  // The model's writer slot, held for the duration of one weight operation.
+  // Move-only; releases on destruction.
+  class WriterSlot {
+   public:
+    WriterSlot() = default;
+    explicit WriterSlot(ConstantBufferManager* owner) : owner_(owner) {}
+    WriterSlot(WriterSlot&& other) noexcept;
+    WriterSlot& operator=(WriterSlot&& other) noexcept;
+    ~WriterSlot() { Release(); }
+    void Release();
+
+   private:
+    ConstantBufferManager* owner_ = nullptr;
+  };
+
+  struct WeightSet {
+    WeightSetInfo info;  // `bytes` is filled in by status()
+    // Known to be constant-folded. Sets we stage are; the compiled-in set is
+    // folded by the first request, which we cannot observe.
+    bool folded = false;
+  };
+
+  // FAILED_PRECONDITION when another writer holds the slot.
+  StatusOr<WriterSlot> AcquireWriter();
+
+  // The bodies of the public operations. REQUIRE: the writer slot is held.
+  Status StageHoldingSlot(const std::vector<Tensor>& tensors, const StageOptions& options);
+  StatusOr<SwapResult> SwapHoldingSlot();
+  // Applies the failure rule (see top of file) and returns `error`.
+  // `buffer_written`: the container's inactive buffer was (partly) written.
+  Status FailStage(Status error, bool buffer_written);
+  // free_inactive_constant_buffer() inside RunExclusive.
+  Status FreeContainerInactive();
+  // FQN -> the container's internal constant name, built on first use.
+  StatusOr<const std::map<std::string, std::string>*> InternalNames();
+
+  Model& model_;
+  const std::string model_name_;
+  const size_t weight_bytes_;  // PackageInfo::constants_nbytes
+
+  // Written only by the writer-slot holder.
+  std::map<std::string, std::string> internal_names_;
+  // The inactive buffer was freed and must be refolded before the next write
+  // (see FreeContainerInactive in the .cc).
+  bool inactive_needs_refold_ = false;
+
+  mutable std::mutex mu_;
+  // Guarded by mu_. Invariant: inactive_state_ != kEmpty implies
+  // inactive_allocated_.
+  bool writer_busy_ = false;
+  WeightSet active_;
+  WeightSet inactive_;  // meaningful unless inactive_state_ == kEmpty
+  InactiveState inactive_state_ = InactiveState::kEmpty;
+  bool inactive_allocated_ = false;  // the container's inactive buffer may hold memory
+};
+
+// A weight set arriving in chunks (a client-streaming upload). Made by
+// ConstantBufferManager::BeginUpload, which has already checked the announced
+// tensors and allocated one host buffer for each; Write() copies chunks
+// straight into them and Commit() hands them to Stage without another copy.
+//
+// Holds the model's writer slot from BeginUpload until Commit returns or the
+// session is destroyed. Destroying an uncommitted session (the client went
+// away mid-stream) stages nothing and leaves weights and buffers as they were.
+//
+// Thread-safety: not thread-safe; one stream feeds a session, one call at a
+// time. REQUIRES: destroyed before its Model.
+class UploadSession {
+ public:
+  ~UploadSession();
+  UploadSession(const UploadSession&) = delete;
+  UploadSession& operator=(const UploadSession&) = delete;
+
+  // Copies `size` bytes into tensor `name` at byte `offset`. Chunks may come
+  // in any order, but every byte exactly once. INVALID_ARGUMENT, with nothing
+  // recorded, for an unannounced name, a range outside the tensor, or bytes
+  // already written; FAILED_PRECONDITION once Commit() was called.
+  Status Write(std::string_view name, uint64_t offset, const void* data, size_t size);
+
+  // Checks that every byte of every tensor arrived (INVALID_ARGUMENT naming
+  // the incomplete tensors), then the checksum when options.sha256 was given
+  // (DATA_LOSS "checksum mismatch: expected X, got Y", over the chunks in
+  // arrival order), then stages the set as Stage() does. One-shot: the
+  // session is finished afterwards whatever the outcome, and its writer slot
+  // is released.
+  Status Commit();
+
+  const std::vector<TensorSpec>& tensors() const { return specs_; }
+  uint64_t bytes_expected() const { return bytes_expected_; }
+  uint64_t bytes_received() const { return bytes_received_; }
+
+ private:
+  friend class ConstantBufferManager;
+  struct Part {
+    size_t nbytes = 0;
+    std::unique_ptr<std::byte[]> data;
+    // Written byte ranges [begin, end), disjoint and merged when adjacent.
+    std::map<uint64_t, uint64_t> written;
+    uint64_t received = 0;
+  };
+
+  UploadSession(ConstantBufferManager& manager, ConstantBufferManager::WriterSlot slot,
+                std::vector<TensorSpec> specs, std::vector<Part> parts, StageOptions options);
+
+  ConstantBufferManager& manager_;
+  ConstantBufferManager::WriterSlot slot_;  // empty once committed
+  const std::vector<TensorSpec> specs_;
+  std::vector<Part> parts_;  // parallel to specs_
+  std::map<std::string, size_t, std::less<>> index_;  // name -> position in specs_
+  const StageOptions options_;
+  Sha256 hasher_;  // fed only when options_.sha256 is non-empty
+  uint64_t bytes_expected_ = 0;
+  uint64_t bytes_received_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace pt2serve

@@ -1,0 +1,45 @@
+// pt2serve.v1.Admin: model load/unload and weight hot-swap, served only on
+// the admin listener and only to callers presenting the bearer token
+// ("authorization: Bearer <token>"); anything else is UNAUTHENTICATED.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "pt2serve/v1/admin.grpc.pb.h"
+#include "runtime/model_registry.h"
+#include "server/model_repository.h"
+
+namespace pt2serve::server {
+
+class AdminService final : public pt2serve::v1::Admin::CallbackService {
+ public:
+  // An empty `token` refuses every call. References must outlive the service.
+  AdminService(ModelRegistry& registry, ModelRepository& repository, std::string token);
+  // Waits for background operations (loads, unloads) still running.
+  ~AdminService();
+
+  grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* ctx,
+                                      const pt2serve::v1::LoadModelRequest* request,
+                                      pt2serve::v1::LoadModelResponse* response) override;
+  grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* ctx,
+                                        const pt2serve::v1::UnloadModelRequest* request,
+                                        pt2serve::v1::UnloadModelResponse* response) override;
+
+ private:
+  Status Authenticate(grpc::CallbackServerContext* ctx) const;
+  // Runs `work` on its own thread (it blocks: loads, drains); the destructor
+  // waits for it, so it never outlives the registry.
+  void RunInBackground(std::function<void()> work);
+
+  ModelRegistry& registry_;
+  ModelRepository& repository_;
+  const std::string token_;
+  std::mutex background_mu_;
+  std::condition_variable background_done_;
+  int background_ = 0;  // guarded by background_mu_
+};
+
+}  // namespace pt2serve::server

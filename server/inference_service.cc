@@ -1,0 +1,123 @@
+#include "server/inference_service.h"
+
+#include "server/infer_reactor.h"
+#include "server/status_mapping.h"
+#include "server/tensor_codec.h"
+
+namespace pt2serve::server {
+namespace {
+
+pt2serve::v1::ModelState ToProtoState(ModelState state) {
+  switch (state) {
+    case ModelState::kLoading: return pt2serve::v1::LOADING;
+    case ModelState::kReady: return pt2serve::v1::READY;
+    case ModelState::kUnloading:
+    case ModelState::kUnloaded: return pt2serve::v1::UNLOADING;
+    case ModelState::kFailed: return pt2serve::v1::FAILED;
+  }
+  return pt2serve::v1::MODEL_STATE_UNSPECIFIED;
+}
+
+void FillSpec(const TensorSpec& spec, pt2serve::v1::TensorSpec* out) {
+  out->set_name(spec.name);
+  out->set_dtype(ToProtoDType(spec.dtype));
+  for (int64_t d : spec.shape) out->add_shape(d);
+}
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+int64_t Micros(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
+}  // namespace
+
+void FillModelSummary(const ModelStatus& status, const ModelRegistry& registry,
+                      pt2serve::v1::ModelSummary& out) {
+  out.set_name(status.name);
+  out.set_state(ToProtoState(status.state));
+  out.set_reason(status.reason);
+  if (status.state == ModelState::kReady) {
+    if (auto handle = registry.Get(status.name); handle.ok()) {
+      out.set_weights_version((*handle)->weights_version());
+    }
+  }
+}
+
+InferenceService::InferenceService(ModelRegistry& registry, InferenceCore& core)
+    : registry_(registry), core_(core) {}
+
+grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx,
+                                                const pt2serve::v1::RunRequest* request,
+                                                pt2serve::v1::RunResponse* response) {
+  const auto received = Clock::now();
+  auto* reactor = new InferReactor();
+  auto inputs = DecodeRunInputs(*request);
+  if (!inputs.ok()) {
+    core_.RecordEarlyFailure(Protocol::kNative, request->model(), inputs.status(), received);
+    reactor->Finish(ToGrpcStatus(inputs.status()));
+    return reactor;
+  }
+  InferRequest infer;
+  infer.id = request->request_id();
+  infer.deadline = DeadlineFromSystem(ctx->deadline());
+  infer.inputs = std::move(inputs).value();
+  infer.outputs.assign(request->outputs().begin(), request->outputs().end());
+  core_.Start(reactor->call(), Protocol::kNative, request->model(), std::move(infer), received,
+              Clock::now() - received,
+              [reactor, request, response](const Status& status, InferResponse& result) {
+                if (status.ok()) {
+                  response->set_model(request->model());
+                  response->set_request_id(request->request_id());
+                  response->set_weights_version(result.weights_version);
+                  response->set_queue_time_us(Micros(result.timing.queue));
+                  response->set_compute_time_us(Micros(result.timing.compute));
+                  for (const Tensor& t : result.outputs) EncodeTensor(t, *response->add_outputs());
+                }
+                reactor->Finish(ToGrpcStatus(status));
+              });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* ctx,
+                                                       const pt2serve::v1::ListModelsRequest*,
+                                                       pt2serve::v1::ListModelsResponse* response) {
+  for (const auto& s : registry_.List()) FillModelSummary(s, registry_, *response->add_models());
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* ctx,
+                                                     const pt2serve::v1::GetModelRequest* request,
+                                                     pt2serve::v1::ModelInfo* response) {
+  auto status = registry_.GetStatus(request->name());
+  if (!status.ok()) return Reply(ctx, status.status());
+  response->set_name(status->name);
+  response->set_state(ToProtoState(status->state));
+  response->set_reason(status->reason);
+  response->set_num_runners(static_cast<int32_t>(status->config.num_runners));
+  response->set_max_queue_size(static_cast<int32_t>(status->config.max_queue_size));
+  response->set_package_path(status->config.path);
+  auto handle = registry_.Get(request->name());
+  if (handle.ok()) {
+    const PackageInfo& info = (*handle)->info();
+    for (const auto& in : info.signature.inputs) FillSpec(in, response->add_inputs());
+    for (const auto& out : info.signature.outputs) FillSpec(out, response->add_outputs());
+    response->set_max_batch_size(static_cast<int32_t>(info.signature.max_batch_size));
+    response->set_device(info.device.ToString());
+    response->set_weights_version((*handle)->weights_version());
+    for (const auto& c : info.constants) {
+      auto* spec = response->add_constants();
+      spec->set_name(c.fqn);
+      spec->set_dtype(ToProtoDType(c.dtype));
+      for (int64_t d : c.shape) spec->add_shape(d);
+    }
+    response->set_constants_bytes(static_cast<int64_t>(info.constants_nbytes));
+  }
+  return Reply(ctx, Status::Ok());
+}
+
+}  // namespace pt2serve::server

@@ -1,0 +1,278 @@
+#include "server/kserve_service.h"
+
+#include "server/infer_reactor.h"
+#include "server/status_mapping.h"
+#include "server/tensor_codec.h"
+
+namespace pt2serve::server {
+namespace {
+
+constexpr char kPlatform[] = "pytorch_aoti";
+constexpr char kVersion[] = "1";  // pt2serve serves one version per model
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+// Only version "" or "1" exists.
+Status CheckVersion(const std::string& model, const std::string& version) {
+  if (version.empty() || version == kVersion) return Status::Ok();
+  return NotFound("model '" + model + "' has no version '" + version + "' (only '1')");
+}
+
+StatusOr<ModelHandle> ReadyModel(ModelRegistry& registry, const std::string& name,
+                                 const std::string& version) {
+  PT2_RETURN_IF_ERROR(CheckVersion(name, version));
+  return registry.Get(name);
+}
+
+void FillMetadata(const TensorSpec& spec, inference::ModelMetadataResponse::TensorMetadata* out) {
+  out->set_name(spec.name);
+  out->set_datatype(std::string(KServeDatatype(spec.dtype)));
+  for (int64_t d : spec.shape) out->add_shape(d);
+}
+
+// Triton convention: with max_batch_size > 0, dims exclude the batch dim.
+template <typename Field>
+void FillDims(const TensorSpec& spec, bool batched, Field* out) {
+  for (size_t i = batched ? 1 : 0; i < spec.shape.size(); ++i) out->add_dims(spec.shape[i]);
+}
+
+void FillDuration(const Duration& d, inference::StatisticDuration* out) {
+  out->set_count(d.count.load(std::memory_order_relaxed));
+  out->set_ns(d.ns.load(std::memory_order_relaxed));
+}
+
+std::string KServeState(ModelState state) {
+  switch (state) {
+    case ModelState::kLoading: return "LOADING";
+    case ModelState::kReady: return "READY";
+    case ModelState::kUnloading: return "UNLOADING";
+    default: return "UNAVAILABLE";
+  }
+}
+
+Status RequestTimeout(const inference::ModelInferRequest& request, Deadline& deadline) {
+  auto it = request.parameters().find("timeout");
+  if (it == request.parameters().end()) return Status::Ok();
+  const auto& p = it->second;
+  int64_t us = 0;
+  if (p.parameter_choice_case() == inference::InferParameter::kInt64Param) {
+    us = p.int64_param();
+  } else if (p.parameter_choice_case() == inference::InferParameter::kUint64Param) {
+    us = static_cast<int64_t>(p.uint64_param());
+  } else {
+    return InvalidArgument("parameter 'timeout' must be an integer (microseconds)");
+  }
+  if (us > 0) deadline = std::min(deadline, Clock::now() + std::chrono::microseconds(us));
+  return Status::Ok();
+}
+
+}  // namespace
+
+KServeService::KServeService(ModelRegistry& registry, InferenceCore& core, StatsTable& stats,
+                             ModelRepository& repository, KServeOptions options)
+    : registry_(registry),
+      core_(core),
+      stats_(stats),
+      repository_(repository),
+      options_(std::move(options)) {}
+
+grpc::ServerUnaryReactor* KServeService::ServerLive(grpc::CallbackServerContext* ctx,
+                                                    const inference::ServerLiveRequest*,
+                                                    inference::ServerLiveResponse* response) {
+  response->set_live(true);
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ServerReady(grpc::CallbackServerContext* ctx,
+                                                     const inference::ServerReadyRequest*,
+                                                     inference::ServerReadyResponse* response) {
+  response->set_ready(registry_.AllReady());
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelReady(grpc::CallbackServerContext* ctx,
+                                                    const inference::ModelReadyRequest* request,
+                                                    inference::ModelReadyResponse* response) {
+  if (Status v = CheckVersion(request->name(), request->version()); !v.ok()) return Reply(ctx, v);
+  auto status = registry_.GetStatus(request->name());
+  response->set_ready(status.ok() && status->state == ModelState::kReady);
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ServerMetadata(
+    grpc::CallbackServerContext* ctx, const inference::ServerMetadataRequest*,
+    inference::ServerMetadataResponse* response) {
+  response->set_name("pt2serve");
+  response->set_version(options_.server_version);
+  for (const char* ext : {"model_configuration", "statistics", "model_repository"}) {
+    response->add_extensions(ext);
+  }
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelMetadata(
+    grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
+    inference::ModelMetadataResponse* response) {
+  auto model = ReadyModel(registry_, request->name(), request->version());
+  if (!model.ok()) return Reply(ctx, model.status());
+  const Signature& sig = (*model)->signature();
+  response->set_name(request->name());
+  response->add_versions(kVersion);
+  response->set_platform(kPlatform);
+  for (const auto& in : sig.inputs) FillMetadata(in, response->add_inputs());
+  for (const auto& out : sig.outputs) FillMetadata(out, response->add_outputs());
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext* ctx,
+                                                     const inference::ModelConfigRequest* request,
+                                                     inference::ModelConfigResponse* response) {
+  auto model = ReadyModel(registry_, request->name(), request->version());
+  if (!model.ok()) return Reply(ctx, model.status());
+  const Signature& sig = (*model)->signature();
+  const bool batched = sig.max_batch_size > 0;
+  auto* config = response->mutable_config();
+  config->set_name(request->name());
+  config->set_platform(kPlatform);
+  config->set_backend("pt2serve");
+  config->set_max_batch_size(static_cast<int32_t>(sig.max_batch_size));
+  for (const auto& in : sig.inputs) {
+    auto* m = config->add_input();
+    m->set_name(in.name);
+    m->set_data_type(TritonDataType(in.dtype));
+    FillDims(in, batched, m);
+  }
+  for (const auto& out : sig.outputs) {
+    auto* m = config->add_output();
+    m->set_name(out.name);
+    m->set_data_type(TritonDataType(out.dtype));
+    FillDims(out, batched, m);
+  }
+  auto* group = config->add_instance_group();
+  group->set_name(request->name());
+  group->set_count(static_cast<int32_t>((*model)->pool().num_runners()));
+  const auto& device = (*model)->info().device;
+  group->set_kind(device.kind == DeviceKind::kCpu ? inference::ModelInstanceGroup::KIND_CPU
+                                                  : inference::ModelInstanceGroup::KIND_GPU);
+  if (device.kind != DeviceKind::kCpu && device.index >= 0) group->add_gpus(device.index);
+  (*config->mutable_parameters())["weights_version"].set_string_value(
+      (*model)->weights_version());
+  (*config->mutable_parameters())["device"].set_string_value(device.ToString());
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelStatistics(
+    grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  std::vector<std::string> names;
+  if (request->name().empty()) {
+    for (const auto& s : registry_.List()) {
+      if (s.state == ModelState::kReady) names.push_back(s.name);
+    }
+  } else {
+    auto model = ReadyModel(registry_, request->name(), request->version());
+    if (!model.ok()) return Reply(ctx, model.status());
+    names.push_back(request->name());
+  }
+  for (const auto& name : names) {
+    auto stats = stats_.Get(name);
+    auto* out = response->add_model_stats();
+    out->set_name(name);
+    out->set_version(kVersion);
+    out->set_last_inference(stats->last_inference_ms.load());
+    out->set_inference_count(stats->inference_count.load());
+    out->set_execution_count(stats->execution_count.load());
+    auto* infer = out->mutable_inference_stats();
+    FillDuration(stats->success, infer->mutable_success());
+    FillDuration(stats->fail, infer->mutable_fail());
+    FillDuration(stats->queue, infer->mutable_queue());
+    FillDuration(stats->compute_input, infer->mutable_compute_input());
+    FillDuration(stats->compute_infer, infer->mutable_compute_infer());
+    FillDuration(stats->compute_output, infer->mutable_compute_output());
+  }
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::RepositoryIndex(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryIndexRequest* request,
+    inference::RepositoryIndexResponse* response) {
+  for (const auto& s : registry_.List()) {
+    if (request->ready() && s.state != ModelState::kReady) continue;
+    auto* m = response->add_models();
+    m->set_name(s.name);
+    m->set_version(kVersion);
+    m->set_state(KServeState(s.state));
+    m->set_reason(s.reason);
+  }
+  return Reply(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::RepositoryModelLoad(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryModelLoadRequest* request,
+    inference::RepositoryModelLoadResponse*) {
+  if (!options_.allow_repository_admin) {
+    return Reply(ctx, PermissionDenied("RepositoryModelLoad is an admin operation; use the "
+                                       "admin listener or enable "
+                                       "allow_repository_admin_on_inference_port"));
+  }
+  pt2serve::ModelConfig config = repository_.defaults();
+  config.name = request->model_name();
+  config.path.clear();
+  return Reply(ctx, repository_.Load(config));
+}
+
+grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
+    inference::RepositoryModelUnloadResponse*) {
+  if (!options_.allow_repository_admin) {
+    return Reply(ctx, PermissionDenied("RepositoryModelUnload is an admin operation; use the "
+                                       "admin listener or enable "
+                                       "allow_repository_admin_on_inference_port"));
+  }
+  return Reply(ctx, repository_.Unload(request->model_name()));
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext* ctx,
+                                                    const inference::ModelInferRequest* request,
+                                                    inference::ModelInferResponse* response) {
+  const auto received = Clock::now();
+  auto* reactor = new InferReactor();
+  auto fail = [&](const Status& status) {
+    core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), status, received);
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  };
+  if (Status v = CheckVersion(request->model_name(), request->model_version()); !v.ok()) {
+    return fail(v);
+  }
+  InferRequest infer;
+  infer.id = request->id();
+  infer.deadline = DeadlineFromSystem(ctx->deadline());
+  if (Status t = RequestTimeout(*request, infer.deadline); !t.ok()) return fail(t);
+  auto inputs = DecodeKServeInputs(*request);
+  if (!inputs.ok()) return fail(inputs.status());
+  infer.inputs = std::move(inputs).value();
+  for (const auto& out : request->outputs()) infer.outputs.push_back(out.name());
+  const auto decode_time = Clock::now() - received;
+
+  core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), std::move(infer),
+              received, decode_time,
+              [reactor, request, response](const Status& status, InferResponse& result) {
+                if (status.ok()) {
+                  response->set_model_name(request->model_name());
+                  response->set_model_version(kVersion);
+                  response->set_id(request->id());
+                  (*response->mutable_parameters())["weights_version"].set_string_param(
+                      result.weights_version);
+                  EncodeKServeOutputs(result.outputs, *response);
+                }
+                reactor->Finish(ToGrpcStatus(status));
+              });
+  return reactor;
+}
+
+}  // namespace pt2serve::server

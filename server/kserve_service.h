@@ -1,0 +1,71 @@
+// KServe v2 / Open Inference Protocol (package `inference`), plus the Triton
+// extensions tritonclient and perf_analyzer use: ModelConfig,
+// ModelStatistics, RepositoryIndex, RepositoryModelLoad/Unload.
+#pragma once
+
+#include <string>
+
+#include "kserve/grpc_service.grpc.pb.h"
+#include "runtime/model_registry.h"
+#include "server/inference_core.h"
+#include "server/model_repository.h"
+#include "server/model_stats.h"
+
+namespace pt2serve::server {
+
+struct KServeOptions {
+  std::string server_version;
+  // RepositoryModelLoad/Unload are admin operations: PERMISSION_DENIED on
+  // the inference port unless this is set.
+  bool allow_repository_admin = false;
+};
+
+class KServeService final : public inference::GRPCInferenceService::CallbackService {
+ public:
+  // All references must outlive the service.
+  KServeService(ModelRegistry& registry, InferenceCore& core, StatsTable& stats,
+                ModelRepository& repository, KServeOptions options);
+
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* ctx,
+                                       const inference::ServerLiveRequest* request,
+                                       inference::ServerLiveResponse* response) override;
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* ctx,
+                                        const inference::ServerReadyRequest* request,
+                                        inference::ServerReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* ctx,
+                                       const inference::ModelReadyRequest* request,
+                                       inference::ModelReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* ctx,
+                                           const inference::ServerMetadataRequest* request,
+                                           inference::ServerMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* ctx,
+                                          const inference::ModelMetadataRequest* request,
+                                          inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* ctx,
+                                        const inference::ModelConfigRequest* request,
+                                        inference::ModelConfigResponse* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* ctx,
+                                            const inference::ModelStatisticsRequest* request,
+                                            inference::ModelStatisticsResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* ctx,
+                                            const inference::RepositoryIndexRequest* request,
+                                            inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(
+      grpc::CallbackServerContext* ctx, const inference::RepositoryModelLoadRequest* request,
+      inference::RepositoryModelLoadResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(
+      grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
+      inference::RepositoryModelUnloadResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* ctx,
+                                       const inference::ModelInferRequest* request,
+                                       inference::ModelInferResponse* response) override;
+
+ private:
+  ModelRegistry& registry_;
+  InferenceCore& core_;
+  StatsTable& stats_;
+  ModelRepository& repository_;
+  const KServeOptions options_;
+};
+
+}  // namespace pt2serve::server

@@ -1,0 +1,140 @@
+// pt2serve: serves AOTInductor .pt2 packages over gRPC (KServe v2 and
+// pt2serve.v1), with an admin API for hot-swapping weights.
+//
+//   pt2serve                                   # the bundled demo model
+//   pt2serve --config config/pt2serve.example.yaml
+//   pt2serve --model mlp=/path/mlp.pt2 --model other=/p/o.pt2:runners=4,device=cpu
+//
+// Flags override the config file. SIGTERM/SIGINT: stop accepting, drain
+// in-flight requests (drain_timeout_ms), unload models, exit 0.
+#include <CLI/CLI.hpp>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "config/server_config.h"
+#include "server/logging.h"
+#include "server/server.h"
+#include "server/version.h"
+
+using namespace pt2serve;
+
+namespace {
+
+// Parses "NAME=PATH[:key=value,key=value]" with keys runners, device, queue,
+// timeout_ms, version.
+StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
+  const auto eq = flag.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return InvalidArgument("--model '" + flag + "': expected NAME=PATH[:key=value,...]");
+  }
+  ModelEntry entry;
+  entry.name = flag.substr(0, eq);
+  std::string rest = flag.substr(eq + 1);
+  const auto colon = rest.find(":");
+  entry.path = rest.substr(0, colon);
+  if (colon == std::string::npos) return entry;
+  std::stringstream options(rest.substr(colon + 1));
+  for (std::string kv; std::getline(options, kv, ',');) {
+    const auto e = kv.find('=');
+    const std::string key = kv.substr(0, e);
+    const std::string value = e == std::string::npos ? "" : kv.substr(e + 1);
+    try {
+      if (key == "runners") entry.num_runners = std::stoi(value);
+      else if (key == "queue") entry.max_queue_size = std::stoi(value);
+      else if (key == "timeout_ms") entry.timeout_ms = std::stoi(value);
+      else if (key == "device") entry.device = value;
+      else if (key == "version") entry.weights_version = value;
+      else return InvalidArgument("--model '" + flag + "': unknown option '" + key + "'");
+    } catch (const std::exception&) {
+      return InvalidArgument("--model '" + flag + "': bad value for '" + key + "'");
+    }
+  }
+  return entry;
+}
+
+int Fail(const Status& status) {
+  std::fprintf(stderr, "pt2serve: %s\n", status.ToString().c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pt2serve: inference server for PyTorch AOTInductor packages"};
+  std::string config_path;
+  std::vector<std::string> model_flags;
+  std::optional<std::string> inference_address, admin_address, metrics_address, repository,
+      log_level, log_format, token_file, token_env;
+  std::optional<int> drain_ms;
+  bool access_log = false;
+  app.add_option("-c,--config", config_path, "YAML config file (see config/)");
+  app.add_option("-m,--model", model_flags,
+                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,version=L] "
+                 "(repeatable; adds to the config's models)");
+  app.add_option("--inference-address", inference_address, "host:port for inference (KServe v2 + pt2serve.v1)");
+  app.add_option("--admin-address", admin_address, "host:port or unix:PATH for the admin API; '' disables");
+  app.add_option("--metrics-address", metrics_address, "host:port for Prometheus /metrics; '' disables");
+  app.add_option("--model-repository", repository, "Root folder for admin loads and server-side weight files");
+  app.add_option("--admin-token-file", token_file, "File holding the admin bearer token");
+  app.add_option("--admin-token-env", token_env, "Environment variable holding the admin bearer token");
+  app.add_option("--drain-timeout-ms", drain_ms, "How long shutdown waits for in-flight requests");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off");
+  app.add_option("--log-format", log_format, "text|json");
+  app.add_flag("--access-log", access_log, "Log one line per request");
+  app.set_version_flag("--version", std::string(server::kVersion));
+  CLI11_PARSE(app, argc, argv);
+
+  ServerConfig config;
+  if (!config_path.empty()) {
+    auto loaded = LoadServerConfigFile(config_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    config = std::move(loaded).value();
+  }
+  if (inference_address) config.inference_address = *inference_address;
+  if (admin_address) config.admin_address = *admin_address;
+  if (metrics_address) config.metrics_address = *metrics_address;
+  if (repository) config.model_repository = *repository;
+  if (token_file) config.admin_token_file = *token_file;
+  if (token_env) config.admin_token_env = *token_env;
+  if (drain_ms) config.drain_timeout_ms = *drain_ms;
+  if (log_level) config.log_level = *log_level;
+  if (log_format) config.log_format = *log_format;
+  if (access_log) config.access_log = true;
+  for (const auto& flag : model_flags) {
+    auto entry = ParseModelFlag(flag);
+    if (!entry.ok()) return Fail(entry.status());
+    config.models.push_back(std::move(entry).value());
+  }
+  if (config_path.empty() && config.models.empty()) {
+    // No arguments: the bundled demo model (exported by scripts/setup.sh).
+    ModelEntry demo;
+    demo.name = "mlp";
+    demo.path = PT2SERVE_DEMO_MODEL;
+    config.models.push_back(demo);
+  }
+  if (Status valid = ValidateServerConfig(config); !valid.ok()) return Fail(valid);
+  if (Status logs = server::ConfigureLogging(config.log_level, config.log_format); !logs.ok()) {
+    return Fail(logs);
+  }
+
+  // Block the shutdown signals in every thread; main waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = server::Server::Start(config);
+  if (!server.ok()) return Fail(server.status());
+  int signal = 0;
+  sigwait(&signals, &signal);
+  server::Logger("server")->info("received {}", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  server->reset();
+  return 0;
+}

@@ -1,0 +1,70 @@
+// Metrics: owns the Prometheus registry and the /metrics HTTP endpoint.
+//
+// Request counters and latency histograms are recorded on the request path
+// (series are resolved once per model/protocol/code and cached). Gauges that
+// describe current state (in-flight, queue depth, model state, weights
+// version) are read from the ModelRegistry at scrape time, so they can never
+// drift from the truth.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/status.h"
+#include "runtime/model_registry.h"
+#include "runtime/runner_pool.h"
+
+namespace prometheus {
+class Exposer;
+class Registry;
+class Counter;
+class Histogram;
+template <typename T> class Family;
+}  // namespace prometheus
+
+namespace pt2serve::server {
+
+enum class Protocol { kKServe, kNative };
+std::string_view ProtocolName(Protocol p);  // "kserve" / "pt2serve"
+
+class Metrics {
+ public:
+  // Serves /metrics on `address` ("host:port"); "" = collect without serving.
+  // `registry` must outlive this object.
+  static StatusOr<std::unique_ptr<Metrics>> Create(const std::string& address,
+                                                   const ModelRegistry& registry);
+  ~Metrics();
+
+  void RecordRequest(const std::string& model, Protocol protocol, StatusCode code,
+                     const RequestTiming& timing, std::chrono::nanoseconds total);
+  // Load durations and load failures, from registry state changes.
+  void RecordStateChange(const ModelStatus& status);
+  // Prometheus text exposition of everything (what /metrics returns).
+  std::string Render() const;
+  // Port /metrics listens on (0 when not serving).
+  int port() const;
+
+ private:
+  struct Series;
+  explicit Metrics(const ModelRegistry& registry);
+  Series& SeriesFor(const std::string& model, Protocol protocol, StatusCode code);
+
+  std::shared_ptr<prometheus::Registry> prom_;
+  std::shared_ptr<class StateCollector> state_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* queue_seconds_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* compute_seconds_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* request_seconds_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* load_seconds_ = nullptr;
+  prometheus::Family<prometheus::Counter>* load_failures_ = nullptr;
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<Series>> series_;  // guarded by mu_
+};
+
+}  // namespace pt2serve::server

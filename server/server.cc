@@ -1,0 +1,188 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "server/admin_service.h"
+#include "server/inference_core.h"
+#include "server/inference_service.h"
+#include "server/kserve_service.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+#include "server/model_repository.h"
+#include "server/model_stats.h"
+#include "server/version.h"
+
+namespace pt2serve::server {
+namespace {
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsConfig& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  PT2_ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_file));
+  PT2_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(tls.cert_file));
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.client_ca_file.empty()) {
+    PT2_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFile(tls.client_ca_file));
+    options.client_certificate_request =
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
+
+ModelConfig ToModelConfig(const ModelEntry& entry) {
+  ModelConfig c;
+  c.name = entry.name;
+  c.path = entry.path;
+  c.device = entry.device;
+  c.num_runners = static_cast<size_t>(entry.num_runners);
+  c.max_queue_size = static_cast<size_t>(entry.max_queue_size);
+  c.default_timeout = std::chrono::milliseconds(entry.timeout_ms);
+  c.initial_weights_version = entry.weights_version;
+  return c;
+}
+
+StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
+  PT2_RETURN_IF_ERROR(ValidateServerConfig(config));
+  std::unique_ptr<Server> server(new Server);
+  server->config_ = config;
+  server->registry_ = std::make_unique<ModelRegistry>();
+  server->stats_ = std::make_unique<StatsTable>();
+  PT2_ASSIGN_OR_RETURN(server->metrics_,
+                       Metrics::Create(config.metrics_address, *server->registry_));
+  server->registry_->AddObserver([s = server.get()](const ModelStatus& st) { s->OnStateChange(st); });
+  server->core_ = std::make_unique<InferenceCore>(*server->registry_, *server->metrics_,
+                                                  *server->stats_, config.access_log);
+  ModelConfig defaults;  // for models loaded at run time by name/path
+  server->repository_ = std::make_unique<ModelRepository>(*server->registry_,
+                                                          config.model_repository, defaults);
+  PT2_RETURN_IF_ERROR(server->BuildListeners());
+  server->LoadConfiguredModels();
+  return server;
+}
+
+Status Server::BuildListeners() {
+  auto log = Logger("server");
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  kserve_ = std::make_unique<KServeService>(
+      *registry_, *core_, *stats_, *repository_,
+      KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port});
+  inference_ = std::make_unique<InferenceService>(*registry_, *core_);
+  {
+    grpc::ServerBuilder builder;
+    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.inference_tls));
+    builder.AddListeningPort(config_.inference_address, creds, &inference_port_);
+    builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+    builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+    builder.RegisterService(kserve_.get());
+    builder.RegisterService(inference_.get());
+    inference_server_ = builder.BuildAndStart();
+    if (!inference_server_ || inference_port_ == 0) {
+      return Unavailable("cannot listen on " + config_.inference_address);
+    }
+  }
+  if (!config_.admin_address.empty()) {
+    PT2_ASSIGN_OR_RETURN(std::string token, ResolveAdminToken(config_));
+    if (token.empty()) {
+      log->warn("admin listener {} has no token configured: admin RPCs are refused",
+                config_.admin_address);
+    }
+    admin_ = std::make_unique<AdminService>(*registry_, *repository_, std::move(token));
+    grpc::ServerBuilder builder;
+    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls));
+    builder.AddListeningPort(config_.admin_address, creds, &admin_port_);
+    builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+    builder.RegisterService(admin_.get());
+    admin_server_ = builder.BuildAndStart();
+    if (!admin_server_ || admin_port_ == 0) {
+      return Unavailable("cannot listen on " + config_.admin_address + " (admin)");
+    }
+  }
+  UpdateHealth();
+  log->info("pt2serve {} listening: inference {} (port {}), admin {} (port {}), metrics {} (port {})",
+            kVersion, config_.inference_address, inference_port_,
+            config_.admin_address.empty() ? "off" : config_.admin_address, admin_port_,
+            config_.metrics_address.empty() ? "off" : config_.metrics_address, metrics_port());
+  return Status::Ok();
+}
+
+void Server::LoadConfiguredModels() {
+  for (const auto& entry : config_.models) {
+    // Failures are logged and reported through the registry (FAILED + reason).
+    (void)registry_->Load(ToModelConfig(entry));
+  }
+}
+
+void Server::OnStateChange(const ModelStatus& status) {
+  auto log = Logger("registry");
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(status.load_duration).count();
+  switch (status.state) {
+    case ModelState::kFailed:
+      log->error("model '{}' FAILED after {} ms: {}", status.name, ms, status.reason);
+      break;
+    case ModelState::kReady:
+      log->info("model '{}' READY ({} ms, {} runner(s), {})", status.name, ms,
+                status.config.num_runners, status.config.path);
+      stats_->Reset(status.name);
+      break;
+    default:
+      log->info("model '{}' {}", status.name, ModelStateName(status.state));
+  }
+  metrics_->RecordStateChange(status);
+  UpdateHealth();
+}
+
+void Server::UpdateHealth() {
+  if (!inference_server_) return;
+  auto* health = inference_server_->GetHealthCheckService();
+  if (!health) return;
+  const bool ready = registry_->AllReady() && !shut_down_;
+  health->SetServingStatus("", ready);
+  health->SetServingStatus("inference.GRPCInferenceService", ready);
+  health->SetServingStatus("pt2serve.v1.Inference", ready);
+  for (const auto& s : registry_->List()) {
+    health->SetServingStatus(s.name, s.state == ModelState::kReady && !shut_down_);
+  }
+}
+
+int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  auto log = Logger("server");
+  log->info("shutting down: draining in-flight requests (up to {} ms)", config_.drain_timeout_ms);
+  if (inference_server_) {
+    if (auto* health = inference_server_->GetHealthCheckService()) health->Shutdown();
+  }
+  const auto deadline =
+      std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
+  if (admin_server_) admin_server_->Shutdown(deadline);
+  if (inference_server_) inference_server_->Shutdown(deadline);
+  registry_->UnloadAll(std::chrono::milliseconds(config_.drain_timeout_ms));
+  log->info("shutdown complete");
+}
+
+Server::~Server() {
+  Shutdown();
+  // Members go in reverse order: servers, services, core, metrics, registry.
+}
+
+}  // namespace pt2serve::server

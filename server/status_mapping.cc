@@ -1,0 +1,12 @@
+#include "server/status_mapping.h"
+
+namespace pt2serve::server {
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // StatusCode uses the canonical code space, so the values line up.
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(status.code())),
+                      status.message());
+}
+
+}  // namespace pt2serve::server
