@@ -5,6 +5,9 @@
 #include "server/inference_service.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
+#include "server/update_reactor.h"
+#include "runtime/constant_buffer_manager.h"
+#include "runtime/model.h"
 
 namespace pt2serve::server {
 namespace {
@@ -31,6 +34,34 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& 
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
+}
+
+
+int64_t Micros(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
+void FillBuffer(const WeightSetInfo& info, pt2serve::v1::BufferState state,
+                pt2serve::v1::BufferInfo* out) {
+  out->set_state(state);
+  out->set_version(info.version);
+  out->set_sha256(info.sha256);
+  out->set_bytes(info.bytes);
+  out->set_source(info.source);
+  const auto since_epoch = info.updated_at.time_since_epoch();
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+  out->mutable_updated_at()->set_seconds(secs.count());
+  out->mutable_updated_at()->set_nanos(static_cast<int32_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count()));
+}
+
+pt2serve::v1::BufferState ToProto(InactiveState state) {
+  switch (state) {
+    case InactiveState::kEmpty: return pt2serve::v1::EMPTY;
+    case InactiveState::kStaged: return pt2serve::v1::STAGED;
+    case InactiveState::kPrevious: return pt2serve::v1::PREVIOUS;
+  }
+  return pt2serve::v1::BUFFER_STATE_UNSPECIFIED;
 }
 
 }  // namespace
@@ -114,6 +145,88 @@ grpc::ServerUnaryReactor* AdminService::UnloadModel(
     reactor->Finish(ToGrpcStatus(repository_.Unload(name)));
   });
   return reactor;
+}
+
+
+grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest>*
+AdminService::UpdateConstantBuffer(grpc::CallbackServerContext* ctx,
+                                   pt2serve::v1::UpdateConstantBufferResponse* response) {
+  return new UpdateReactor(*this, ctx, response);
+}
+
+grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ctx,
+                                                 const std::string& model,
+                                                 const std::string& expected_version,
+                                                 pt2serve::v1::SwapResponse* response,
+                                                 bool rollback) {
+  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  auto handle = registry_.Get(model);
+  if (!handle.ok()) return Reply(ctx, handle.status());
+  auto* reactor = ctx->DefaultReactor();
+  auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
+  // A swap waits for in-flight requests (about one inference): off the gRPC thread.
+  RunInBackground([reactor, response, shared, model, expected_version, rollback] {
+    auto& weights = (*shared)->weights();
+    auto result = rollback ? weights.Rollback() : weights.Swap(expected_version);
+    if (result.ok()) {
+      response->set_model(model);
+      response->set_active_version(result->active_version);
+      response->set_previous_version(result->previous_version);
+      response->set_swap_time_us(Micros(result->swap_time));
+      Logger("admin")->info("model '{}': {} -> weights '{}' active (was '{}'; drain {} us, swap {} us)",
+                            model, rollback ? "rollback" : "swap", result->active_version,
+                            result->previous_version, Micros(result->wait_time),
+                            Micros(result->swap_time));
+    }
+    reactor->Finish(ToGrpcStatus(result.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::SwapConstantBuffer(grpc::CallbackServerContext* ctx,
+                                                           const pt2serve::v1::SwapRequest* request,
+                                                           pt2serve::v1::SwapResponse* response) {
+  return SwapLike(ctx, request->model(), request->expected_version(), response, false);
+}
+
+grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* ctx,
+                                                 const pt2serve::v1::RollbackRequest* request,
+                                                 pt2serve::v1::SwapResponse* response) {
+  return SwapLike(ctx, request->model(), "", response, true);
+}
+
+grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
+    grpc::CallbackServerContext* ctx, const pt2serve::v1::FreeInactiveRequest* request,
+    pt2serve::v1::FreeInactiveResponse* response) {
+  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  auto handle = registry_.Get(request->model());
+  if (!handle.ok()) return Reply(ctx, handle.status());
+  auto* reactor = ctx->DefaultReactor();
+  auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
+  RunInBackground([reactor, response, shared, model = request->model()] {
+    auto freed = (*shared)->weights().FreeInactive();
+    if (freed.ok()) {
+      response->set_model(model);
+      response->set_freed_bytes(*freed);
+      Logger("admin")->info("model '{}': inactive weights freed ({} bytes)", model, *freed);
+    }
+    reactor->Finish(ToGrpcStatus(freed.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
+    grpc::CallbackServerContext* ctx, const pt2serve::v1::ConstantBufferStatusRequest* request,
+    pt2serve::v1::ConstantBufferStatus* response) {
+  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  auto handle = registry_.Get(request->model());
+  if (!handle.ok()) return Reply(ctx, handle.status());
+  const BufferStatus st = (*handle)->weights().status();
+  response->set_model(request->model());
+  FillBuffer(st.active, pt2serve::v1::ACTIVE, response->mutable_active());
+  FillBuffer(st.inactive, ToProto(st.inactive_state), response->mutable_inactive());
+  response->set_bytes_in_use(st.bytes_in_use);
+  return Reply(ctx, Status::Ok());
 }
 
 }  // namespace pt2serve::server

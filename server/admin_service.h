@@ -14,6 +14,8 @@
 
 namespace pt2serve::server {
 
+class UpdateReactor;
+
 class AdminService final : public pt2serve::v1::Admin::CallbackService {
  public:
   // An empty `token` refuses every call. References must outlive the service.
@@ -27,8 +29,28 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* ctx,
                                         const pt2serve::v1::UnloadModelRequest* request,
                                         pt2serve::v1::UnloadModelResponse* response) override;
+  grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest>* UpdateConstantBuffer(
+      grpc::CallbackServerContext* ctx,
+      pt2serve::v1::UpdateConstantBufferResponse* response) override;
+  grpc::ServerUnaryReactor* SwapConstantBuffer(grpc::CallbackServerContext* ctx,
+                                               const pt2serve::v1::SwapRequest* request,
+                                               pt2serve::v1::SwapResponse* response) override;
+  grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* ctx,
+                                     const pt2serve::v1::RollbackRequest* request,
+                                     pt2serve::v1::SwapResponse* response) override;
+  grpc::ServerUnaryReactor* FreeInactiveConstantBuffer(
+      grpc::CallbackServerContext* ctx, const pt2serve::v1::FreeInactiveRequest* request,
+      pt2serve::v1::FreeInactiveResponse* response) override;
+  grpc::ServerUnaryReactor* GetConstantBufferStatus(
+      grpc::CallbackServerContext* ctx, const pt2serve::v1::ConstantBufferStatusRequest* request,
+      pt2serve::v1::ConstantBufferStatus* response) override;
 
  private:
+  friend class UpdateReactor;
+  // Runs a swap-like operation on `model` off the gRPC thread.
+  grpc::ServerUnaryReactor* SwapLike(grpc::CallbackServerContext* ctx, const std::string& model,
+                                     const std::string& expected_version,
+                                     pt2serve::v1::SwapResponse* response, bool rollback);
   Status Authenticate(grpc::CallbackServerContext* ctx) const;
   // Runs `work` on its own thread (it blocks: loads, drains); the destructor
   // waits for it, so it never outlives the registry.
