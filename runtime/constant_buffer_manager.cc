@@ -17,7 +17,7 @@
 #include "common/safetensors.h"
 #include "runtime/model.h"
 #include "runtime/model_package.h"
-#include "runtime/tensor_convert.h"
+#include "devices/tensor_convert.h"
 
 namespace pt2serve {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model_package.h"
-#include "runtime/tensor_convert.h"
+#include "devices/device_executor.h"
 
 namespace pt2serve {
 
@@ -15,12 +15,19 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
   options.device = config.device;
   options.num_runners = config.num_runners;
   PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
-  return std::shared_ptr<Model>(new Model(config, std::move(package)));
+  std::vector<std::unique_ptr<DeviceExecutor>> executors;
+  for (size_t i = 0; i < config.num_runners; ++i) {
+    PT2_ASSIGN_OR_RETURN(auto executor, DeviceExecutor::Create(package->info().device));
+    executors.push_back(std::move(executor));
+  }
+  return std::shared_ptr<Model>(new Model(config, std::move(package), std::move(executors)));
 }
 
-Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package)
+Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package,
+             std::vector<std::unique_ptr<DeviceExecutor>> executors)
     : config_(std::move(config)),
       package_(std::move(package)),
+      executors_(std::move(executors)),
       pool_(std::make_unique<RunnerPool>(
           RunnerPoolOptions{config_.num_runners, config_.max_queue_size})),
       weights_version_(config_.initial_weights_version),
@@ -29,6 +36,7 @@ Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package)
 Model::~Model() {
   weights_.reset();
   pool_.reset();  // joins pool threads: nothing runs once package_ goes
+  executors_.clear();
   package_.reset();
 }
 
@@ -101,19 +109,15 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
   return Status::Ok();
 }
 
-Status Model::Execute(const std::vector<const Tensor*>& inputs,
+Status Model::Execute(size_t runner, const std::vector<const Tensor*>& inputs,
                       const std::vector<int>& output_indices, InferResponse& response) {
   const PackageInfo& info = package_->info();
-  std::vector<at::Tensor> args;
-  args.reserve(inputs.size());
-  for (const Tensor* t : inputs) {
-    PT2_ASSIGN_OR_RETURN(at::Tensor a, ToAten(*t, info.device));
-    args.push_back(std::move(a));
-  }
+  DeviceExecutor& executor = *executors_[runner];
+  PT2_ASSIGN_OR_RETURN(auto args, executor.Upload(inputs));
   // Read under the runner slot: swaps happen only with no request inside, so
   // this is the version of the weights this call uses.
   response.weights_version = weights_version();
-  PT2_ASSIGN_OR_RETURN(auto results, package_->Run(args));
+  PT2_ASSIGN_OR_RETURN(auto results, package_->Run(args, executor.stream_handle()));
   if (results.size() != info.signature.outputs.size()) {
     return Internal("model returned " + std::to_string(results.size()) +
                     " outputs, signature declares " +
@@ -122,9 +126,12 @@ Status Model::Execute(const std::vector<const Tensor*>& inputs,
   response.outputs.clear();
   for (int idx : output_indices) {
     PT2_ASSIGN_OR_RETURN(Tensor out,
-                         FromAten(results[idx], info.signature.outputs[idx].name));
+                         executor.Download(results[idx], info.signature.outputs[idx].name));
     response.outputs.push_back(std::move(out));
   }
+  // Requested-away outputs may still be in flight on the stream; the runner
+  // is released only once nothing it queued is pending.
+  if (output_indices.size() < results.size()) PT2_RETURN_IF_ERROR(executor.Synchronize());
   return Status::Ok();
 }
 
@@ -135,7 +142,7 @@ StatusOr<InferResponse> Model::Infer(const InferRequest& request) {
   InferResponse response;
   response.id = request.id;
   PT2_RETURN_IF_ERROR(pool_->Run(
-      [&] { return Execute(ordered, output_indices, response); },
+      [&](size_t runner) { return Execute(runner, ordered, output_indices, response); },
       EffectiveDeadline(request.deadline), &response.timing));
   return response;
 }
@@ -157,7 +164,9 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
   call->response.id = call->request.id;
   const Deadline deadline = EffectiveDeadline(call->request.deadline);
   return pool_->Submit(
-      [this, call] { return Execute(call->ordered, call->output_indices, call->response); },
+      [this, call](size_t runner) {
+        return Execute(runner, call->ordered, call->output_indices, call->response);
+      },
       deadline,
       [call, done = std::move(done)](const Status& status, const RequestTiming& timing) {
         if (!status.ok()) {

@@ -22,6 +22,7 @@ namespace pt2serve {
 
 class ConstantBufferManager;
 class ModelPackage;
+class DeviceExecutor;
 
 struct ModelConfig {
   std::string name;
@@ -85,18 +86,22 @@ class Model {
   void SetWeightsVersionLocked(std::string version);
 
  private:
-  Model(ModelConfig config, std::unique_ptr<ModelPackage> package);
+  Model(ModelConfig config, std::unique_ptr<ModelPackage> package,
+        std::vector<std::unique_ptr<DeviceExecutor>> executors);
   // Maps named inputs to signature order and validates them; also resolves
   // requested outputs to indices.
   Status Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,
                  std::vector<int>& output_indices) const;
-  // Runs with a runner held: the container call and output conversion.
-  Status Execute(const std::vector<const Tensor*>& inputs,
+  // Runs with runner slot `runner` held: device upload, the container call
+  // on that runner's stream, and the copy-out of the outputs.
+  Status Execute(size_t runner, const std::vector<const Tensor*>& inputs,
                  const std::vector<int>& output_indices, InferResponse& response);
   Deadline EffectiveDeadline(Deadline requested) const;
 
   const ModelConfig config_;
   std::unique_ptr<ModelPackage> package_;
+  // One per runner slot; slot i is used only by the request holding runner i.
+  std::vector<std::unique_ptr<DeviceExecutor>> executors_;
   std::unique_ptr<RunnerPool> pool_;  // destroyed before package_
   mutable std::mutex version_mu_;
   std::string weights_version_;  // guarded by version_mu_

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <mutex>
 
-#include "runtime/tensor_convert.h"
+#include "devices/tensor_convert.h"
 
 namespace pt2serve {
 namespace {
@@ -116,9 +116,10 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
   return pkg;
 }
 
-StatusOr<std::vector<at::Tensor>> ModelPackage::Run(const std::vector<at::Tensor>& inputs) {
+StatusOr<std::vector<at::Tensor>> ModelPackage::Run(const std::vector<at::Tensor>& inputs,
+                                                    void* stream_handle) {
   try {
-    return loader_->run(inputs);
+    return loader_->run(inputs, stream_handle);
   } catch (const std::exception& e) {
     return Internal("model run failed: " + What(e));
   }

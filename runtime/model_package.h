@@ -42,9 +42,11 @@ class ModelPackage {
 
   const PackageInfo& info() const { return info_; }
 
-  // Runs the model. REQUIRES: at most num_runners concurrent callers and no
+  // Runs the model on `stream_handle` (nullptr: the backend's current
+  // stream). REQUIRES: at most num_runners concurrent callers and no
   // constant-buffer write in progress. Inputs are on the package's device.
-  StatusOr<std::vector<at::Tensor>> Run(const std::vector<at::Tensor>& inputs);
+  StatusOr<std::vector<at::Tensor>> Run(const std::vector<at::Tensor>& inputs,
+                                        void* stream_handle = nullptr);
 
   // The container for constant-buffer operations (non-owning).
   torch::inductor::AOTIModelContainerRunner* runner() const;

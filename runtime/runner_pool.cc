@@ -1,13 +1,14 @@
 #include "runtime/runner_pool.h"
 
 #include <algorithm>
+#include <bit>
 #include <exception>
 #include <optional>
 
 namespace pt2serve {
 namespace {
 
-Status RunGuarded(const RunnerPool::Work& work) {
+Status RunGuarded(const std::function<Status()>& work) {
   try {
     return work();
   } catch (const std::exception& e) {
@@ -19,16 +20,22 @@ Status RunGuarded(const RunnerPool::Work& work) {
 
 uint64_t Nanos(std::chrono::nanoseconds d) { return static_cast<uint64_t>(d.count()); }
 
-}  // namespace
-
-namespace {
 RunnerPoolOptions Normalized(RunnerPoolOptions options) {
-  options.num_runners = std::max<size_t>(options.num_runners, 1);
+  options.num_runners = std::clamp<size_t>(options.num_runners, 1, kMaxRunners);
   return options;
 }
+
+uint64_t Mask(size_t runners) {
+  return runners >= 64 ? ~uint64_t{0} : (uint64_t{1} << runners) - 1;
+}
+
 }  // namespace
 
-RunnerPool::RunnerPool(RunnerPoolOptions options) : options_(Normalized(options)) {
+RunnerPool::RunnerPool(RunnerPoolOptions options)
+    : options_(Normalized(options)),
+      all_free_(Mask(options_.num_runners)),
+      free_mask_(all_free_),
+      slot_stats_(new SlotStats[options_.num_runners]) {
   workers_.reserve(options_.num_runners);
   for (size_t i = 0; i < options_.num_runners; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
@@ -42,27 +49,57 @@ RunnerPool::~RunnerPool() {
   reaper_.join();
 }
 
-bool RunnerPool::TryAdmitLocked() {
-  if (paused_ || !queue_.empty() || in_flight_ >= options_.num_runners) return false;
-  ++in_flight_;
-  stats_.max_in_flight = std::max<uint64_t>(stats_.max_in_flight, in_flight_);
+size_t RunnerPool::InFlight() const {
+  return options_.num_runners - static_cast<size_t>(std::popcount(free_mask_.load()));
+}
+
+bool RunnerPool::TakeRunner(size_t* runner) {
+  uint64_t mask = free_mask_.load();
+  while (mask != 0) {
+    const uint64_t bit = mask & (~mask + 1);  // lowest free runner
+    if (free_mask_.compare_exchange_weak(mask, mask & ~bit)) {
+      *runner = static_cast<size_t>(std::countr_zero(bit));
+      const uint64_t in_flight = options_.num_runners - std::popcount(mask & ~bit);
+      uint64_t peak = max_in_flight_.load(std::memory_order_relaxed);
+      while (in_flight > peak &&
+             !max_in_flight_.compare_exchange_weak(peak, in_flight, std::memory_order_relaxed)) {
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+bool RunnerPool::TryTakeFast(size_t* runner) {
+  if (gate_closed_.load()) return false;
+  if (!TakeRunner(runner)) return false;
+  if (gate_closed_.load()) {
+    // A pause or a waiter appeared meanwhile: hand the runner back through
+    // the locked path so it goes to them in order.
+    ReleaseRunner(*runner, /*timing=*/nullptr, /*ok=*/true);
+    return false;
+  }
   return true;
+}
+
+void RunnerPool::UpdateGateLocked() {
+  gate_closed_.store(paused_ || stopping_ || !queue_.empty());
 }
 
 void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
   const auto now = Clock::now();
-  while (!paused_ && !queue_.empty() && in_flight_ < options_.num_runners) {
+  while (!paused_ && !queue_.empty()) {
     Waiter* w = queue_.front();
-    queue_.pop_front();
     if (w->deadline <= now) {
+      queue_.pop_front();
       w->state = WaiterState::kFinished;
       w->result = DeadlineExceeded("deadline exceeded while queued for a runner");
-      ++stats_.expired;
+      ++expired_;
       if (w->cv) w->cv->notify_one(); else finished.push_back(w);
       continue;
     }
-    ++in_flight_;
-    stats_.max_in_flight = std::max<uint64_t>(stats_.max_in_flight, in_flight_);
+    if (!TakeRunner(&w->runner)) break;
+    queue_.pop_front();
     w->state = WaiterState::kGranted;
     if (w->cv) {
       // The waiter cannot return (and destroy its cv) before it re-takes mu_.
@@ -72,6 +109,7 @@ void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
       worker_cv_.notify_one();
     }
   }
+  UpdateGateLocked();
 }
 
 void RunnerPool::ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finished) {
@@ -84,9 +122,10 @@ void RunnerPool::ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finis
     it = queue_.erase(it);
     w->state = WaiterState::kFinished;
     w->result = DeadlineExceeded("deadline exceeded while queued for a runner");
-    ++stats_.expired;
+    ++expired_;
     if (w->cv) w->cv->notify_one(); else finished.push_back(w);
   }
+  UpdateGateLocked();
 }
 
 void RunnerPool::Finish(const std::vector<Waiter*>& finished) {
@@ -98,37 +137,48 @@ void RunnerPool::Finish(const std::vector<Waiter*>& finished) {
   }
 }
 
-void RunnerPool::ReleaseRunner(const RequestTiming& timing, bool ok) {
+void RunnerPool::ReleaseRunner(size_t runner, const RequestTiming* timing, bool ok) {
+  if (timing) {
+    // Only the holder of `runner` writes its counters: plain load + store.
+    SlotStats& st = slot_stats_[runner];
+    auto add = [](std::atomic<uint64_t>& counter, uint64_t v) {
+      counter.store(counter.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+    };
+    add(st.queue_ns, Nanos(timing->queue));
+    add(st.compute_ns, Nanos(timing->compute));
+    add(ok ? st.completed : st.failed, 1);
+  }
+  free_mask_.fetch_or(uint64_t{1} << runner);
+  if (!gate_closed_.load()) return;  // nobody waits for it
   std::vector<Waiter*> finished;
   {
     std::lock_guard lock(mu_);
-    --in_flight_;
-    stats_.queue_ns += Nanos(timing.queue);
-    stats_.compute_ns += Nanos(timing.compute);
-    ++(ok ? stats_.completed : stats_.failed);
     DispatchLocked(finished);
-    if (in_flight_ == 0 && (paused_ || stopping_)) idle_cv_.notify_all();
+    if ((paused_ || stopping_) && free_mask_.load() == all_free_) idle_cv_.notify_all();
   }
   Finish(finished);
 }
 
 Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timing) {
   const auto start = Clock::now();
-  std::optional<std::condition_variable> cv;  // only built when the caller must wait
-  Waiter w;
-  {
+  size_t runner = 0;
+  if (!TryTakeFast(&runner)) {
+    std::optional<std::condition_variable> cv;  // only built when the caller must wait
+    Waiter w;
     std::unique_lock lock(mu_);
     if (stopping_) {
-      ++stats_.rejected;
+      ++rejected_;
       return Unavailable("runner pool is shutting down");
     }
-    if (!TryAdmitLocked()) {
+    if (!paused_ && queue_.empty() && TakeRunner(&runner)) {
+      // A runner came free between the fast path and the lock.
+    } else {
       if (deadline <= start) {
-        ++stats_.expired;
+        ++expired_;
         return DeadlineExceeded("deadline exceeded before a runner was free");
       }
       if (queue_.size() >= options_.max_queue_size) {
-        ++stats_.rejected;
+        ++rejected_;
         return ResourceExhausted("request queue is full (" +
                                  std::to_string(options_.max_queue_size) + " waiting)");
       }
@@ -137,18 +187,25 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
       w.enqueued = start;
       w.cv = &cv.emplace();
       queue_.push_back(&w);
+      gate_closed_.store(true);
       if (deadline < reaper_wake_) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
       }
+      // A runner may have been freed before the gate closed: claim it now.
+      std::vector<Waiter*> finished;
+      DispatchLocked(finished);
       cv->wait(lock, [&] { return w.state != WaiterState::kQueued; });
+      lock.unlock();
+      Finish(finished);
       if (w.state == WaiterState::kFinished) return w.result;
+      runner = w.runner;
     }
   }
   const auto admitted = Clock::now();
-  Status result = RunGuarded(work);
+  Status result = RunGuarded([&] { return work(runner); });
   const RequestTiming measured{admitted - start, Clock::now() - admitted};
-  ReleaseRunner(measured, result.ok());
+  ReleaseRunner(runner, &measured, result.ok());
   if (timing) *timing = measured;
   return result;
 }
@@ -159,35 +216,40 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
   w->enqueued = Clock::now();
   w->work = std::move(work);
   w->done = std::move(done);
+  std::vector<Waiter*> finished;
   {
     std::lock_guard lock(mu_);
     w->ticket = next_ticket_++;
     if (stopping_) {
-      ++stats_.rejected;
+      ++rejected_;
       w->result = Unavailable("runner pool is shutting down");
-    } else if (TryAdmitLocked()) {
+      finished.push_back(w);
+    } else if (!paused_ && queue_.empty() && TakeRunner(&w->runner)) {
       w->state = WaiterState::kGranted;
       ready_.push_back(w);
       worker_cv_.notify_one();
       return w->ticket;
     } else if (deadline <= w->enqueued) {
-      ++stats_.expired;
+      ++expired_;
       w->result = DeadlineExceeded("deadline exceeded before a runner was free");
+      finished.push_back(w);
     } else if (queue_.size() >= options_.max_queue_size) {
-      ++stats_.rejected;
+      ++rejected_;
       w->result = ResourceExhausted("request queue is full (" +
                                     std::to_string(options_.max_queue_size) + " waiting)");
+      finished.push_back(w);
     } else {
       queue_.push_back(w);
+      gate_closed_.store(true);
       if (deadline < reaper_wake_) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
       }
-      return w->ticket;
+      DispatchLocked(finished);  // a runner may have been freed before the gate closed
     }
   }
   const Ticket ticket = w->ticket;
-  Finish({w});
+  Finish(finished);
   return ticket;
 }
 
@@ -205,7 +267,8 @@ bool RunnerPool::Cancel(Ticket ticket) {
     if (!found) return false;
     found->state = WaiterState::kFinished;
     found->result = Cancelled("request cancelled while queued");
-    ++stats_.cancelled;
+    ++cancelled_;
+    UpdateGateLocked();
   }
   Finish({found});
   return true;
@@ -217,7 +280,8 @@ Status RunnerPool::RunExclusive(const std::function<Status()>& fn) {
     std::unique_lock lock(mu_);
     if (stopping_) return Unavailable("runner pool is shutting down");
     paused_ = true;
-    idle_cv_.wait(lock, [&] { return in_flight_ == 0; });
+    gate_closed_.store(true);
+    idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
   }
   Status result = RunGuarded(fn);
   std::vector<Waiter*> finished;
@@ -236,10 +300,11 @@ void RunnerPool::Shutdown() {
     std::lock_guard lock(mu_);
     if (stopping_) return;
     stopping_ = true;
+    gate_closed_.store(true);
     for (Waiter* w : queue_) {
       w->state = WaiterState::kFinished;
       w->result = Unavailable("runner pool is shutting down");
-      ++stats_.rejected;
+      ++rejected_;
       if (w->cv) w->cv->notify_one(); else finished.push_back(w);
     }
     queue_.clear();
@@ -247,15 +312,26 @@ void RunnerPool::Shutdown() {
   }
   Finish(finished);
   std::unique_lock lock(mu_);
-  idle_cv_.wait(lock, [&] { return in_flight_ == 0; });
+  idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
   worker_cv_.notify_all();
 }
 
 RunnerPoolStats RunnerPool::stats() const {
+  RunnerPoolStats s;
+  for (size_t i = 0; i < options_.num_runners; ++i) {
+    const SlotStats& st = slot_stats_[i];
+    s.completed += st.completed.load(std::memory_order_relaxed);
+    s.failed += st.failed.load(std::memory_order_relaxed);
+    s.queue_ns += st.queue_ns.load(std::memory_order_relaxed);
+    s.compute_ns += st.compute_ns.load(std::memory_order_relaxed);
+  }
+  s.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
   std::lock_guard lock(mu_);
-  RunnerPoolStats s = stats_;
   s.queued = queue_.size();
-  s.in_flight = in_flight_;
+  s.in_flight = InFlight();
+  s.rejected = rejected_;
+  s.expired = expired_;
+  s.cancelled = cancelled_;
   return s;
 }
 
@@ -270,9 +346,9 @@ void RunnerPool::WorkerLoop() {
       ready_.pop_front();
     }
     const auto admitted = Clock::now();
-    Status result = RunGuarded(w->work);
+    Status result = RunGuarded([w] { return w->work(w->runner); });
     const RequestTiming timing{admitted - w->enqueued, Clock::now() - admitted};
-    ReleaseRunner(timing, result.ok());
+    ReleaseRunner(w->runner, &timing, result.ok());
     w->done(result, timing);
     delete w;
   }

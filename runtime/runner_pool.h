@@ -14,7 +14,9 @@
 // Thread-safety: every public method may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -32,8 +34,11 @@ using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 inline constexpr Deadline kNoDeadline = Deadline::max();
 
+// At most this many runners per pool (admission uses a 64-bit mask).
+inline constexpr size_t kMaxRunners = 64;
+
 struct RunnerPoolOptions {
-  size_t num_runners = 1;
+  size_t num_runners = 1;  // 1..kMaxRunners (clamped)
   // Requests allowed to wait for a runner; more are rejected with
   // RESOURCE_EXHAUSTED. 0 means callers never wait.
   size_t max_queue_size = 64;
@@ -61,7 +66,10 @@ struct RunnerPoolStats {
 class RunnerPool {
  public:
   // Runs with a runner slot held; its Status is the request's result.
-  using Work = std::function<Status()>;
+  // `runner` (0..num_runners-1) names the slot: no other request uses that
+  // slot until this one returns, so per-runner state (a device stream,
+  // staging buffers) indexed by it needs no locking.
+  using Work = std::function<Status(size_t runner)>;
   // Called exactly once per submitted request with its outcome.
   using Done = std::function<void(const Status&, const RequestTiming&)>;
   using Ticket = uint64_t;
@@ -108,39 +116,63 @@ class RunnerPool {
     Deadline deadline = kNoDeadline;
     Clock::time_point enqueued;
     WaiterState state = WaiterState::kQueued;
+    size_t runner = 0;                      // valid once granted
     Status result;                          // set when it leaves the queue unserved
     std::condition_variable* cv = nullptr;  // sync waiters only
     Work work;                              // async waiters only
     Done done;                              // async waiters only
   };
+  // Counters of one runner slot, written only by the request holding it.
+  struct alignas(64) SlotStats {
+    std::atomic<uint64_t> completed{0}, failed{0}, queue_ns{0}, compute_ns{0};
+  };
 
-  // Admits the caller now if a runner is free and nobody waits.
-  bool TryAdmitLocked();
-  // Hands free runners to queued requests in FIFO order.
+  // Lock-free admission: takes a free runner if the gate is open.
+  bool TryTakeFast(size_t* runner);
+  // Takes any free runner slot (CAS on free_mask_); false if none.
+  bool TakeRunner(size_t* runner);
+  // Hands free runners to queued requests in FIFO order; recomputes the gate.
   void DispatchLocked(std::vector<Waiter*>& finished);
+  void UpdateGateLocked();
   // Removes queued requests whose deadline passed.
   void ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finished);
-  void ReleaseRunner(const RequestTiming& timing, bool ok);
+  // Frees `runner`; records the request's counters when `timing` is given
+  // (null: a runner taken and handed back without running anything).
+  void ReleaseRunner(size_t runner, const RequestTiming* timing, bool ok);
+  size_t InFlight() const;
   // Calls `done` of requests that left the queue unserved; outside the lock.
   void Finish(const std::vector<Waiter*>& finished);
   void WorkerLoop();
   void ReaperLoop();
 
   const RunnerPoolOptions options_;
+  const uint64_t all_free_;  // free_mask_ with every runner free
+
+  // Admission state shared with the lock-free fast path. Invariant: a
+  // request holds runner i iff bit i of free_mask_ is clear. gate_closed_ is
+  // written only under mu_ and is true whenever paused_, stopping_ or a
+  // queued request exists; then every admission goes through mu_ (FIFO).
+  // All accesses are seq_cst: a fast-path taker re-checks the gate after its
+  // CAS and a releaser checks it after setting its bit, so neither a pause
+  // nor a queued waiter can miss a runner that is taken or freed.
+  std::atomic<uint64_t> free_mask_;
+  std::atomic<bool> gate_closed_{false};
+  std::atomic<uint64_t> max_in_flight_{0};
+  std::unique_ptr<SlotStats[]> slot_stats_;
+
   mutable std::mutex mu_;
-  std::condition_variable idle_cv_;    // in_flight_ reached 0
+  std::condition_variable idle_cv_;    // every runner became free
   std::condition_variable worker_cv_;  // ready_ gained an entry or stopping_
   std::condition_variable reaper_cv_;  // earlier deadline queued or stopping_
   std::mutex exclusive_mu_;            // serializes RunExclusive
   // Guarded by mu_:
   std::list<Waiter*> queue_;  // FIFO; owned by the waiting thread (sync) or heap (async)
   std::list<Waiter*> ready_;  // async requests holding a runner, not yet picked up
-  size_t in_flight_ = 0;      // runner slots held (running or in ready_)
   bool paused_ = false;
   bool stopping_ = false;
   Ticket next_ticket_ = 1;
   Deadline reaper_wake_ = kNoDeadline;
-  RunnerPoolStats stats_;
+  uint64_t rejected_ = 0, expired_ = 0, cancelled_ = 0;
   std::vector<std::thread> workers_;
   std::thread reaper_;
 };

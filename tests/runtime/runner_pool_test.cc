@@ -1,5 +1,6 @@
 #include "runtime/runner_pool.h"
 
+#include <array>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <future>
@@ -47,7 +48,7 @@ TEST_CASE("never more calls inside than runners, all complete", "[runner_pool]")
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 50; ++i) {
-        if (pool.Run([&] { return probe.Enter(100us); }).ok()) ++ok;
+        if (pool.Run([&](size_t) { return probe.Enter(100us); }).ok()) ++ok;
       }
     });
   }
@@ -66,7 +67,7 @@ TEST_CASE("async submissions respect the bound too", "[runner_pool]") {
   ConcurrencyProbe probe;
   std::atomic<int> done{0};
   for (int i = 0; i < 100; ++i) {
-    pool.Submit([&] { return probe.Enter(50us); }, kNoDeadline,
+    pool.Submit([&](size_t) { return probe.Enter(50us); }, kNoDeadline,
                 [&](const Status& s, const RequestTiming&) {
                   if (s.ok()) ++done;
                 });
@@ -79,14 +80,14 @@ TEST_CASE("async submissions respect the bound too", "[runner_pool]") {
 TEST_CASE("queued requests are served in FIFO order", "[runner_pool]") {
   RunnerPool pool({1, 16});
   Gate gate;
-  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
   while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
   std::mutex mu;
   std::vector<int> order;
   std::atomic<int> finished{0};
   for (int i = 0; i < 5; ++i) {
     pool.Submit(
-        [&, i] {
+        [&, i](size_t) {
           std::lock_guard l(mu);
           order.push_back(i);
           return Status::Ok();
@@ -103,18 +104,18 @@ TEST_CASE("queued requests are served in FIFO order", "[runner_pool]") {
 TEST_CASE("a full queue rejects at once with RESOURCE_EXHAUSTED", "[runner_pool]") {
   RunnerPool pool({1, 2});
   Gate gate;
-  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
   while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
   std::atomic<int> finished{0};
   for (int i = 0; i < 2; ++i) {
-    pool.Submit([] { return Status::Ok(); }, kNoDeadline,
+    pool.Submit([](size_t) { return Status::Ok(); }, kNoDeadline,
                 [&](const Status&, const RequestTiming&) { ++finished; });
   }
   Status rejected;
-  pool.Submit([] { return Status::Ok(); }, kNoDeadline,
+  pool.Submit([](size_t) { return Status::Ok(); }, kNoDeadline,
               [&](const Status& s, const RequestTiming&) { rejected = s; });
   CHECK(rejected.code() == StatusCode::kResourceExhausted);
-  CHECK(pool.Run([] { return Status::Ok(); }).code() == StatusCode::kResourceExhausted);
+  CHECK(pool.Run([](size_t) { return Status::Ok(); }).code() == StatusCode::kResourceExhausted);
   CHECK(pool.stats().rejected == 2);
   gate.Open();
   CHECK(blocker.get().ok());
@@ -124,14 +125,14 @@ TEST_CASE("a full queue rejects at once with RESOURCE_EXHAUSTED", "[runner_pool]
 TEST_CASE("requests whose deadline passes in the queue get DEADLINE_EXCEEDED", "[runner_pool]") {
   RunnerPool pool({1, 16});
   Gate gate;
-  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
   while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
 
   std::promise<Status> async_result;
-  pool.Submit([] { return Status::Ok(); }, Clock::now() + 20ms,
+  pool.Submit([](size_t) { return Status::Ok(); }, Clock::now() + 20ms,
               [&](const Status& s, const RequestTiming&) { async_result.set_value(s); });
   const auto start = Clock::now();
-  Status sync = pool.Run([] { return Status::Ok(); }, Clock::now() + 30ms);
+  Status sync = pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 30ms);
   CHECK(sync.code() == StatusCode::kDeadlineExceeded);
   CHECK(Clock::now() - start < 2s);  // left the queue while the runner was still busy
   auto f = async_result.get_future();
@@ -146,10 +147,10 @@ TEST_CASE("requests whose deadline passes in the queue get DEADLINE_EXCEEDED", "
 TEST_CASE("a request already past its deadline is not run", "[runner_pool]") {
   RunnerPool pool({1, 16});
   Gate gate;
-  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
   while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
   bool ran = false;
-  Status s = pool.Run([&] { ran = true; return Status::Ok(); }, Clock::now() - 1ms);
+  Status s = pool.Run([&](size_t) { ran = true; return Status::Ok(); }, Clock::now() - 1ms);
   CHECK(s.code() == StatusCode::kDeadlineExceeded);
   CHECK_FALSE(ran);
   gate.Open();
@@ -159,11 +160,11 @@ TEST_CASE("a request already past its deadline is not run", "[runner_pool]") {
 TEST_CASE("Cancel removes a queued request", "[runner_pool]") {
   RunnerPool pool({1, 16});
   Gate gate;
-  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&] { return gate.Wait(); }); });
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
   while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
   Status got;
   bool ran = false;
-  auto ticket = pool.Submit([&] { ran = true; return Status::Ok(); }, kNoDeadline,
+  auto ticket = pool.Submit([&](size_t) { ran = true; return Status::Ok(); }, kNoDeadline,
                             [&](const Status& s, const RequestTiming&) { got = s; });
   CHECK(pool.Cancel(ticket));
   CHECK(got.code() == StatusCode::kCancelled);
@@ -175,12 +176,12 @@ TEST_CASE("Cancel removes a queued request", "[runner_pool]") {
 
 TEST_CASE("work errors and exceptions come back as statuses", "[runner_pool]") {
   RunnerPool pool({1, 4});
-  CHECK(pool.Run([] { return InvalidArgument("bad"); }).code() == StatusCode::kInvalidArgument);
-  Status s = pool.Run([]() -> Status { throw std::runtime_error("boom"); });
+  CHECK(pool.Run([](size_t) { return InvalidArgument("bad"); }).code() == StatusCode::kInvalidArgument);
+  Status s = pool.Run([](size_t) -> Status { throw std::runtime_error("boom"); });
   CHECK(s.code() == StatusCode::kInternal);
   CHECK_THAT(s.message(), Catch::Contains("boom"));
   CHECK(pool.stats().failed == 2);
-  CHECK(pool.Run([] { return Status::Ok(); }).ok());  // the runner was released
+  CHECK(pool.Run([](size_t) { return Status::Ok(); }).ok());  // the runner was released
 }
 
 TEST_CASE("RunExclusive waits for in-flight work and holds new work back", "[runner_pool]") {
@@ -193,7 +194,7 @@ TEST_CASE("RunExclusive waits for in-flight work and holds new work back", "[run
   for (int t = 0; t < 6; ++t) {
     threads.emplace_back([&] {
       while (!stop) {
-        Status s = pool.Run([&] {
+        Status s = pool.Run([&](size_t) {
           ++inside;
           if (exclusive) ++violations;
           std::this_thread::sleep_for(200us);
@@ -224,10 +225,10 @@ TEST_CASE("Shutdown fails queued requests and lets in-flight ones finish", "[run
   auto pool = std::make_unique<RunnerPool>(RunnerPoolOptions{1, 16});
   Gate gate;
   auto blocker =
-      std::async(std::launch::async, [&] { return pool->Run([&] { return gate.Wait(); }); });
+      std::async(std::launch::async, [&] { return pool->Run([&](size_t) { return gate.Wait(); }); });
   while (pool->stats().in_flight == 0) std::this_thread::sleep_for(100us);
   std::promise<Status> queued;
-  pool->Submit([] { return Status::Ok(); }, kNoDeadline,
+  pool->Submit([](size_t) { return Status::Ok(); }, kNoDeadline,
                [&](const Status& s, const RequestTiming&) { queued.set_value(s); });
   auto shutdown = std::async(std::launch::async, [&] { pool->Shutdown(); });
   CHECK(queued.get_future().get().code() == StatusCode::kUnavailable);
@@ -235,6 +236,36 @@ TEST_CASE("Shutdown fails queued requests and lets in-flight ones finish", "[run
   gate.Open();
   CHECK(blocker.get().ok());
   shutdown.get();
-  CHECK(pool->Run([] { return Status::Ok(); }).code() == StatusCode::kUnavailable);
+  CHECK(pool->Run([](size_t) { return Status::Ok(); }).code() == StatusCode::kUnavailable);
   pool.reset();
+}
+
+TEST_CASE("each in-flight request holds a distinct runner slot", "[runner_pool]") {
+  RunnerPool pool({3, 64});
+  std::array<std::atomic<int>, 3> users{};
+  std::atomic<int> collisions{0}, out_of_range{0};
+  auto work = [&](size_t runner) {
+    if (runner >= users.size()) {
+      ++out_of_range;
+      return Status::Ok();
+    }
+    if (++users[runner] != 1) ++collisions;
+    std::this_thread::sleep_for(50us);
+    --users[runner];
+    return Status::Ok();
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) (void)pool.Run(work);
+    });
+  }
+  std::atomic<int> done{0};
+  for (int i = 0; i < 100; ++i) {
+    pool.Submit(work, kNoDeadline, [&](const Status&, const RequestTiming&) { ++done; });
+  }
+  for (auto& t : threads) t.join();
+  while (done < 100) std::this_thread::sleep_for(1ms);
+  CHECK(collisions == 0);
+  CHECK(out_of_range == 0);
 }

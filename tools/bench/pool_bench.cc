@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "runtime/model.h"
-#include "runtime/tensor_convert.h"
+#include "devices/tensor_convert.h"
 
 using namespace pt2serve;
 using Clock = std::chrono::steady_clock;
@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
     std::vector<at::Tensor> raw_inputs = {input};
     RunnerPool pool({static_cast<size_t>(runners), 1024});
     auto pooled_call = [&] {
-      return pool.Run([&] {
+      return pool.Run([&](size_t) {
         raw.run(raw_inputs);
         return Status::Ok();
       });

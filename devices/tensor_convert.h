@@ -1,5 +1,5 @@
 // Conversions between the torch-free Tensor and at::Tensor. Internal to
-// runtime/.
+// runtime/ and devices/.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -12,6 +12,7 @@
 
 namespace pt2serve {
 
+c10::Device ToC10Device(const DeviceSpec& device);
 std::optional<c10::ScalarType> ToScalarType(DType dtype);
 std::optional<DType> FromScalarType(c10::ScalarType type);
 

@@ -1,4 +1,4 @@
-#include "runtime/tensor_convert.h"
+#include "devices/tensor_convert.h"
 
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
@@ -18,6 +18,9 @@ constexpr Pair kPairs[] = {
     {DType::kFloat32, c10::ScalarType::Float},   {DType::kFloat64, c10::ScalarType::Double},
 };
 
+
+}  // namespace
+
 c10::Device ToC10Device(const DeviceSpec& d) {
   switch (d.kind) {
     case DeviceKind::kCpu: return c10::Device(c10::DeviceType::CPU);
@@ -27,8 +30,6 @@ c10::Device ToC10Device(const DeviceSpec& d) {
   }
   return c10::Device(c10::DeviceType::CPU);
 }
-
-}  // namespace
 
 std::optional<c10::ScalarType> ToScalarType(DType dtype) {
   for (const auto& p : kPairs) {
