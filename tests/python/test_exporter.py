@@ -26,7 +26,7 @@ sys.path.insert(0, str(EXPORTER.parent))
 import export_model  # noqa: E402
 from model_zoo import ZOO  # noqa: E402
 
-MODELS = list(ZOO)
+MODELS = [n for n, m in ZOO.items() if not m.bench_only]
 
 
 def run_exporter(*args: str, cwd: Path = REPO) -> list[str]:

@@ -11,6 +11,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "runtime/model.h"
+#include "tests/support/hot_swap_race.h"
 #include "tests/support/test_models.h"
 
 using namespace pt2serve;
@@ -110,7 +111,6 @@ std::vector<Tensor> SortedByName(std::vector<Tensor> tensors) {
   return tensors;
 }
 
-double Millis(std::chrono::nanoseconds d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 }  // namespace
 
@@ -503,7 +503,6 @@ TEST_CASE("a second concurrent writer gets FAILED_PRECONDITION at once", "[const
 TEST_CASE("hot swap under load: no failed request, no torn or mislabelled result",
           "[constant_buffer][race]") {
   auto model = LoadMlp(/*runners=*/2);
-  ConstantBufferManager& weights = model->weights();
   const std::map<std::string, Reference> refs = {
       {"initial", LoadReference("mlp")},
       {"seed7", ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"))},
@@ -513,89 +512,18 @@ TEST_CASE("hot swap under load: no failed request, no torn or mislabelled result
       {"seed7", WeightsFile("mlp.seed7.weights.safetensors")},
       {"seed8", WeightsFile("mlp.seed8.weights.safetensors")},
   };
-  const Reference& any = refs.at("initial");  // all references share the input
-
-  std::atomic<bool> stop{false};
-  std::atomic<int> failed{0}, wrong{0}, unknown_version{0};
-  std::mutex seen_mu;
-  std::map<std::string, int> seen;  // responses per reported version
-  std::string first_wrong;
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 8; ++c) {
-    clients.emplace_back([&] {
-      std::map<std::string, int> local;
-      while (!stop) {
-        InferRequest request;
-        request.inputs = any.inputs;
-        auto response = model->Infer(request);
-        if (!response.ok()) {
-          ++failed;
-          continue;
-        }
-        auto ref = refs.find(response->weights_version);
-        if (ref == refs.end()) {
-          ++unknown_version;
-          continue;
-        }
-        ++local[response->weights_version];
-        const std::string diff =
-            CompareTensors(response->outputs[0], ref->second.outputs[0], kTol, kTol);
-        if (!diff.empty()) {
-          std::lock_guard lock(seen_mu);
-          if (wrong++ == 0) first_wrong = response->weights_version + ": " + diff;
-        }
-      }
-      std::lock_guard lock(seen_mu);
-      for (auto& [v, n] : local) seen[v] += n;
-    });
-  }
-
-  std::vector<double> swap_ms, wait_ms, stage_ms;
-  for (int cycle = 0; cycle < 20; ++cycle) {
-    const std::string version = cycle % 2 == 0 ? "seed7" : "seed8";
-    const auto t0 = std::chrono::steady_clock::now();
-    Status staged = weights.Stage(sets.at(version), Version(version));
-    stage_ms.push_back(Millis(std::chrono::steady_clock::now() - t0));
-    INFO("cycle " << cycle << ": " << staged.ToString());
-    REQUIRE(staged.ok());
-    auto swapped = weights.Swap(version);
-    INFO(swapped.status().ToString());
-    REQUIRE(swapped.ok());
-    swap_ms.push_back(Millis(swapped->swap_time));
-    wait_ms.push_back(Millis(swapped->wait_time));
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // serve each version a while
-    if (cycle % 5 == 4) {
-      // Every other operation under load too: there and back again, then a
-      // free, so the next Stage takes the refold-after-free path.
-      auto back = weights.Rollback();
-      REQUIRE(back.ok());
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      REQUIRE(weights.Rollback().ok());
-      swap_ms.push_back(Millis(back->swap_time));
-      wait_ms.push_back(Millis(back->wait_time));
-      REQUIRE(weights.FreeInactive().ok());
-    }
-  }
-  stop = true;
-  for (auto& t : clients) t.join();
-
-  INFO("first wrong result: " << first_wrong);
-  CHECK(failed == 0);
-  CHECK(wrong == 0);
-  CHECK(unknown_version == 0);
-  CHECK(seen["seed7"] > 0);
-  CHECK(seen["seed8"] > 0);
+  HotSwapRaceOptions options;  // 8 clients over 2 runners, 20 cycles
+  options.tolerance = kTol;
+  const HotSwapRaceResult race = RunHotSwapRace(*model, refs, sets, options);
+  INFO("first problem: " << race.first_problem);
+  CHECK(race.first_problem.empty());
+  CHECK(race.failed == 0);
+  CHECK(race.wrong == 0);
+  CHECK(race.unknown_version == 0);
+  CHECK(race.responses.count("seed7") == 1);
+  CHECK(race.responses.count("seed8") == 1);
   CHECK(model->pool().stats().max_in_flight <= 2);
-
-  auto summary = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return "median " + std::to_string(v[v.size() / 2]) + " ms, max " + std::to_string(v.back()) +
-           " ms";
-  };
-  WARN("hot swap, 8 clients / 2 runners, 20 cycles: swap (requests paused) "
-       << summary(swap_ms) << "; drain before swap " << summary(wait_ms) << "; stage+fold "
-       << summary(stage_ms) << "; responses initial/seed7/seed8 = " << seen["initial"] << "/"
-       << seen["seed7"] << "/" << seen["seed8"]);
+  WARN("hot swap, 8 clients / 2 runners, 20 cycles: " << race.Summary());
 }
 
 TEST_CASE("the inactive buffer can be freed and restaged again and again", "[constant_buffer]") {

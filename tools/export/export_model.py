@@ -126,12 +126,14 @@ def is_complete(out_dir: Path, name: str) -> bool:
 
 
 def export_model(module: torch.nn.Module, name: str, specs: list[TensorSpec], output_names: list[str],
-                 out_dir: Path, version: str, max_batch: int = MAX_BATCH) -> float:
-    """Export, compile and write the four artifacts; returns compile seconds."""
-    module.eval()
+                 out_dir: Path, version: str, max_batch: int = MAX_BATCH, device: str = "cpu") -> float:
+    """Export, compile (for `device`) and write the four artifacts; returns compile seconds.
+
+    Reference inputs/outputs and weights are always written as CPU tensors."""
+    module.eval().to(device)
     ref_in = make_inputs(specs, REFERENCE_BATCH)
-    ref_out = eager(module, ref_in)
-    ep = export_program(module, make_inputs(specs, 2), specs, max_batch)
+    ref_out = tuple(t.cpu() for t in eager(module, tuple(t.to(device) for t in ref_in)))
+    ep = export_program(module, tuple(t.to(device) for t in make_inputs(specs, 2)), specs, max_batch)
     sig = signature(ep, [s.name for s in specs], output_names)
     sig_json = json.dumps(sig, separators=(",", ":"))
 
@@ -155,7 +157,8 @@ def export_model(module: torch.nn.Module, name: str, specs: list[TensorSpec], ou
             },
         )
         seconds = time.monotonic() - t0
-        save_file(constant_tensors(module, constant_fqns(ep)), str(tmp / f"{name}.weights.safetensors"))
+        weights = {k: v.cpu() for k, v in constant_tensors(module, constant_fqns(ep)).items()}
+        save_file(weights, str(tmp / f"{name}.weights.safetensors"))
         save_file(reference_tensors(specs, ref_in, output_names, ref_out),
                   str(tmp / f"{name}.reference.safetensors"))
         (tmp / f"{name}.signature.json").write_text(json.dumps(sig, indent=2) + "\n")
@@ -185,12 +188,14 @@ def reference_tensors(specs, inputs, output_names, outputs) -> dict[str, torch.T
 
 
 def cmd_zoo(args) -> None:
-    names = args.models.split(",") if args.models else list(ZOO)
+    names = args.models.split(",") if args.models else [n for n, m in ZOO.items() if not m.bench_only]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
         raise SystemExit(f"unknown zoo models {unknown}; known: {list(ZOO)}")
     version = cache_key()
-    out_dir = Path(args.cache_root).expanduser().resolve() / version
+    # Packages are device-specific: CUDA ones live beside the CPU ones.
+    suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
+    out_dir = Path(args.cache_root).expanduser().resolve() / (version + suffix)
     # A killed export leaves its temp dir behind; one that old cannot belong to a live run.
     for stale in out_dir.glob(".tmp-*"):
         if time.time() - stale.stat().st_mtime > 3600:
@@ -201,7 +206,7 @@ def cmd_zoo(args) -> None:
             continue
         m = ZOO[name]
         seconds = export_model(m.build(DEFAULT_SEED), name, list(m.inputs), list(m.outputs),
-                               out_dir, version, m.max_batch)
+                               out_dir, version, m.max_batch, args.device)
         print(f"exported {name} (compile {seconds:.1f} s)", flush=True)
     print(out_dir, flush=True)  # last line: scripts read the cache dir from it
 
@@ -257,7 +262,9 @@ def main(argv=None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     z = sub.add_parser("zoo", help="export zoo models into <cache-root>/<torch version>-<source hash>/")
-    z.add_argument("--models", help=f"comma-separated subset of {','.join(ZOO)} (default: all)")
+    z.add_argument("--models", help=f"comma-separated subset of {','.join(ZOO)} "
+                                   "(default: all but the bench-only big_mlp)")
+    z.add_argument("--device", default="cpu", help="compile for this device: cpu (default) or cuda")
     z.add_argument("--cache-root", default=str(default_cache_root()),
                    help="default: $PT2SERVE_CACHE or ~/.cache/pt2serve/models")
     z.set_defaults(func=cmd_zoo)

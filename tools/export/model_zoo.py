@@ -48,6 +48,7 @@ class ZooModel:
     inputs: tuple[TensorSpec, ...]  # forward's positional order
     outputs: tuple[str, ...]  # forward's return order
     max_batch: int = MAX_BATCH
+    bench_only: bool = False  # big models for tools/bench; not exported by default
 
     def build(self, seed: int = DEFAULT_SEED) -> nn.Module:
         torch.manual_seed(seed)
@@ -68,6 +69,19 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)))
+
+
+class BigMLP(nn.Module):
+    """~201 MB of fp32 weights (3 x 4096x4096 layers): the hot-swap upload benchmark."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4096, 4096)
+        self.fc2 = nn.Linear(4096, 4096)
+        self.fc3 = nn.Linear(4096, 4096)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 class CNN(nn.Module):
@@ -115,5 +129,7 @@ ZOO: dict[str, ZooModel] = {
         ),
         # fp16 compiles and runs on CPU with inductor in torch 2.13, so no bfloat16 fallback.
         ZooModel("half", lambda: MLP(torch.float16), (TensorSpec("x", torch.float16, (-1, 16)),), ("y",)),
+        ZooModel("big_mlp", BigMLP, (TensorSpec("x", torch.float32, (-1, 4096)),), ("y",),
+                 max_batch=256, bench_only=True),
     )
 }

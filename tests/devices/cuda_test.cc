@@ -1,0 +1,193 @@
+// CUDA tests, run on the CUDA host by scripts/cuda_host_check.sh:
+//   PT2SERVE_CUDA_MODEL_DIR=<zoo exported with --device cuda> cuda_test
+// PT2SERVE_MODEL_DIR / PT2SERVE_FIXTURE_DIR as for the other tests (the
+// fixture weight sets are device-independent safetensors files).
+#include <ATen/Context.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <set>
+#include <thread>
+
+#include "common/safetensors.h"
+#include "devices/device_executor.h"
+#include "devices/device_memory.h"
+#include "runtime/constant_buffer_manager.h"
+#include "runtime/model.h"
+#include "tests/support/hot_swap_race.h"
+#include "tests/support/test_models.h"
+
+using namespace pt2serve;
+using namespace pt2serve::testing;
+
+namespace {
+
+// GPU kernels reassociate sums differently from the CPU eager reference.
+constexpr double kRtol = 1e-3;
+constexpr double kAtol = 1e-4;
+
+std::string CudaPackage(const std::string& name) {
+  const char* dir = std::getenv("PT2SERVE_CUDA_MODEL_DIR");
+  if (!dir || !*dir) throw std::runtime_error("PT2SERVE_CUDA_MODEL_DIR is not set");
+  return std::string(dir) + "/" + name + ".pt2";
+}
+
+Reference CudaReference(const std::string& name) {
+  const char* dir = std::getenv("PT2SERVE_CUDA_MODEL_DIR");
+  auto file = SafetensorsFile::Open(std::string(dir) + "/" + name + ".reference.safetensors");
+  if (!file.ok()) throw std::runtime_error(file.status().ToString());
+  Reference ref;
+  for (Tensor t : file->tensors) {
+    const bool in = t.name.starts_with("input.");
+    t.name = t.name.substr(in ? 6 : 7);
+    (in ? ref.inputs : ref.outputs).push_back(std::move(t));
+  }
+  return ref;
+}
+
+Reference FixtureReference(const std::string& file) {
+  auto f = SafetensorsFile::Open(FixturePath(file));
+  if (!f.ok()) throw std::runtime_error(f.status().ToString());
+  Reference ref;
+  for (Tensor t : f->tensors) {
+    const bool in = t.name.starts_with("input.");
+    t.name = t.name.substr(in ? 6 : 7);
+    (in ? ref.inputs : ref.outputs).push_back(std::move(t));
+  }
+  return ref;
+}
+
+std::shared_ptr<Model> LoadCuda(const std::string& name, size_t runners,
+                                const std::string& device = "cuda:0") {
+  ModelConfig config;
+  config.name = name;
+  config.path = CudaPackage(name);
+  config.device = device;
+  config.num_runners = runners;
+  config.max_queue_size = 1024;
+  auto model = Model::Load(config);
+  INFO(model.status().ToString());
+  REQUIRE(model.ok());
+  return *model;
+}
+
+std::string Mismatch(const InferResponse& response, const Model& model, const Reference& ref,
+                     double rtol, double atol) {
+  for (const Tensor& expected : ref.outputs) {
+    const int idx = model.signature().OutputIndex(expected.name);
+    if (idx < 0) return "no output " + expected.name;
+    auto diff = CompareTensors(response.outputs[idx], expected, rtol, atol);
+    if (!diff.empty()) return expected.name + ": " + diff;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("this host has a CUDA device", "[cuda]") {
+  REQUIRE(at::hasCUDA());
+  REQUIRE(CheckHostSupports({DeviceKind::kCuda, 0}).ok());
+}
+
+TEST_CASE("every CUDA zoo package matches its eager reference", "[cuda]") {
+  for (const char* name : {"mlp", "cnn", "two_io", "half"}) {
+    INFO(name);
+    auto model = LoadCuda(name, 1);
+    CHECK(model->info().device_key == "cuda");
+    CHECK(model->info().device.ToString() == "cuda:0");
+    Reference ref = CudaReference(name);
+    auto response = model->Infer({"", ref.inputs, {}, kNoDeadline});
+    INFO(response.status().ToString());
+    REQUIRE(response.ok());
+    const bool half = std::string(name) == "half";
+    CHECK(Mismatch(*response, *model, ref, half ? 1e-2 : kRtol, half ? 1e-2 : kAtol) == "");
+  }
+}
+
+TEST_CASE("each runner gets its own CUDA stream", "[cuda]") {
+  std::set<void*> streams;
+  std::vector<std::unique_ptr<DeviceExecutor>> executors;
+  for (int i = 0; i < 4; ++i) {
+    auto executor = DeviceExecutor::Create({DeviceKind::kCuda, 0});
+    REQUIRE(executor.ok());
+    REQUIRE((*executor)->stream_handle() != nullptr);
+    streams.insert((*executor)->stream_handle());
+    executors.push_back(std::move(executor).value());
+  }
+  CHECK(streams.size() == 4);
+}
+
+TEST_CASE("16 threads over 4 stream runners: all results correct", "[cuda]") {
+  auto model = LoadCuda("cnn", 4);
+  Reference ref = CudaReference("cnn");
+  std::atomic<int> failed{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        auto r = model->Infer({"", ref.inputs, {}, kNoDeadline});
+        if (!r.ok()) ++failed;
+        else if (!Mismatch(*r, *model, ref, kRtol, kAtol).empty()) ++wrong;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failed == 0);
+  CHECK(wrong == 0);
+  CHECK(model->pool().stats().max_in_flight == 4);
+  CHECK(model->pool().stats().completed == 3200);
+}
+
+TEST_CASE("CUDA hot swap under load: no failed, torn or mislabelled response", "[cuda]") {
+  auto model = LoadCuda("mlp", 2);
+  const std::map<std::string, Reference> refs = {
+      {"initial", CudaReference("mlp")},
+      {"seed7", FixtureReference("mlp.seed7.reference.safetensors")},
+      {"seed8", FixtureReference("mlp.seed8.reference.safetensors")},
+  };
+  auto weights = [](const std::string& file) {
+    auto f = SafetensorsFile::Open(FixturePath(file));
+    if (!f.ok()) throw std::runtime_error(f.status().ToString());
+    return f->tensors;
+  };
+  const std::map<std::string, std::vector<Tensor>> sets = {
+      {"seed7", weights("mlp.seed7.weights.safetensors")},
+      {"seed8", weights("mlp.seed8.weights.safetensors")},
+  };
+  HotSwapRaceOptions options;  // 8 clients over 2 runners, 20 cycles
+  options.tolerance = kRtol;
+  const HotSwapRaceResult race = RunHotSwapRace(*model, refs, sets, options);
+  INFO("first problem: " << race.first_problem);
+  CHECK(race.first_problem.empty());
+  CHECK(race.failed == 0);
+  CHECK(race.wrong == 0);
+  CHECK(race.unknown_version == 0);
+  CHECK(race.responses.count("seed7") == 1);
+  CHECK(race.responses.count("seed8") == 1);
+  WARN("CUDA hot swap, 8 clients / 2 runners, 20 cycles: " << race.Summary());
+}
+
+TEST_CASE("CUDA device mismatches are load errors", "[cuda]") {
+  ModelConfig config;
+  config.name = "far";
+  config.path = CudaPackage("mlp");
+  config.device = "cuda:99";
+  auto far = Model::Load(config);
+  CHECK(far.status().code() == StatusCode::kFailedPrecondition);
+  CHECK_THAT(far.status().message(), Catch::Contains("cuda:99"));
+  config.device = "cpu";
+  CHECK(Model::Load(config).status().code() == StatusCode::kInvalidArgument);
+  config.path = PackagePath("mlp");  // a CPU package cannot go to the GPU either
+  config.device = "cuda:0";
+  CHECK(Model::Load(config).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("device memory is reported once CUDA is in use", "[cuda]") {
+  auto model = LoadCuda("mlp", 1);
+  auto memory = QueryDeviceMemory();
+  REQUIRE_FALSE(memory.empty());
+  CHECK(memory[0].device == "cuda:0");
+  CHECK(memory[0].reserved >= memory[0].allocated);
+  CHECK(memory[0].allocated > 0);
+}
