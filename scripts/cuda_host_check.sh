@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Proof on the CUDA host (issue 5): builds the whole project with that host's
+# torch, exports the zoo as CPU and CUDA packages, runs the full test suite
+# plus the CUDA tests, and the benchmarks. Logs and results go to $OUT.
+#
+#   scripts/cuda_host_check.sh build   # unpack deps, export zoo, configure, build
+#   scripts/cuda_host_check.sh test    # ctest, cuda_test, pytest (builds first if needed)
+#   scripts/cuda_host_check.sh bench   # tools/bench/run_benchmarks.sh on the CUDA packages
+#   scripts/cuda_host_check.sh all
+#
+# The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
+# travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
+# them with `scripts/cuda_host_check.sh fetch` on a dev machine) and are
+# unpacked into a sysroot. Python packages the host lacks travel as wheels in
+# .whl/ and are installed into /tmp/site.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAGE=${1:-all}
+OUT=${OUT:-$ROOT/cuda-results}
+SYSROOT=/tmp/pt2serve-sysroot
+BUILD=/tmp/pt2serve-build
+MODELS=/tmp/pt2serve-models
+mkdir -p "$OUT"
+log() { echo "[cuda-host $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
+
+if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and .whl/
+  mkdir -p .debs && (cd .debs && apt-get download libgrpc++-dev libgrpc++1.51 libgrpc29 \
+    libgrpc-dev libprotobuf-dev libprotobuf32 libprotoc32 protobuf-compiler \
+    protobuf-compiler-grpc libabsl-dev libabsl20220623 libre2-9 libre2-dev libc-ares2 \
+    libc-ares-dev libupb-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libtbb-dev libtbb12 \
+    libtbbmalloc2 prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
+    libprometheus-cpp-push1.0 libcivetweb1 libcivetweb-dev libyaml-cpp-dev libyaml-cpp0.7 catch2 \
+    libssl3 libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libcurl4-openssl-dev libcurl4)
+  mkdir -p .whl && for spec in grpcio==1.85.3 grpcio-health-checking==1.81.1 \
+      grpcio-reflection==1.81.1 grpcio-tools==1.81.1 protobuf==6.33.6 python-rapidjson==1.25 \
+      tritonclient==2.73.0; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform any -d .whl "$spec"
+  done
+  exit 0
+fi
+
+# --- environment --------------------------------------------------------------
+export PATH=$SYSROOT/usr/bin:$PATH
+export LD_LIBRARY_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+unset CXX  # Inductor reads CXX as its compiler command
+PY=${PT2SERVE_PYTHON:-python3}
+if [[ ! -d /tmp/site ]] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >>"$OUT/pip.log" 2>&1 || log "wheel install failed (pip.log)"
+fi
+[[ -d /tmp/site ]] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export PT2SERVE_CACHE=$MODELS
+
+do_build() {
+  log "host: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
+  $PY -c 'import torch,sys;print("python",sys.version.split()[0],"torch",torch.__version__,"cuda",torch.version.cuda,"gpus",torch.cuda.device_count())' \
+    2>&1 | tee -a "$OUT/steps.log"
+  if [[ ! -d $SYSROOT/usr ]]; then
+    log "unpacking $(ls .debs/*.deb | wc -l) Debian packages into $SYSROOT"
+    for f in .debs/*.deb; do dpkg -x "$f" "$SYSROOT"; done
+  fi
+  log "exporting the zoo (CPU and CUDA) in the background"
+  ($PY tools/export/export_model.py zoo --device cpu >"$OUT/export-cpu.log" 2>&1; echo $? >"$OUT/export-cpu.rc") &
+  ($PY tools/export/export_model.py zoo --device cuda >"$OUT/export-cuda.log" 2>&1; echo $? >"$OUT/export-cuda.rc") &
+  local torch_prefix
+  torch_prefix=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
+  wait
+  CPU_DIR=$(tail -n 1 "$OUT/export-cpu.log")
+  CUDA_DIR=$(tail -n 1 "$OUT/export-cuda.log")
+  log "export rc cpu=$(cat "$OUT/export-cpu.rc") cuda=$(cat "$OUT/export-cuda.rc"): $CPU_DIR $CUDA_DIR"
+  log "configuring"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$SYSROOT/usr;$torch_prefix" \
+    -DPT2SERVE_MODEL_DIR="$CPU_DIR" -DPT2SERVE_PYTHON="$PY" >"$OUT/configure.log" 2>&1 \
+    || { log "configure FAILED"; tail -n 40 "$OUT/configure.log"; return 1; }
+  log "building"
+  cmake --build "$BUILD" -j "$(nproc)" >"$OUT/build.log" 2>&1 \
+    || { log "build FAILED"; grep -E "error|Error" "$OUT/build.log" | head -40; return 1; }
+  log "build done"
+}
+
+model_dirs() {
+  CPU_DIR=$(tail -n 1 "$OUT/export-cpu.log")
+  CUDA_DIR=$(tail -n 1 "$OUT/export-cuda.log")
+}
+
+do_test() {
+  [[ -x $BUILD/server/pt2serve ]] || do_build || return 1
+  model_dirs
+  local status=0
+  log "ctest (the CPU suite, packages compiled by this host's torch)"
+  ctest --test-dir "$BUILD" --output-on-failure -j 8 --timeout 300 >"$OUT/ctest.log" 2>&1 || status=1
+  tail -n 4 "$OUT/ctest.log" | tee -a "$OUT/steps.log"
+  log "cuda_test"
+  PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR "$BUILD/tests/cuda_test" -s -r compact >"$OUT/cuda_test.log" 2>&1 || status=1
+  grep -E "Passed|Failed|passed|failed|hot swap" "$OUT/cuda_test.log" | tail -n 6 | tee -a "$OUT/steps.log"
+  log "pytest"
+  PT2SERVE_MODEL_DIR=$CPU_DIR PT2SERVE_BUILD_DIR=$BUILD PT2SERVE_FIXTURE_DIR=$BUILD/fixtures \
+    PATH=$BUILD/server:$BUILD/tools/pt2ctl:$PATH \
+    $PY -m pytest -q -rfEs -p no:cacheprovider tests/python tests/integration tests/proto \
+    >"$OUT/pytest.log" 2>&1 || status=1
+  tail -n 15 "$OUT/pytest.log" | tee -a "$OUT/steps.log"
+  return $status
+}
+
+do_bench() {
+  [[ -x $BUILD/server/pt2serve ]] || do_build || return 1
+  model_dirs
+  log "benchmarks on $CUDA_DIR"
+  PT2SERVE_BUILD_DIR=$BUILD PT2SERVE_PYTHON=$PY \
+    tools/bench/run_benchmarks.sh "$OUT/benchmarks-cuda.md" "$CUDA_DIR" >"$OUT/bench.log" 2>&1
+  local rc=$?
+  tail -n 30 "$OUT/bench.log"
+  return $rc
+}
+
+rc=0
+case $STAGE in
+  build) do_build || rc=1 ;;
+  test) do_test || rc=1 ;;
+  bench) do_bench || rc=1 ;;
+  all) { do_build && do_test; } || rc=1; do_bench || rc=1 ;;
+  *) echo "usage: $0 build|test|bench|all|fetch" >&2; exit 2 ;;
+esac
+log "stage $STAGE finished rc=$rc"
+exit $rc
