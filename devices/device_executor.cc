@@ -1,4 +1,5 @@
 #include "devices/device_executor.h"
+#include "devices/device_memory.h"
 
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>

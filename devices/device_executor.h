@@ -43,13 +43,5 @@ class DeviceExecutor {
   virtual Status Synchronize() = 0;
 };
 
-// Memory the caching allocator of one accelerator holds (for /metrics).
-struct DeviceMemory {
-  std::string device;     // "cuda:0"
-  size_t allocated = 0;   // bytes in live tensors
-  size_t reserved = 0;    // bytes the caching allocator holds
-};
-// One entry per visible accelerator device; empty on a CPU-only host.
-std::vector<DeviceMemory> QueryDeviceMemory();
 
 }  // namespace pt2serve

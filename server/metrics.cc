@@ -10,6 +10,8 @@
 
 #include <exception>
 
+#include "devices/device_memory.h"
+
 namespace pt2serve::server {
 namespace {
 
@@ -86,7 +88,14 @@ class StateCollector : public prometheus::Collectable {
       rejected.metric.push_back(Count({{"model", s.name}}, stats.rejected));
       expired.metric.push_back(Count({{"model", s.name}}, stats.expired));
     }
-    return {state, in_flight, queued, runners, version, rejected, expired};
+    auto memory = Family("pt2serve_device_memory_bytes",
+                         "Accelerator memory held by the caching allocator, by device",
+                         MetricType::Gauge);
+    for (const DeviceMemory& m : QueryDeviceMemory()) {
+      memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "allocated"}}, m.allocated));
+      memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "reserved"}}, m.reserved));
+    }
+    return {state, in_flight, queued, runners, version, rejected, expired, memory};
   }
 
  private:
