@@ -31,7 +31,7 @@ if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and 
     libc-ares-dev libupb-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libtbb-dev libtbb12 \
     libtbbmalloc2 prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
     libprometheus-cpp-push1.0 libcivetweb1 libcivetweb-dev libyaml-cpp-dev libyaml-cpp0.7 catch2 \
-    libssl3 libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libcurl4-openssl-dev libcurl4)
+    libssl3 libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libcurl4-openssl-dev libcurl4 civetweb)
   mkdir -p .whl && for spec in grpcio==1.85.3 grpcio-health-checking==1.81.1 \
       grpcio-reflection==1.81.1 grpcio-tools==1.81.1 protobuf==6.33.6 python-rapidjson==1.25 \
       tritonclient==2.73.0; do
@@ -45,6 +45,9 @@ fi
 # --- environment --------------------------------------------------------------
 export PATH=$SYSROOT/usr/bin:$PATH
 export LD_LIBRARY_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# gRPC's CMake config finds re2 through pkg-config: point it into the sysroot.
+export PKG_CONFIG_SYSROOT_DIR=$SYSROOT
+export PKG_CONFIG_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu/pkgconfig:$SYSROOT/usr/share/pkgconfig
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 unset CXX  # Inductor reads CXX as its compiler command
 PY=${PT2SERVE_PYTHON:-python3}
@@ -59,9 +62,10 @@ do_build() {
   log "host: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
   $PY -c 'import torch,sys;print("python",sys.version.split()[0],"torch",torch.__version__,"cuda",torch.version.cuda,"gpus",torch.cuda.device_count())' \
     2>&1 | tee -a "$OUT/steps.log"
-  if [[ ! -d $SYSROOT/usr ]]; then
+  if [[ ! -f $SYSROOT/.unpacked-$(ls .debs | md5sum | cut -c1-8) ]]; then
     log "unpacking $(ls .debs/*.deb | wc -l) Debian packages into $SYSROOT"
     for f in .debs/*.deb; do dpkg -x "$f" "$SYSROOT"; done
+    touch "$SYSROOT/.unpacked-$(ls .debs | md5sum | cut -c1-8)"
   fi
   log "exporting the zoo (CPU and CUDA) in the background"
   ($PY tools/export/export_model.py zoo --device cpu >"$OUT/export-cpu.log" 2>&1; echo $? >"$OUT/export-cpu.rc") &
