@@ -21,7 +21,8 @@ OUT=${OUT:-$ROOT/cuda-results}
 SYSROOT=/tmp/pt2serve-sysroot
 BUILD=/tmp/pt2serve-build
 MODELS=/tmp/pt2serve-models
-mkdir -p "$OUT"
+LOGS=/tmp/pt2serve-logs  # bulky logs stay on the host; failures are printed
+mkdir -p "$OUT" "$LOGS"
 log() { echo "[cuda-host $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
 
 if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and .whl/
@@ -50,10 +51,10 @@ export PKG_CONFIG_SYSROOT_DIR=$SYSROOT
 export PKG_CONFIG_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu/pkgconfig:$SYSROOT/usr/share/pkgconfig
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 unset CXX  # Inductor reads CXX as its compiler command
-PY=${PT2SERVE_PYTHON:-python3}
+PY=$(command -v "${PT2SERVE_PYTHON:-python3}")
 if [[ ! -d /tmp/site ]] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl >>"$OUT/pip.log" 2>&1 || log "wheel install failed (pip.log)"
+    --target /tmp/site .whl/*.whl >>"$LOGS/pip.log" 2>&1 || log "wheel install failed (pip.log)"
 fi
 [[ -d /tmp/site ]] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PT2SERVE_CACHE=$MODELS
@@ -68,28 +69,28 @@ do_build() {
     touch "$SYSROOT/.unpacked-$(ls .debs | md5sum | cut -c1-8)"
   fi
   log "exporting the zoo (CPU and CUDA) in the background"
-  ($PY tools/export/export_model.py zoo --device cpu >"$OUT/export-cpu.log" 2>&1; echo $? >"$OUT/export-cpu.rc") &
-  ($PY tools/export/export_model.py zoo --device cuda >"$OUT/export-cuda.log" 2>&1; echo $? >"$OUT/export-cuda.rc") &
+  ($PY tools/export/export_model.py zoo --device cpu >"$LOGS/export-cpu.log" 2>&1; echo $? >"$LOGS/export-cpu.rc") &
+  ($PY tools/export/export_model.py zoo --device cuda >"$LOGS/export-cuda.log" 2>&1; echo $? >"$LOGS/export-cuda.rc") &
   local torch_prefix
   torch_prefix=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
   wait
-  CPU_DIR=$(tail -n 1 "$OUT/export-cpu.log")
-  CUDA_DIR=$(tail -n 1 "$OUT/export-cuda.log")
-  log "export rc cpu=$(cat "$OUT/export-cpu.rc") cuda=$(cat "$OUT/export-cuda.rc"): $CPU_DIR $CUDA_DIR"
+  CPU_DIR=$(tail -n 1 "$LOGS/export-cpu.log")
+  CUDA_DIR=$(tail -n 1 "$LOGS/export-cuda.log")
+  log "export rc cpu=$(cat "$LOGS/export-cpu.rc") cuda=$(cat "$LOGS/export-cuda.rc"): $CPU_DIR $CUDA_DIR"
   log "configuring"
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$SYSROOT/usr;$torch_prefix" \
-    -DPT2SERVE_MODEL_DIR="$CPU_DIR" -DPT2SERVE_PYTHON="$PY" >"$OUT/configure.log" 2>&1 \
-    || { log "configure FAILED"; tail -n 40 "$OUT/configure.log"; return 1; }
+    -DPT2SERVE_MODEL_DIR="$CPU_DIR" -DPT2SERVE_PYTHON="$PY" >"$LOGS/configure.log" 2>&1 \
+    || { log "configure FAILED"; tail -n 40 "$LOGS/configure.log"; return 1; }
   log "building"
-  cmake --build "$BUILD" -j "$(nproc)" >"$OUT/build.log" 2>&1 \
-    || { log "build FAILED"; grep -E "error|Error" "$OUT/build.log" | head -40; return 1; }
+  cmake --build "$BUILD" -j "$(nproc)" >"$LOGS/build.log" 2>&1 \
+    || { log "build FAILED"; grep -E "error|Error" "$LOGS/build.log" | head -40; return 1; }
   log "build done"
 }
 
 model_dirs() {
-  CPU_DIR=$(tail -n 1 "$OUT/export-cpu.log")
-  CUDA_DIR=$(tail -n 1 "$OUT/export-cuda.log")
+  CPU_DIR=$(tail -n 1 "$LOGS/export-cpu.log")
+  CUDA_DIR=$(tail -n 1 "$LOGS/export-cuda.log")
 }
 
 do_test() {
@@ -108,6 +109,7 @@ do_test() {
     $PY -m pytest -q -rfEs -p no:cacheprovider tests/python tests/integration tests/proto \
     >"$OUT/pytest.log" 2>&1 || status=1
   tail -n 15 "$OUT/pytest.log" | tee -a "$OUT/steps.log"
+  grep -m 3 -B 2 -A 25 "^E " "$OUT/pytest.log" | head -n 90
   return $status
 }
 
