@@ -81,7 +81,6 @@ def daemon_path() -> Path:
 @pytest.fixture(scope="session")
 def pb(tmp_path_factory):
     """Generated Python modules for pt2serve/v1 inference.proto and admin.proto."""
-    from grpc_tools import protoc  # noqa: F401  (import check)
     import grpc_tools
 
     out = tmp_path_factory.mktemp("pt2serve_stubs")
@@ -216,6 +215,9 @@ def _kserve_probe(url: str, ready: bool) -> bool | None:
             return None
 
 
+PORT_RACE_MARKERS = ("cannot listen", "cannot serve /metrics", "Address already in use")
+
+
 def start_daemon(workdir: Path, *, models: list[dict], server: dict | None = None,
                  logging: dict | None = None, extra_args: tuple[str, ...] = (),
                  admin: bool = False, metrics: bool = True, wait: str = "ready",
@@ -223,8 +225,27 @@ def start_daemon(workdir: Path, *, models: list[dict], server: dict | None = Non
     """Writes a YAML config into `workdir` and starts the daemon on free ports.
 
     wait: "ready" (ServerReady true), "live" (ServerLive true) or "none".
-    The config is written as JSON, which is valid YAML (flow style).
+    The config is written as JSON, which is valid YAML (flow style). If another process took
+    one of the picked ports in between (the daemon exits saying it cannot listen), it retries
+    on fresh ports, at most 3 times.
     """
+    for attempt in range(3):
+        try:
+            return _start_daemon_once(workdir, models=models, server=server, logging=logging,
+                                      extra_args=extra_args, admin=admin, metrics=metrics,
+                                      wait=wait, env=env)
+        except _PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(AssertionError):
+    pass
+
+
+def _start_daemon_once(workdir: Path, *, models, server, logging, extra_args, admin, metrics,
+                       wait, env) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     inference_port = free_port()
     metrics_port = free_port() if metrics else None
@@ -260,6 +281,8 @@ def start_daemon(workdir: Path, *, models: list[dict], server: dict | None = Non
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
+            if any(m in d.stderr_text() for m in PORT_RACE_MARKERS):
+                raise _PortTaken(d.stderr_tail())
             raise AssertionError(f"pt2serve exited with {proc.returncode} during start-up; "
                                  f"config:\n{config_path.read_text()}\nstderr:\n{d.stderr_tail()}")
         if _kserve_probe(d.url, ready=(wait == "ready")):

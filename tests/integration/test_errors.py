@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from conftest import (RPC_TIMEOUT, Daemon, kserve_request, metric, np_to_kserve_dtype,
-                      wait_for, zoo_models)
+from conftest import RPC_TIMEOUT, Daemon, kserve_request, metric, wait_for, zoo_models
 
 T = RPC_TIMEOUT
 BIG = 256 << 20
@@ -417,7 +416,8 @@ def test_deadline_exceeded_on_loaded_queue(daemon_factory, model_dir):
 
 
 def test_zz_shared_daemon_survived_bad_requests(server, pid_at_start, refs):
-    """Runs last in this module (name order is irrelevant; module order is file order)."""
+    """Defined last, so it runs after every other test of this module (pytest keeps file
+    order): the shared daemon is the same process and still answers correctly."""
     assert server.alive(), f"daemon died; stderr:\n{server.stderr_tail()}"
     assert server.pid == pid_at_start
     with server.channel() as ch:

@@ -16,8 +16,12 @@ and then checks:
   * memory: after FreeInactive the inactive buffer is EMPTY and bytes_in_use is back to exactly
     one weight set (GetModel.constants_bytes), as before the updates.
 
-On RSS: the zoo mlp holds 6.4 KB of weights, far below the process's RSS noise (allocator
-arenas, gRPC buffers, Python-side churn in the daemon's peers), so "RSS back within a few MB"
+A second test races the admin writers against each other under the same load: two pushers,
+two swappers, a rollback loop and a free-inactive loop (one writer per model, so the losers get
+FAILED_PRECONDITION and nothing else may fail; every response must still match its version).
+
+On RSS: the zoo mlp holds 6.4 KB of weights, far below the daemon's RSS noise (malloc
+arenas and per-thread caches, gRPC buffers; ~0.5-1 MB between runs here), so "RSS back within a few MB"
 cannot detect a leaked weight buffer here. The exact check is bytes_in_use; RSS gets only a
 loose guard against gross leaks (per-cycle copies of the upload or the package).
 
@@ -28,7 +32,6 @@ Swap latencies (server-side swap_time_us and client-observed RPC time) are print
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -92,19 +95,78 @@ def cycle_of(version: str) -> int:
     return -1 if version == "initial" else int(version[1:])
 
 
-def test_hot_swap_under_load(tmp_path, model_dir, pb, daemon_path, weight_sets):
-    ip, ap = pb.inference_pb2, pb.admin_pb2
-    d = start_daemon(tmp_path / "daemon",
-                     models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
-                              "num_runners": RUNNERS}],
-                     admin=True, metrics=False)
-    try:
-        _run(d, ip, ap, pb, model_dir, weight_sets)
-    finally:
-        d.kill()
+class Load:
+    """CLIENTS threads calling Inference.Run on mlp until stop(); every response is checked
+    against the eager reference of the weights version it reports."""
+
+    def __init__(self, d, pb, expected: dict[str, np.ndarray], x: np.ndarray):
+        ip = pb.inference_pb2
+        self._d, self._pb, self._expected = d, pb, expected
+        self._request = ip.RunRequest(model="mlp", inputs=[ip.Tensor(
+            name="x", dtype=ip.DT_FLOAT32, shape=list(x.shape), data=x.tobytes())])
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.records: list[tuple[int, float, float, str]] = []  # (client, start, end, version)
+        self.failures: list[str] = []
+        self.mismatches: list[str] = []
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
+                         for i in range(CLIENTS)]
+        for t in self._threads:
+            t.start()
+
+    def reference_for(self, version: str) -> np.ndarray | None:
+        if version == "initial":
+            return self._expected["initial"]
+        if re.fullmatch(r"[AB]\d+", version):
+            return self._expected[version[0]]
+        return None
+
+    def _client(self, idx: int) -> None:
+        local: list[tuple[int, float, float, str]] = []
+        with self._d.channel() as ch:
+            stub = self._pb.inference_pb2_grpc.InferenceStub(ch)
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    resp = stub.Run(self._request, timeout=30)
+                except grpc.RpcError as e:
+                    with self._lock:
+                        self.failures.append(f"client {idx}: {e.code()}: {e.details()}")
+                    continue
+                t1 = time.monotonic()
+                version = resp.weights_version
+                want = self.reference_for(version)
+                y = np.frombuffer(resp.outputs[0].data, np.float32).reshape(
+                    tuple(resp.outputs[0].shape))
+                if want is None:
+                    with self._lock:
+                        self.mismatches.append(f"client {idx}: unknown weights_version "
+                                               f"'{version}'")
+                elif not np.allclose(y, want, rtol=RTOL, atol=ATOL):
+                    with self._lock:
+                        self.mismatches.append(
+                            f"client {idx}: output for '{version}' differs from its reference "
+                            f"(max abs diff {np.abs(y - want).max():.3g})")
+                local.append((idx, t0, t1, version))
+        with self._lock:
+            self.records.extend(local)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in self._threads), "a client thread hung"
+
+    def check(self) -> None:
+        assert not self.failures, (f"{len(self.failures)} failed requests, "
+                                   f"e.g. {self.failures[:5]}")
+        assert not self.mismatches, (f"{len(self.mismatches)} wrong outputs, "
+                                     f"e.g. {self.mismatches[:5]}")
 
 
-def _run(d, ip, ap, pb, model_dir, weight_sets):
+@pytest.fixture
+def setup(tmp_path, model_dir, pb, daemon_path, weight_sets):
+    """(daemon, admin stub, expected outputs by weight set, reference input)."""
     x, ref_initial = load_ref(model_dir / "mlp.reference.safetensors")
     expected = {"initial": ref_initial}
     for key in SEEDS:
@@ -113,16 +175,21 @@ def _run(d, ip, ap, pb, model_dir, weight_sets):
         expected[key] = yk
     assert not np.allclose(expected["A"], expected["B"], rtol=RTOL, atol=ATOL)
     assert not np.allclose(expected["A"], ref_initial, rtol=RTOL, atol=ATOL)
-
-    def reference_for(version: str) -> np.ndarray | None:
-        if version == "initial":
-            return expected["initial"]
-        if re.fullmatch(r"[AB]\d+", version):
-            return expected[version[0]]
-        return None
-
+    d = start_daemon(tmp_path / "daemon",
+                     models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
+                              "num_runners": RUNNERS}],
+                     admin=True, metrics=False)
     admin_ch = grpc.insecure_channel(d.admin_url)
-    admin = pb.admin_pb2_grpc.AdminStub(admin_ch)
+    try:
+        yield d, pb.admin_pb2_grpc.AdminStub(admin_ch), expected, x
+    finally:
+        admin_ch.close()
+        d.kill()
+
+
+def test_hot_swap_under_load(setup, pb, weight_sets):
+    d, admin, expected, x = setup
+    ip, ap = pb.inference_pb2, pb.admin_pb2
     with d.channel() as ch:
         info = pb.inference_pb2_grpc.InferenceStub(ch).GetModel(
             ip.GetModelRequest(name="mlp"), timeout=10)
@@ -137,48 +204,7 @@ def _run(d, ip, ap, pb, model_dir, weight_sets):
     st0 = buffer_status()
     assert (st0.bytes_in_use, st0.inactive.state) == (one_set, ap.EMPTY)
 
-    # ------------------------------------------------------------------ clients
-    stop = threading.Event()
-    lock = threading.Lock()
-    records: list[tuple[int, float, float, str]] = []  # (client, start, end, version)
-    failures: list[str] = []
-    mismatches: list[str] = []
-    request = ip.RunRequest(model="mlp", inputs=[ip.Tensor(
-        name="x", dtype=ip.DT_FLOAT32, shape=list(x.shape), data=x.tobytes())])
-
-    def client(idx: int) -> None:
-        local: list[tuple[int, float, float, str]] = []
-        with d.channel() as ch:
-            stub = pb.inference_pb2_grpc.InferenceStub(ch)
-            while not stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    resp = stub.Run(request, timeout=30)
-                except grpc.RpcError as e:
-                    with lock:
-                        failures.append(f"client {idx}: {e.code()}: {e.details()}")
-                    continue
-                t1 = time.monotonic()
-                version = resp.weights_version
-                want = reference_for(version)
-                y = np.frombuffer(resp.outputs[0].data, np.float32).reshape(
-                    tuple(resp.outputs[0].shape))
-                if want is None:
-                    with lock:
-                        mismatches.append(f"client {idx}: unknown weights_version '{version}'")
-                elif not np.allclose(y, want, rtol=RTOL, atol=ATOL):
-                    with lock:
-                        mismatches.append(
-                            f"client {idx}: output for '{version}' differs from its reference "
-                            f"(max abs diff {np.abs(y - want).max():.3g})")
-                local.append((idx, t0, t1, version))
-        with lock:
-            records.extend(local)
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-
+    load = Load(d, pb, expected, x)
     swaps: list[tuple[int, float, float]] = []  # (cycle, sent, returned)
     swap_us: list[int] = []
     swap_rpc_ms: list[float] = []
@@ -209,14 +235,11 @@ def _run(d, ip, ap, pb, model_dir, weight_sets):
             swap_rpc_ms.append((returned - sent) * 1e3)
             time.sleep(SETTLE_S)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a client thread hung"
+        load.stop()
 
     # ------------------------------------------------------------- correctness
-    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
-    assert not mismatches, f"{len(mismatches)} wrong outputs, e.g. {mismatches[:5]}"
+    load.check()
+    records = load.records
     assert len(records) > 20 * CYCLES, f"only {len(records)} requests completed"
 
     violations = []
@@ -259,15 +282,17 @@ def _run(d, ip, ap, pb, model_dir, weight_sets):
         f"daemon RSS grew {rss_after - rss_before} KB over {CYCLES} update cycles")
     # Still serving the last version correctly after the free.
     with d.channel() as ch:
-        resp = pb.inference_pb2_grpc.InferenceStub(ch).Run(request, timeout=10)
+        resp = pb.inference_pb2_grpc.InferenceStub(ch).Run(
+            ip.RunRequest(model="mlp", inputs=[ip.Tensor(
+                name="x", dtype=ip.DT_FLOAT32, shape=list(x.shape), data=x.tobytes())]),
+            timeout=10)
     y = np.frombuffer(resp.outputs[0].data, np.float32).reshape(tuple(resp.outputs[0].shape))
-    np.testing.assert_allclose(y, reference_for(resp.weights_version), rtol=RTOL, atol=ATOL)
-    admin_ch.close()
+    np.testing.assert_allclose(y, load.reference_for(resp.weights_version), rtol=RTOL, atol=ATOL)
 
     counts: dict[str, int] = {}
     for *_, v in records:
-        counts[v[0] if v != "initial" else "initial"] = counts.get(
-            v[0] if v != "initial" else "initial", 0) + 1
+        k = "initial" if v == "initial" else v[0]
+        counts[k] = counts.get(k, 0) + 1
     drains = [int(m) for m in re.findall(r"drain (\d+) us", d.stderr_text())]
     print(f"\nhot-swap: {len(records)} requests from {CLIENTS} clients over {RUNNERS} runners, "
           f"0 failures; per weight set {counts}")
@@ -280,3 +305,84 @@ def _run(d, ip, ap, pb, model_dir, weight_sets):
     print(f"pt2ctl push (process): median {np.median(push_s) * 1e3:.0f} ms; "
           f"RSS before {rss_before} KB, after free {rss_after} KB "
           f"(delta {rss_after - rss_before} KB); bytes_in_use {st.bytes_in_use}")
+
+
+def update_stream(pb, weights: dict[str, np.ndarray], version: str):
+    ap, ip = pb.admin_pb2, pb.inference_pb2
+    entries = [ap.ManifestEntry(name=k, dtype=ip.DT_FLOAT32, shape=list(v.shape),
+                                byte_size=v.nbytes) for k, v in weights.items()]
+    yield ap.UpdateConstantBufferRequest(header=ap.UpdateHeader(
+        model="mlp", version=version, tensors=ap.TensorManifest(entries=entries)))
+    for k, v in weights.items():
+        yield ap.UpdateConstantBufferRequest(chunk=ap.TensorChunk(name=k, offset=0,
+                                                                  data=v.tobytes()))
+
+
+def test_concurrent_admin_writers_under_load(setup, pb, weight_sets):
+    """Pushers, swappers, rollbacks and frees racing each other (one writer per model: the
+    losers get FAILED_PRECONDITION) while clients run. Nothing else may fail, every response
+    must match the reference of the version it reports, and the daemon must stay up with
+    consistent buffer accounting (AOTInductor's free_inactive racing a swap could free the live
+    buffer if the server did not serialize writers)."""
+    from safetensors.numpy import load_file
+
+    d, admin, expected, x = setup
+    ap = pb.admin_pb2
+    weights = {k: load_file(str(f)) for k, f in weight_sets.items()}
+    load = Load(d, pb, expected, x)
+    stop = threading.Event()
+    lock = threading.Lock()
+    errors: list[str] = []
+    done = {"push": 0, "swap": 0, "rollback": 0, "free": 0, "refused": 0}
+    counter = iter(range(10**9))
+
+    def admin_loop(kind: str) -> None:
+        while not stop.is_set():
+            try:
+                if kind == "push":
+                    n = next(counter)
+                    key = "AB"[n % 2]
+                    admin.UpdateConstantBuffer(update_stream(pb, weights[key], f"{key}{n}"),
+                                               metadata=AUTH, timeout=30)
+                elif kind == "swap":
+                    admin.SwapConstantBuffer(ap.SwapRequest(model="mlp"), metadata=AUTH,
+                                             timeout=30)
+                elif kind == "rollback":
+                    admin.Rollback(ap.RollbackRequest(model="mlp"), metadata=AUTH, timeout=30)
+                else:
+                    admin.FreeInactiveConstantBuffer(ap.FreeInactiveRequest(model="mlp"),
+                                                     metadata=AUTH, timeout=30)
+                with lock:
+                    done[kind] += 1
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    with lock:
+                        done["refused"] += 1
+                else:
+                    with lock:
+                        errors.append(f"{kind}: {e.code()}: {e.details()}")
+            time.sleep(0.002)
+
+    workers = [threading.Thread(target=admin_loop, args=(k,), daemon=True)
+               for k in ("push", "push", "swap", "swap", "rollback", "free")]
+    try:
+        time.sleep(0.3)
+        for w in workers:
+            w.start()
+        time.sleep(6.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=60)
+        load.stop()
+    assert d.alive(), f"daemon died:\n{d.stderr_tail()}"
+    assert not errors, f"{len(errors)} admin calls failed unexpectedly, e.g. {errors[:5]}"
+    load.check()
+    versions = {v for *_, v in load.records}
+    assert done["swap"] + done["rollback"] > 0 and len(versions) > 1, (done, versions)
+    st = admin.GetConstantBufferStatus(ap.ConstantBufferStatusRequest(model="mlp"),
+                                       metadata=AUTH, timeout=10)
+    held = st.active.bytes + (0 if st.inactive.state == ap.EMPTY else st.inactive.bytes)
+    assert st.bytes_in_use == held, st
+    print(f"\nconcurrent writers: {done}; {len(load.records)} requests, "
+          f"{len(versions)} versions served")

@@ -245,3 +245,28 @@ def test_model_statistics_after_requests(client, refs):
 def test_model_statistics_all_models(client):
     names = {s.name for s in client.get_inference_statistics(client_timeout=T).model_stats}
     assert names == set(ZOO)
+
+
+def test_model_statistics_compute_counts_consistent(client, refs):
+    """Triton semantics: compute_input / compute_infer / compute_output count the successful
+    executions, so their counts are always equal (perf_analyzer aborts with "Server side
+    statistics compute counts must be the same." otherwise), and a failed request adds to
+    `fail` only."""
+    x = refs["mlp"]["inputs"]["x"]
+    client.infer("mlp", infer_inputs({"x": x}), client_timeout=T)
+    before = _stats(client, "mlp").inference_stats
+    bad = grpcclient.InferInput("x", [3, 15], "FP32")  # wrong shape: INVALID_ARGUMENT
+    bad.set_data_from_numpy(np.ones((3, 15), np.float32))
+    with pytest.raises(Exception) as e:
+        client.infer("mlp", [bad], client_timeout=T)
+    assert "INVALID_ARGUMENT" in str(e.value.status())
+    client.infer("mlp", infer_inputs({"x": x}), client_timeout=T)
+    after = _stats(client, "mlp").inference_stats
+    assert after.fail.count - before.fail.count == 1
+    assert after.success.count - before.success.count == 1
+    deltas = {k: getattr(after, k).count - getattr(before, k).count
+              for k in ("compute_input", "compute_infer", "compute_output", "queue")}
+    assert deltas == {"compute_input": 1, "compute_infer": 1, "compute_output": 1, "queue": 1}
+    counts = {k: getattr(after, k).count
+              for k in ("compute_input", "compute_infer", "compute_output")}
+    assert len(set(counts.values())) == 1, f"compute counts differ: {counts}"

@@ -103,7 +103,8 @@ def run_ctl(d, *args: str, token: str | None = "file", cwd: Path | None = None,
 
 
 def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert p.returncode == 0, f"pt2ctl exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert p.returncode == 0, (f"pt2ctl exit {p.returncode}\nstdout:\n{p.stdout}\n"
+                               f"stderr:\n{p.stderr}")
     return p
 
 
@@ -212,12 +213,23 @@ def test_models_list_load_unload(daemon, pb):
     refused(run_ctl(daemon, "models", "unload", "cnn"), "NOT_FOUND")
 
 
-def test_load_outside_repository_is_invalid_argument(daemon):
+def test_paths_outside_repository_are_invalid_argument(daemon, repo):
     """admin.proto, LoadModelRequest.package_path: 'Absolute paths and paths that leave the root
-    ("..") are INVALID_ARGUMENT'."""
-    for path in ("../mlp.pt2", "/etc/passwd"):
+    ("..") are INVALID_ARGUMENT'; UpdateHeader.server_path follows 'the same rules'.
+    (The server answers PERMISSION_DENIED: a server/proto mismatch, reported.)"""
+    outside = repo.parent / "outside.safetensors"
+    shutil.copyfile(repo / f"seed{SEED}.safetensors", outside)
+    problems = []
+    for path in ("../mlp.pt2", "/etc/passwd", str(repo / "mlp.pt2")):
         p = run_ctl(daemon, "models", "load", "escape", path)
-        refused(p, "INVALID_ARGUMENT")
+        if p.returncode != 1 or "pt2ctl: INVALID_ARGUMENT: " not in p.stderr:
+            problems.append(f"models load escape {path}: exit {p.returncode}: {p.stderr.strip()}")
+    for path in ("../outside.safetensors", str(outside)):
+        p = run_ctl(daemon, "weights", "push", "mlp", path, "--server-side", "--sha256", "0" * 64)
+        if p.returncode != 1 or "pt2ctl: INVALID_ARGUMENT: " not in p.stderr:
+            problems.append(f"weights push mlp {path} --server-side: exit {p.returncode}: "
+                            f"{p.stderr.strip()}")
+    assert not problems, "expected INVALID_ARGUMENT (admin.proto):\n" + "\n".join(problems)
 
 
 # --------------------------------------------------------------------------- weights
@@ -532,3 +544,64 @@ def test_checksum_failure_keeps_rollback_target(daemon, pb, repo, references):
     st = status_json(daemon)
     assert st["inactive"]["state"] in ("EMPTY", "PREVIOUS"), st
     print(f"inactive buffer after a DATA_LOSS update: {st['inactive']['state']}")
+
+
+def test_unload_is_not_blocked_by_an_idle_upload_stream(daemon, pb, repo):
+    """An UpdateConstantBuffer stream that sent its header and then sits idle (a stalled or
+    crashed pusher whose connection stays open) must not hold UnloadModel hostage.
+
+    Observed: the stream holds a ModelHandle until it ends, so UnloadModel leaves the model
+    UNLOADING (every inference request UNAVAILABLE) and does not return until the uploader
+    half-closes or its deadline passes; the upload then even commits into the UNLOADING model
+    and the uploader gets OK. Expected: unload finishes promptly (cancelling the upload).
+    """
+    w = seed_weights(repo)
+    msgs = update_messages(pb, w, "idle")
+    release = threading.Event()
+
+    def requests():
+        yield from msgs[:2]  # header and one chunk, then nothing
+        release.wait(60)
+
+    ch = admin_channel(daemon)
+    try:
+        fut = admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
+                                                             timeout=120)
+        time.sleep(0.5)
+        start = time.monotonic()
+        p = run_ctl(daemon, "--timeout", "10", "models", "unload", "mlp", timeout=60)
+        took = time.monotonic() - start
+        release.set()
+        try:
+            fut.result(timeout=30)
+            upload = "OK"
+        except grpc.RpcError as e:
+            upload = str(e.code())
+    finally:
+        release.set()
+        ch.close()
+    assert p.returncode == 0, (f"unload with an idle upload stream open: exit {p.returncode} "
+                               f"after {took:.1f} s: {p.stderr.strip()} (the upload then ended "
+                               f"with {upload})")
+
+
+def test_second_daemon_on_the_same_admin_address_fails_to_start(daemon, tmp_path, repo):
+    """A second pt2serve configured with an admin address that is already in use must fail to
+    start. Observed: gRPC's default SO_REUSEPORT lets it bind too, so both processes serve the
+    port and the kernel splits connections between them: `pt2ctl weights push` may stage on one
+    daemon and `pt2ctl weights swap` reach the other ("nothing staged"). The same holds for the
+    inference address. Fix: GRPC_ARG_ALLOW_REUSEPORT = 0 on the server builders."""
+    second = start_daemon(tmp_path / "second",
+                          models=[{"name": "mlp", "path": str(repo / "mlp.pt2")}],
+                          server={"admin_address": daemon.admin_url}, admin=True, metrics=False,
+                          wait="none")
+    try:
+        try:
+            code = second.proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code not in (None, 0), (
+            f"a second daemon with admin address {daemon.admin_url} (already in use) is still "
+            f"running after 8 s; its log:\n{second.stderr_tail(1500)}")
+    finally:
+        second.kill()

@@ -1,0 +1,468 @@
+// pt2ctl: command-line client for a running pt2serve daemon.
+//
+//   pt2ctl models list
+//   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
+//   pt2ctl models unload NAME
+//   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
+//   pt2ctl weights swap MODEL [--expect VERSION]
+//   pt2ctl weights rollback MODEL
+//   pt2ctl weights free-inactive MODEL
+//   pt2ctl weights status MODEL
+//
+// Exit codes: see kFooter (and README.md).
+#include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <sstream>
+
+#include "tools/pt2ctl/admin_client.h"
+#include "tools/pt2ctl/outcome.h"
+#include "tools/pt2ctl/progress_bar.h"
+#include "tools/pt2ctl/table.h"
+#include "tools/pt2ctl/weight_pusher.h"
+
+namespace pt2serve::ctl {
+namespace {
+
+namespace v1 = pt2serve::v1;
+
+constexpr const char* kTokenEnv = "PT2SERVE_ADMIN_TOKEN";
+constexpr double kDefaultTimeoutS = 30;
+constexpr double kLongTimeoutS = 300;  // pushes and loads
+
+constexpr const char* kFooter = R"(
+Admin token: --token, else --token-file, else $PT2SERVE_ADMIN_TOKEN (sent as
+'authorization: Bearer <token>'). `models list` needs none.
+
+Exit codes:
+  0  success
+  1  the server refused the request; stderr: 'pt2ctl: <GRPC_CODE>: <message>'
+  2  usage or local error (bad flags, unreadable or invalid file, missing token)
+  3  the server is unreachable (connection refused or lost, deadline while connecting)
+With --json, results and errors are one JSON object on stdout (proto field names).)";
+
+// Options shared by every command.
+struct Globals {
+  std::string admin_address = "127.0.0.1:8003";
+  std::string address = "127.0.0.1:8001";
+  std::string token;
+  std::string token_file;
+  bool json = false;
+  std::optional<double> timeout_s;
+};
+
+// ------------------------------------------------------------------ output
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(message, &out, options).ok()) return "{}";
+  return out;
+}
+
+// "2024-06-01 12:00:00 UTC", "-" for an unset time.
+std::string FormatTime(const google::protobuf::Timestamp& ts) {
+  if (ts.seconds() == 0 && ts.nanos() == 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(ts.seconds());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+std::string Or(const std::string& s, const char* fallback = "-") {
+  return s.empty() ? fallback : s;
+}
+
+std::string_view StateName(v1::BufferState state) {
+  switch (state) {
+    case v1::EMPTY: return "EMPTY";
+    case v1::STAGED: return "STAGED";
+    case v1::ACTIVE: return "ACTIVE";
+    case v1::PREVIOUS: return "PREVIOUS";
+    default: return "?";
+  }
+}
+
+std::string_view ModelStateName(v1::ModelState state) {
+  switch (state) {
+    case v1::LOADING: return "LOADING";
+    case v1::READY: return "READY";
+    case v1::UNLOADING: return "UNLOADING";
+    case v1::FAILED: return "FAILED";
+    default: return "?";
+  }
+}
+
+std::string Micros(int64_t us) {
+  char buf[32];
+  if (us < 10'000) {
+    std::snprintf(buf, sizeof(buf), "%lld us", static_cast<long long>(us));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.1f ms", static_cast<double>(us) / 1e3);
+  }
+  return buf;
+}
+
+std::string SwapLine(const char* verb, const v1::SwapResponse& r) {
+  return std::string(verb) + " " + r.model() + ": active '" + r.active_version() +
+         "' (previous '" + r.previous_version() + "'), swap took " + Micros(r.swap_time_us());
+}
+
+// Reports a failure on stderr (and as JSON on stdout with --json).
+int Report(const Outcome& outcome, const Globals& g) {
+  if (outcome.ok()) return 0;
+  std::fprintf(stderr, "%s\n", outcome.ErrorLine().c_str());
+  if (g.json) std::printf("%s\n", outcome.ErrorJson().c_str());
+  return static_cast<int>(outcome.exit_code());
+}
+
+// ------------------------------------------------------------- token/setup
+
+std::string Trim(std::string s) {
+  const char* ws = " \t\r\n";
+  s.erase(s.find_last_not_of(ws) + 1);
+  s.erase(0, s.find_first_not_of(ws));
+  return s;
+}
+
+// The admin token in precedence order; a local error if there is none.
+Outcome ResolveToken(const Globals& g, std::string* token) {
+  if (!g.token.empty()) {
+    *token = g.token;
+    return Outcome();
+  }
+  if (!g.token_file.empty()) {
+    std::ifstream in(g.token_file);
+    if (!in) return Outcome::LocalError("cannot read token file '" + g.token_file + "'");
+    std::stringstream text;
+    text << in.rdbuf();
+    *token = Trim(text.str());
+    if (token->empty()) return Outcome::LocalError("token file '" + g.token_file + "' is empty");
+    return Outcome();
+  }
+  if (const char* env = std::getenv(kTokenEnv); env != nullptr && *env != '\0') {
+    *token = Trim(env);
+    return Outcome();
+  }
+  return Outcome::LocalError(std::string("no admin token: pass --token or --token-file, or set ") +
+                             kTokenEnv);
+}
+
+ClientOptions MakeClientOptions(const Globals& g, double default_timeout_s) {
+  ClientOptions o;
+  o.admin_address = g.admin_address;
+  o.inference_address = g.address;
+  const double seconds = g.timeout_s.value_or(default_timeout_s);
+  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * 1000)));
+  return o;
+}
+
+// A client for admin commands: fails (exit 2) without a token.
+Outcome AdminClientFor(const Globals& g, double default_timeout_s,
+                       std::optional<AdminClient>* client) {
+  ClientOptions o = MakeClientOptions(g, default_timeout_s);
+  if (Outcome token = ResolveToken(g, &o.token); !token.ok()) return token;
+  client->emplace(std::move(o));
+  return Outcome();
+}
+
+// ---------------------------------------------------------------- commands
+
+int ModelsList(const Globals& g) {
+  AdminClient client(MakeClientOptions(g, kDefaultTimeoutS));
+  v1::ListModelsResponse response;
+  if (Outcome o = client.ListModels(&response); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("%s\n", ToJson(response).c_str());
+    return 0;
+  }
+  Table table({"NAME", "STATE", "WEIGHTS", "REASON"});
+  for (const auto& m : response.models()) {
+    table.AddRow({m.name(), std::string(ModelStateName(m.state())), Or(m.weights_version()),
+                  m.reason()});
+  }
+  std::fputs(table.ToString().c_str(), stdout);
+  return 0;
+}
+
+struct LoadArgs {
+  std::string name, package_path, device;
+  int runners = 0, queue = 0;
+};
+
+int ModelsLoad(const Globals& g, const LoadArgs& a) {
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kLongTimeoutS, &client); !o.ok()) return Report(o, g);
+  v1::LoadModelRequest request;
+  request.set_name(a.name);
+  request.set_package_path(a.package_path);
+  request.set_device(a.device);
+  request.set_num_runners(a.runners);
+  request.set_max_queue_size(a.queue);
+  v1::LoadModelResponse response;
+  if (Outcome o = client->LoadModel(request, &response); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("%s\n", ToJson(response).c_str());
+  } else {
+    std::printf("loaded %s from %s: %s, weights '%s'\n", a.name.c_str(), a.package_path.c_str(),
+                std::string(ModelStateName(response.model().state())).c_str(),
+                response.model().weights_version().c_str());
+  }
+  return 0;
+}
+
+int ModelsUnload(const Globals& g, const std::string& name) {
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kDefaultTimeoutS, &client); !o.ok()) return Report(o, g);
+  if (Outcome o = client->UnloadModel(name); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("{\"unloaded\":\"%s\"}\n", JsonEscape(name).c_str());
+  } else {
+    std::printf("unloaded %s\n", name.c_str());
+  }
+  return 0;
+}
+
+struct PushArgs {
+  std::string model, file, version, sha256;
+  bool swap = false;
+  bool server_side = false;
+  double chunk_mib = 2;
+};
+
+std::string PushClientJson(const PushResult& r) {
+  char seconds[32];
+  std::snprintf(seconds, sizeof(seconds), "%.6f", r.seconds);
+  return "{\"version\":\"" + JsonEscape(r.version) + "\",\"sha256\":\"" + r.sha256 +
+         "\",\"bytes_sent\":" + std::to_string(r.bytes_sent) +
+         ",\"tensors\":" + std::to_string(r.tensors) + ",\"chunks\":" + std::to_string(r.chunks) +
+         ",\"seconds\":" + seconds + "}";
+}
+
+std::string PushLine(const PushArgs& a, const PushResult& r) {
+  const auto& resp = r.response;
+  std::string line = "pushed '" + r.version + "' to " + a.model + ": ";
+  if (a.server_side) {
+    line += "server-side file " + a.file;
+  } else {
+    const double mb_per_s = r.seconds > 0 ? static_cast<double>(r.bytes_sent) / 1e6 / r.seconds : 0;
+    char rate[96];
+    std::snprintf(rate, sizeof(rate), " in %.2f s (%.1f MB/s)", r.seconds, mb_per_s);
+    line += std::to_string(r.tensors) + " tensors, " + FormatBytes(r.bytes_sent) + " in " +
+            std::to_string(r.chunks) + " chunks" + rate;
+  }
+  line += "; staged " + FormatBytes(resp.staged_bytes()) + " (" +
+          std::to_string(resp.tensors()) + " tensors, staging " + Micros(resp.fold_time_us()) +
+          ")";
+  line += r.sha256.empty() ? "; no sha256" : "; sha256 " + r.sha256.substr(0, 12);
+  return line;
+}
+
+int WeightsPush(const Globals& g, const PushArgs& a) {
+  if (!a.server_side && !a.sha256.empty()) {
+    return Report(Outcome::LocalError("--sha256 is only for --server-side (streamed pushes "
+                                      "compute it)"), g);
+  }
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kLongTimeoutS, &client); !o.ok()) return Report(o, g);
+  PushOptions options;
+  options.model = a.model;
+  options.file = a.file;
+  options.version = a.version;
+  options.chunk_bytes = std::max<uint64_t>(1, std::llround(a.chunk_mib * (1 << 20)));
+  options.server_side = a.server_side;
+  options.sha256 = a.sha256;
+  options.progress = !g.json && isatty(STDERR_FILENO);
+  WeightPusher pusher(*client);
+  PushResult result;
+  if (Outcome o = pusher.Push(options, &result); !o.ok()) return Report(o, g);
+  if (!a.swap) {
+    if (g.json) {
+      std::printf("{\"update\":%s,\"client\":%s}\n", ToJson(result.response).c_str(),
+                  PushClientJson(result).c_str());
+    } else {
+      std::printf("%s\n", PushLine(a, result).c_str());
+    }
+    return 0;
+  }
+  v1::SwapResponse swap;
+  const Outcome swapped = client->Swap(a.model, result.version, &swap);
+  if (g.json) {
+    const std::string tail = swapped.ok() ? "\"swap\":" + ToJson(swap)
+                                          : swapped.ErrorJson().substr(1, swapped.ErrorJson().size() - 2);
+    std::printf("{\"update\":%s,\"client\":%s,%s}\n", ToJson(result.response).c_str(),
+                PushClientJson(result).c_str(), tail.c_str());
+    if (!swapped.ok()) std::fprintf(stderr, "%s\n", swapped.ErrorLine().c_str());
+    return static_cast<int>(swapped.exit_code());
+  }
+  std::printf("%s\n", PushLine(a, result).c_str());
+  if (!swapped.ok()) return Report(swapped, g);
+  std::printf("%s\n", SwapLine("swapped", swap).c_str());
+  return 0;
+}
+
+int WeightsSwap(const Globals& g, const std::string& model, const std::string& expect,
+                bool rollback) {
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kDefaultTimeoutS, &client); !o.ok()) return Report(o, g);
+  v1::SwapResponse response;
+  const Outcome o = rollback ? client->Rollback(model, &response)
+                             : client->Swap(model, expect, &response);
+  if (!o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("%s\n", ToJson(response).c_str());
+  } else {
+    std::printf("%s\n", SwapLine(rollback ? "rolled back" : "swapped", response).c_str());
+  }
+  return 0;
+}
+
+int WeightsFreeInactive(const Globals& g, const std::string& model) {
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kDefaultTimeoutS, &client); !o.ok()) return Report(o, g);
+  v1::FreeInactiveResponse response;
+  if (Outcome o = client->FreeInactive(model, &response); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("%s\n", ToJson(response).c_str());
+  } else {
+    std::printf("freed the inactive weights of %s: %s\n", model.c_str(),
+                FormatBytes(response.freed_bytes()).c_str());
+  }
+  return 0;
+}
+
+int WeightsStatus(const Globals& g, const std::string& model) {
+  std::optional<AdminClient> client;
+  if (Outcome o = AdminClientFor(g, kDefaultTimeoutS, &client); !o.ok()) return Report(o, g);
+  v1::ConstantBufferStatus response;
+  if (Outcome o = client->GetStatus(model, &response); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("%s\n", ToJson(response).c_str());
+    return 0;
+  }
+  std::printf("model %s: %s in use\n", response.model().c_str(),
+              FormatBytes(response.bytes_in_use()).c_str());
+  Table table({"BUFFER", "STATE", "VERSION", "BYTES", "SHA256", "SOURCE", "UPDATED"});
+  auto add = [&](const char* which, const v1::BufferInfo& b) {
+    table.AddRow({which, std::string(StateName(b.state())), Or(b.version()),
+                  FormatBytes(b.bytes()), Or(b.sha256().substr(0, 12)), Or(b.source()),
+                  FormatTime(b.updated_at())});
+  };
+  add("active", response.active());
+  add("inactive", response.inactive());
+  std::fputs(table.ToString().c_str(), stdout);
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"pt2ctl: control a running pt2serve daemon (models and hot-swappable weights)",
+               "pt2ctl"};
+  app.footer(kFooter);
+  app.require_subcommand(1);
+  // Global options may also follow the subcommand.
+  app.fallthrough();
+  Globals g;
+  app.add_option("--admin-address", g.admin_address, "Admin API address (host:port or unix:PATH)")
+      ->capture_default_str();
+  app.add_option("--address", g.address, "Inference API address, for `models list`")
+      ->capture_default_str();
+  app.add_option("--token", g.token, "Admin bearer token");
+  app.add_option("--token-file", g.token_file, "File holding the admin bearer token");
+  app.add_flag("--json", g.json, "Print one JSON object (results and errors) on stdout");
+  app.add_option("--timeout", g.timeout_s,
+                 "RPC deadline in seconds (default 300 for push and load, 30 otherwise)")
+      ->check(CLI::PositiveNumber);
+
+  std::function<int()> action;
+
+  auto* models = app.add_subcommand("models", "List, load and unload models");
+  models->require_subcommand(1);
+  models->add_subcommand("list", "List every model the server knows (Inference.ListModels)")
+      ->callback([&] { action = [&] { return ModelsList(g); }; });
+
+  LoadArgs load;
+  auto* load_cmd = models->add_subcommand("load", "Load a package from the server's repository");
+  load_cmd->add_option("name", load.name, "Name to serve the model under")->required();
+  load_cmd->add_option("package_path", load.package_path,
+                       "Path of the .pt2 relative to the server's model repository")
+      ->required();
+  load_cmd->add_option("--device", load.device, "cpu, cuda, cuda:N (default: server's)");
+  load_cmd->add_option("--runners", load.runners, "Concurrent runners (default: server's)")
+      ->check(CLI::NonNegativeNumber);
+  load_cmd->add_option("--queue", load.queue, "Max queued requests (default: server's)")
+      ->check(CLI::NonNegativeNumber);
+  load_cmd->callback([&] { action = [&] { return ModelsLoad(g, load); }; });
+
+  std::string unload_name;
+  auto* unload_cmd = models->add_subcommand("unload", "Unload a model (waits for its requests)");
+  unload_cmd->add_option("name", unload_name, "Model name")->required();
+  unload_cmd->callback([&] { action = [&] { return ModelsUnload(g, unload_name); }; });
+
+  auto* weights = app.add_subcommand("weights", "Push, swap, roll back and inspect weights");
+  weights->require_subcommand(1);
+
+  PushArgs push;
+  auto* push_cmd = weights->add_subcommand(
+      "push", "Stage a .safetensors weight set into MODEL's inactive buffer");
+  push_cmd->add_option("model", push.model, "Model name")->required();
+  push_cmd->add_option("file", push.file,
+                       "Local .safetensors file (with --server-side: path relative to the "
+                       "server's model repository)")
+      ->required();
+  push_cmd->add_option("--version", push.version, "Version label (default: the file's stem)");
+  push_cmd->add_flag("--swap", push.swap, "Swap the pushed weights in right after staging");
+  push_cmd->add_option("--chunk-size-mb", push.chunk_mib, "Chunk size in MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6, 64.0));
+  push_cmd->add_flag("--server-side", push.server_side,
+                     "The server reads FILE from its model repository (no upload)");
+  push_cmd->add_option("--sha256", push.sha256,
+                       "With --server-side: SHA-256 of the server's file (default: that of a "
+                       "local copy at FILE, if readable)");
+  push_cmd->callback([&] { action = [&] { return WeightsPush(g, push); }; });
+
+  std::string model, expect;
+  auto* swap_cmd = weights->add_subcommand("swap", "Make the STAGED weights active");
+  swap_cmd->add_option("model", model, "Model name")->required();
+  swap_cmd->add_option("--expect", expect, "Fail unless the staged version is this");
+  swap_cmd->callback([&] { action = [&] { return WeightsSwap(g, model, expect, false); }; });
+
+  auto* rollback_cmd = weights->add_subcommand("rollback", "Swap back to the PREVIOUS weights");
+  rollback_cmd->add_option("model", model, "Model name")->required();
+  rollback_cmd->callback([&] { action = [&] { return WeightsSwap(g, model, "", true); }; });
+
+  auto* free_cmd = weights->add_subcommand(
+      "free-inactive", "Release the inactive buffer (no rollback afterwards)");
+  free_cmd->add_option("model", model, "Model name")->required();
+  free_cmd->callback([&] { action = [&] { return WeightsFreeInactive(g, model); }; });
+
+  auto* status_cmd = weights->add_subcommand("status", "Show both constant buffers of MODEL");
+  status_cmd->add_option("model", model, "Model name")->required();
+  status_cmd->callback([&] { action = [&] { return WeightsStatus(g, model); }; });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints help (rc 0) or the error
+    return rc == 0 ? 0 : static_cast<int>(ExitCode::kLocalError);
+  }
+  if (!action) return static_cast<int>(ExitCode::kLocalError);
+  return action();
+}
+
+}  // namespace
+}  // namespace pt2serve::ctl
+
+int main(int argc, char** argv) { return pt2serve::ctl::Main(argc, argv); }
