@@ -30,12 +30,6 @@ bool ValidName(const std::string& name) {
   return true;
 }
 
-grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& status) {
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 
 int64_t Micros(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
@@ -105,13 +99,13 @@ Status AdminService::Authenticate(grpc::CallbackServerContext* ctx) const {
 grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* ctx,
                                                   const pt2serve::v1::LoadModelRequest* request,
                                                   pt2serve::v1::LoadModelResponse* response) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
   if (!ValidName(request->name())) {
-    return Reply(ctx, InvalidArgument("model name '" + request->name() +
+    return FinishUnary(ctx, InvalidArgument("model name '" + request->name() +
                                       "' must be non-empty and use only [A-Za-z0-9_.-]"));
   }
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
-    return Reply(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
+    return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
   }
   ModelConfig config = repository_.defaults();
   config.name = request->name();
@@ -138,7 +132,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AdminService::UnloadModel(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::UnloadModelRequest* request,
     pt2serve::v1::UnloadModelResponse*) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
   auto* reactor = ctx->DefaultReactor();
   // Unloading waits for in-flight requests: off the gRPC thread.
   RunInBackground([this, reactor, name = request->name()] {
@@ -147,6 +141,31 @@ grpc::ServerUnaryReactor* AdminService::UnloadModel(
   return reactor;
 }
 
+
+void AdminService::AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload) {
+  std::lock_guard lock(uploads_mu_);
+  uploads_.emplace(model, std::move(upload));
+}
+
+void AdminService::RemoveUpload(const std::shared_ptr<UploadGuard>& upload) {
+  std::lock_guard lock(uploads_mu_);
+  for (auto it = uploads_.begin(); it != uploads_.end(); ++it) {
+    if (it->second == upload) {
+      uploads_.erase(it);
+      return;
+    }
+  }
+}
+
+void AdminService::AbortUploads(const std::string& model) {
+  std::vector<std::shared_ptr<UploadGuard>> targets;
+  {
+    std::lock_guard lock(uploads_mu_);
+    auto [begin, end] = uploads_.equal_range(model);
+    for (auto it = begin; it != end; ++it) targets.push_back(it->second);
+  }
+  for (const auto& guard : targets) UpdateReactor::Abort(guard, "the model is being unloaded");
+}
 
 grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest>*
 AdminService::UpdateConstantBuffer(grpc::CallbackServerContext* ctx,
@@ -159,9 +178,9 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
                                                  const std::string& expected_version,
                                                  pt2serve::v1::SwapResponse* response,
                                                  bool rollback) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
   auto handle = registry_.Get(model);
-  if (!handle.ok()) return Reply(ctx, handle.status());
+  if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   // A swap waits for in-flight requests (about one inference): off the gRPC thread.
@@ -198,9 +217,9 @@ grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::FreeInactiveRequest* request,
     pt2serve::v1::FreeInactiveResponse* response) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
   auto handle = registry_.Get(request->model());
-  if (!handle.ok()) return Reply(ctx, handle.status());
+  if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   RunInBackground([reactor, response, shared, model = request->model()] {
@@ -218,15 +237,15 @@ grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
 grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::ConstantBufferStatusRequest* request,
     pt2serve::v1::ConstantBufferStatus* response) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return Reply(ctx, auth);
+  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
   auto handle = registry_.Get(request->model());
-  if (!handle.ok()) return Reply(ctx, handle.status());
+  if (!handle.ok()) return FinishUnary(ctx, handle.status());
   const BufferStatus st = (*handle)->weights().status();
   response->set_model(request->model());
   FillBuffer(st.active, pt2serve::v1::ACTIVE, response->mutable_active());
   FillBuffer(st.inactive, ToProto(st.inactive_state), response->mutable_inactive());
   response->set_bytes_in_use(st.bytes_in_use);
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 }  // namespace pt2serve::server

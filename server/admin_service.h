@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -15,6 +16,7 @@
 namespace pt2serve::server {
 
 class UpdateReactor;
+struct UploadGuard;
 
 class AdminService final : public pt2serve::v1::Admin::CallbackService {
  public:
@@ -22,6 +24,10 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   AdminService(ModelRegistry& registry, ModelRepository& repository, std::string token);
   // Waits for background operations (loads, unloads) still running.
   ~AdminService();
+
+  // Aborts uploads to `model` that are still receiving (called when the
+  // model starts unloading, so an idle uploader cannot block the unload).
+  void AbortUploads(const std::string& model);
 
   grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* ctx,
                                       const pt2serve::v1::LoadModelRequest* request,
@@ -47,6 +53,8 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
 
  private:
   friend class UpdateReactor;
+  void AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload);
+  void RemoveUpload(const std::shared_ptr<UploadGuard>& upload);
   // Runs a swap-like operation on `model` off the gRPC thread.
   grpc::ServerUnaryReactor* SwapLike(grpc::CallbackServerContext* ctx, const std::string& model,
                                      const std::string& expected_version,
@@ -62,6 +70,10 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   std::mutex background_mu_;
   std::condition_variable background_done_;
   int background_ = 0;  // guarded by background_mu_
+  std::mutex uploads_mu_;
+  // Live UpdateConstantBuffer streams by model; removed in the reactor's
+  // OnDone. Guarded by uploads_mu_ (never held while taking a guard's mutex).
+  std::multimap<std::string, std::shared_ptr<UploadGuard>> uploads_;
 };
 
 }  // namespace pt2serve::server

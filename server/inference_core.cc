@@ -5,12 +5,6 @@
 namespace pt2serve::server {
 namespace {
 
-uint64_t NowEpochMs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 int64_t BatchSize(const InferRequest& request) {
   if (request.inputs.empty() || request.inputs[0].shape.empty()) return 1;
   return request.inputs[0].shape[0];
@@ -47,12 +41,16 @@ InferenceCore::InferenceCore(ModelRegistry& registry, Metrics& metrics, StatsTab
       access_log_(access_log),
       access_logger_(Logger("access")) {}
 
+std::string InferenceCore::MetricLabel(const std::string& model) const {
+  return registry_.GetStatus(model).ok() ? model : std::string(kUnknownModelLabel);
+}
+
 void InferenceCore::Record(Protocol protocol, const std::string& model, const std::string& id,
                            const Status& status, const RequestTiming& timing,
                            Clock::time_point received, ModelStats* stats) {
   const auto total = Clock::now() - received;
-  metrics_.RecordRequest(model, protocol, status.code(), timing, total);
-  if (stats) (status.ok() ? stats->success : stats->fail).Add(total);
+  metrics_.RecordRequest(MetricLabel(model), protocol, status.code(), timing, total);
+  if (stats && !status.ok()) stats->RecordFailure(total);
   if (access_log_) {
     access_logger_->info("{} model={} id={} code={} total_us={} queue_us={} compute_us={}{}{}",
                          ProtocolName(protocol), model, id, StatusCodeName(status.code()),
@@ -64,56 +62,58 @@ void InferenceCore::Record(Protocol protocol, const std::string& model, const st
 }
 
 void InferenceCore::RecordEarlyFailure(Protocol protocol, const std::string& model,
-                                       const Status& status, Clock::time_point received) {
+                                       const std::string& id, const Status& status,
+                                       Clock::time_point received) {
   auto stats = stats_.Find(model);
-  Record(protocol, model, "", status, {}, received, stats.get());
+  Record(protocol, model, id, status, {}, received, stats.get());
 }
 
 void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol protocol,
                           const std::string& model, InferRequest request,
                           Clock::time_point received, std::chrono::nanoseconds decode_time,
-                          Done done) {
+                          Reply reply) {
   auto handle = registry_.Get(model);
   if (!handle.ok()) {
-    InferResponse empty;
     Record(protocol, model, request.id, handle.status(), {}, received, nullptr);
-    done(handle.status(), empty);
+    reply.finish(handle.status());
     return;
   }
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   auto stats = stats_.Get(model);
-  stats->compute_input.Add(decode_time);
   const int64_t batch = BatchSize(request);
   const std::string id = request.id;
   {
     std::lock_guard lock(call->mu_);
     if (call->cancelled_) {
-      InferResponse empty;
       Status cancelled = Cancelled("request cancelled by the client");
       Record(protocol, model, id, cancelled, {}, received, stats.get());
-      done(cancelled, empty);
+      reply.finish(cancelled);
       return;
     }
     call->model_ = shared;
   }
   // `shared` rides along in the callback: the model cannot be unloaded until
   // the reply is written.
-  auto on_done = [this, shared, stats, protocol, model, id, batch, received,
-                  done = std::move(done)](StatusOr<InferResponse> result) mutable {
-    InferResponse response;
-    Status status = result.status();
-    if (result.ok()) response = std::move(result).value();
-    if (status.ok()) {
-      stats->queue.Add(response.timing.queue);
-      stats->compute_infer.Add(response.timing.compute);
-      stats->inference_count.fetch_add(static_cast<uint64_t>(batch), std::memory_order_relaxed);
-      stats->execution_count.fetch_add(1, std::memory_order_relaxed);
-      stats->last_inference_ms.store(NowEpochMs(), std::memory_order_relaxed);
+  auto on_done = [this, shared, stats, protocol, model, id, batch, received, decode_time,
+                  reply = std::move(reply)](StatusOr<InferResponse> result) mutable {
+    if (!result.ok()) {
+      Record(protocol, model, id, result.status(), {}, received, stats.get());
+      reply.finish(result.status());
+      return;
     }
+    InferResponse& response = *result;
     const auto encode_start = Clock::now();
-    done(status, response);
-    if (status.ok()) stats->compute_output.Add(Clock::now() - encode_start);
-    Record(protocol, model, id, status, response.timing, received, stats.get());
+    reply.encode(response);
+    const auto encoded = Clock::now();
+    RequestTimes times;
+    times.total = encoded - received;
+    times.queue = response.timing.queue;
+    times.input = decode_time;
+    times.infer = response.timing.compute;
+    times.output = encoded - encode_start;
+    stats->RecordSuccess(times, static_cast<uint64_t>(batch));
+    Record(protocol, model, id, Status::Ok(), response.timing, received, stats.get());
+    reply.finish(Status::Ok());
   };
   const RunnerPool::Ticket ticket = (*shared)->InferAsync(std::move(request), std::move(on_done));
   bool cancel_now = false;

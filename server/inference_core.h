@@ -39,13 +39,17 @@ class PendingCall {
   RunnerPool::Ticket ticket_ = 0;
 };
 
+// How a front end answers: `encode` turns a successful result into its
+// response message (timed as "compute_output"), then `finish` completes the
+// RPC with the outcome. Both run on a pool thread, or inline when the request
+// fails before it is queued (then only `finish`).
+struct Reply {
+  std::function<void(InferResponse& result)> encode;
+  std::function<void(const Status& status)> finish;
+};
+
 class InferenceCore {
  public:
-  // `done` gets the outcome; on success `response` holds the outputs. It runs
-  // on a pool thread, or inline when the request fails before queueing. The
-  // time it takes counts as "compute_output" (encoding the reply).
-  using Done = std::function<void(const Status& status, InferResponse& response)>;
-
   // All references must outlive the core.
   InferenceCore(ModelRegistry& registry, Metrics& metrics, StatsTable& stats,
                 bool access_log);
@@ -55,16 +59,21 @@ class InferenceCore {
   // REQUIRES: `call` is fresh; the caller keeps it to cancel.
   void Start(const std::shared_ptr<PendingCall>& call, Protocol protocol,
              const std::string& model, InferRequest request, Clock::time_point received,
-             std::chrono::nanoseconds decode_time, Done done);
+             std::chrono::nanoseconds decode_time, Reply reply);
 
   // Records a request that failed before it reached Start (e.g. undecodable).
-  void RecordEarlyFailure(Protocol protocol, const std::string& model, const Status& status,
-                          Clock::time_point received);
+  void RecordEarlyFailure(Protocol protocol, const std::string& model, const std::string& id,
+                          const Status& status, Clock::time_point received);
 
  private:
+  // Metrics, stats (failures only; successes are recorded by Start) and the
+  // access log for one finished request.
   void Record(Protocol protocol, const std::string& model, const std::string& id,
               const Status& status, const RequestTiming& timing, Clock::time_point received,
               ModelStats* stats);
+  // The model label for metrics: names the registry does not know share one
+  // label, so arbitrary client input cannot create unbounded series.
+  std::string MetricLabel(const std::string& model) const;
 
   ModelRegistry& registry_;
   Metrics& metrics_;

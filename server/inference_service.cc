@@ -24,12 +24,6 @@ void FillSpec(const TensorSpec& spec, pt2serve::v1::TensorSpec* out) {
   for (int64_t d : spec.shape) out->add_shape(d);
 }
 
-grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& status) {
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 int64_t Micros(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
 }
@@ -58,7 +52,8 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
   auto* reactor = new InferReactor();
   auto inputs = DecodeRunInputs(*request);
   if (!inputs.ok()) {
-    core_.RecordEarlyFailure(Protocol::kNative, request->model(), inputs.status(), received);
+    core_.RecordEarlyFailure(Protocol::kNative, request->model(), request->request_id(),
+                             inputs.status(), received);
     reactor->Finish(ToGrpcStatus(inputs.status()));
     return reactor;
   }
@@ -69,17 +64,17 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
   infer.outputs.assign(request->outputs().begin(), request->outputs().end());
   core_.Start(reactor->call(), Protocol::kNative, request->model(), std::move(infer), received,
               Clock::now() - received,
-              [reactor, request, response](const Status& status, InferResponse& result) {
-                if (status.ok()) {
-                  response->set_model(request->model());
-                  response->set_request_id(request->request_id());
-                  response->set_weights_version(result.weights_version);
-                  response->set_queue_time_us(Micros(result.timing.queue));
-                  response->set_compute_time_us(Micros(result.timing.compute));
-                  for (const Tensor& t : result.outputs) EncodeTensor(t, *response->add_outputs());
-                }
-                reactor->Finish(ToGrpcStatus(status));
-              });
+              Reply{[request, response](InferResponse& result) {
+                      response->set_model(request->model());
+                      response->set_request_id(request->request_id());
+                      response->set_weights_version(result.weights_version);
+                      response->set_queue_time_us(Micros(result.timing.queue));
+                      response->set_compute_time_us(Micros(result.timing.compute));
+                      for (const Tensor& t : result.outputs) {
+                        EncodeTensor(t, *response->add_outputs());
+                      }
+                    },
+                    [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;
 }
 
@@ -87,14 +82,14 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
                                                        const pt2serve::v1::ListModelsRequest*,
                                                        pt2serve::v1::ListModelsResponse* response) {
   for (const auto& s : registry_.List()) FillModelSummary(s, registry_, *response->add_models());
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* ctx,
                                                      const pt2serve::v1::GetModelRequest* request,
                                                      pt2serve::v1::ModelInfo* response) {
   auto status = registry_.GetStatus(request->name());
-  if (!status.ok()) return Reply(ctx, status.status());
+  if (!status.ok()) return FinishUnary(ctx, status.status());
   response->set_name(status->name);
   response->set_state(ToProtoState(status->state));
   response->set_reason(status->reason);
@@ -117,7 +112,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
     }
     response->set_constants_bytes(static_cast<int64_t>(info.constants_nbytes));
   }
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 }  // namespace pt2serve::server

@@ -10,12 +10,6 @@ namespace {
 constexpr char kPlatform[] = "pytorch_aoti";
 constexpr char kVersion[] = "1";  // pt2serve serves one version per model
 
-grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Status& status) {
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 // Only version "" or "1" exists.
 Status CheckVersion(const std::string& model, const std::string& version) {
   if (version.empty() || version == kVersion) return Status::Ok();
@@ -41,8 +35,8 @@ void FillDims(const TensorSpec& spec, bool batched, Field* out) {
 }
 
 void FillDuration(const Duration& d, inference::StatisticDuration* out) {
-  out->set_count(d.count.load(std::memory_order_relaxed));
-  out->set_ns(d.ns.load(std::memory_order_relaxed));
+  out->set_count(d.count);
+  out->set_ns(d.ns);
 }
 
 std::string KServeState(ModelState state) {
@@ -84,23 +78,23 @@ grpc::ServerUnaryReactor* KServeService::ServerLive(grpc::CallbackServerContext*
                                                     const inference::ServerLiveRequest*,
                                                     inference::ServerLiveResponse* response) {
   response->set_live(true);
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ServerReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ServerReadyRequest*,
                                                      inference::ServerReadyResponse* response) {
   response->set_ready(registry_.AllReady());
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelReady(grpc::CallbackServerContext* ctx,
                                                     const inference::ModelReadyRequest* request,
                                                     inference::ModelReadyResponse* response) {
-  if (Status v = CheckVersion(request->name(), request->version()); !v.ok()) return Reply(ctx, v);
+  if (Status v = CheckVersion(request->name(), request->version()); !v.ok()) return FinishUnary(ctx, v);
   auto status = registry_.GetStatus(request->name());
   response->set_ready(status.ok() && status->state == ModelState::kReady);
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ServerMetadata(
@@ -111,28 +105,28 @@ grpc::ServerUnaryReactor* KServeService::ServerMetadata(
   for (const char* ext : {"model_configuration", "statistics", "model_repository"}) {
     response->add_extensions(ext);
   }
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelMetadata(
     grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
   auto model = ReadyModel(registry_, request->name(), request->version());
-  if (!model.ok()) return Reply(ctx, model.status());
+  if (!model.ok()) return FinishUnary(ctx, model.status());
   const Signature& sig = (*model)->signature();
   response->set_name(request->name());
   response->add_versions(kVersion);
   response->set_platform(kPlatform);
   for (const auto& in : sig.inputs) FillMetadata(in, response->add_inputs());
   for (const auto& out : sig.outputs) FillMetadata(out, response->add_outputs());
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext* ctx,
                                                      const inference::ModelConfigRequest* request,
                                                      inference::ModelConfigResponse* response) {
   auto model = ReadyModel(registry_, request->name(), request->version());
-  if (!model.ok()) return Reply(ctx, model.status());
+  if (!model.ok()) return FinishUnary(ctx, model.status());
   const Signature& sig = (*model)->signature();
   const bool batched = sig.max_batch_size > 0;
   auto* config = response->mutable_config();
@@ -162,7 +156,7 @@ grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext
   (*config->mutable_parameters())["weights_version"].set_string_value(
       (*model)->weights_version());
   (*config->mutable_parameters())["device"].set_string_value(device.ToString());
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelStatistics(
@@ -175,26 +169,26 @@ grpc::ServerUnaryReactor* KServeService::ModelStatistics(
     }
   } else {
     auto model = ReadyModel(registry_, request->name(), request->version());
-    if (!model.ok()) return Reply(ctx, model.status());
+    if (!model.ok()) return FinishUnary(ctx, model.status());
     names.push_back(request->name());
   }
   for (const auto& name : names) {
-    auto stats = stats_.Get(name);
+    const ModelStatsSnapshot stats = stats_.Get(name)->Snapshot();
     auto* out = response->add_model_stats();
     out->set_name(name);
     out->set_version(kVersion);
-    out->set_last_inference(stats->last_inference_ms.load());
-    out->set_inference_count(stats->inference_count.load());
-    out->set_execution_count(stats->execution_count.load());
+    out->set_last_inference(stats.last_inference_ms);
+    out->set_inference_count(stats.inference_count);
+    out->set_execution_count(stats.execution_count);
     auto* infer = out->mutable_inference_stats();
-    FillDuration(stats->success, infer->mutable_success());
-    FillDuration(stats->fail, infer->mutable_fail());
-    FillDuration(stats->queue, infer->mutable_queue());
-    FillDuration(stats->compute_input, infer->mutable_compute_input());
-    FillDuration(stats->compute_infer, infer->mutable_compute_infer());
-    FillDuration(stats->compute_output, infer->mutable_compute_output());
+    FillDuration(stats.success, infer->mutable_success());
+    FillDuration(stats.fail, infer->mutable_fail());
+    FillDuration(stats.queue, infer->mutable_queue());
+    FillDuration(stats.compute_input, infer->mutable_compute_input());
+    FillDuration(stats.compute_infer, infer->mutable_compute_infer());
+    FillDuration(stats.compute_output, infer->mutable_compute_output());
   }
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::RepositoryIndex(
@@ -208,32 +202,32 @@ grpc::ServerUnaryReactor* KServeService::RepositoryIndex(
     m->set_state(KServeState(s.state));
     m->set_reason(s.reason);
   }
-  return Reply(ctx, Status::Ok());
+  return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::RepositoryModelLoad(
     grpc::CallbackServerContext* ctx, const inference::RepositoryModelLoadRequest* request,
     inference::RepositoryModelLoadResponse*) {
   if (!options_.allow_repository_admin) {
-    return Reply(ctx, PermissionDenied("RepositoryModelLoad is an admin operation; use the "
+    return FinishUnary(ctx, PermissionDenied("RepositoryModelLoad is an admin operation; use the "
                                        "admin listener or enable "
                                        "allow_repository_admin_on_inference_port"));
   }
   pt2serve::ModelConfig config = repository_.defaults();
   config.name = request->model_name();
   config.path.clear();
-  return Reply(ctx, repository_.Load(config));
+  return FinishUnary(ctx, repository_.Load(config));
 }
 
 grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
     grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
     inference::RepositoryModelUnloadResponse*) {
   if (!options_.allow_repository_admin) {
-    return Reply(ctx, PermissionDenied("RepositoryModelUnload is an admin operation; use the "
+    return FinishUnary(ctx, PermissionDenied("RepositoryModelUnload is an admin operation; use the "
                                        "admin listener or enable "
                                        "allow_repository_admin_on_inference_port"));
   }
-  return Reply(ctx, repository_.Unload(request->model_name()));
+  return FinishUnary(ctx, repository_.Unload(request->model_name()));
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext* ctx,
@@ -242,7 +236,8 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   const auto received = Clock::now();
   auto* reactor = new InferReactor();
   auto fail = [&](const Status& status) {
-    core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), status, received);
+    core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), status,
+                             received);
     reactor->Finish(ToGrpcStatus(status));
     return reactor;
   };
@@ -261,17 +256,15 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
 
   core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), std::move(infer),
               received, decode_time,
-              [reactor, request, response](const Status& status, InferResponse& result) {
-                if (status.ok()) {
-                  response->set_model_name(request->model_name());
-                  response->set_model_version(kVersion);
-                  response->set_id(request->id());
-                  (*response->mutable_parameters())["weights_version"].set_string_param(
-                      result.weights_version);
-                  EncodeKServeOutputs(result.outputs, *response);
-                }
-                reactor->Finish(ToGrpcStatus(status));
-              });
+              Reply{[request, response](InferResponse& result) {
+                      response->set_model_name(request->model_name());
+                      response->set_model_version(kVersion);
+                      response->set_id(request->id());
+                      (*response->mutable_parameters())["weights_version"].set_string_param(
+                          result.weights_version);
+                      EncodeKServeOutputs(result.outputs, *response);
+                    },
+                    [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;
 }
 

@@ -30,6 +30,8 @@ template <typename T> class Family;
 namespace pt2serve::server {
 
 enum class Protocol { kKServe, kNative };
+// Model label of requests for names the server does not know.
+inline constexpr std::string_view kUnknownModelLabel = "_unknown";
 std::string_view ProtocolName(Protocol p);  // "kserve" / "pt2serve"
 
 class Metrics {

@@ -17,17 +17,14 @@ StatusOr<std::string> ModelRepository::Resolve(const std::string& relative) cons
   if (relative.empty()) return InvalidArgument("empty path");
   const fs::path rel(relative);
   if (rel.is_absolute()) {
-    return PermissionDenied("path '" + relative + "' must be relative to the model repository");
+    return InvalidArgument("path '" + relative + "' must be relative to the model repository");
   }
+  const fs::path normal = rel.lexically_normal();
+  if (normal.empty() || *normal.begin() == "..") {
+    return InvalidArgument("path '" + relative + "' leaves the model repository");
+  }
+  const fs::path full = fs::path(root_) / normal;
   std::error_code ec;
-  const fs::path root = fs::weakly_canonical(root_, ec);
-  const fs::path full = fs::weakly_canonical(root / rel, ec);
-  if (ec) return InvalidArgument("cannot resolve '" + relative + "': " + ec.message());
-  // weakly_canonical resolves "..", "." and symlinks, so a prefix check is exact.
-  auto [root_end, _] = std::mismatch(root.begin(), root.end(), full.begin(), full.end());
-  if (root_end != root.end()) {
-    return PermissionDenied("path '" + relative + "' is outside the model repository");
-  }
   if (!fs::exists(full, ec)) {
     return NotFound("'" + relative + "' does not exist in the model repository");
   }

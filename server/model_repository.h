@@ -18,9 +18,11 @@ class ModelRepository {
   // options a request leaves unset. `registry` must outlive this object.
   ModelRepository(ModelRegistry& registry, std::string root, ModelConfig defaults);
 
-  // Resolves `relative` under the root: PERMISSION_DENIED when it escapes
-  // the root (.., absolute paths, symlinks out), NOT_FOUND when missing,
-  // FAILED_PRECONDITION when no root is configured.
+  // Resolves `relative` under the root: INVALID_ARGUMENT when it is absolute
+  // or leaves the root through "..", NOT_FOUND when missing,
+  // FAILED_PRECONDITION when no root is configured. Confinement is lexical:
+  // symlinks inside the repository are the operator's and are followed
+  // (a repository of links to a model store works).
   StatusOr<std::string> Resolve(const std::string& relative) const;
 
   // Loads `config` after resolving config.path under the root (an empty

@@ -1,6 +1,40 @@
 #include "server/model_stats.h"
 
 namespace pt2serve::server {
+namespace {
+
+void Add(Duration& d, std::chrono::nanoseconds v) {
+  ++d.count;
+  d.ns += static_cast<uint64_t>(v.count());
+}
+
+}  // namespace
+
+void ModelStats::RecordSuccess(const RequestTimes& times, uint64_t batch) {
+  const auto now_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  std::lock_guard lock(mu_);
+  Add(s_.success, times.total);
+  Add(s_.queue, times.queue);
+  Add(s_.compute_input, times.input);
+  Add(s_.compute_infer, times.infer);
+  Add(s_.compute_output, times.output);
+  s_.inference_count += batch;
+  ++s_.execution_count;
+  s_.last_inference_ms = now_ms;
+}
+
+void ModelStats::RecordFailure(std::chrono::nanoseconds total) {
+  std::lock_guard lock(mu_);
+  Add(s_.fail, total);
+}
+
+ModelStatsSnapshot ModelStats::Snapshot() const {
+  std::lock_guard lock(mu_);
+  return s_;
+}
 
 std::shared_ptr<ModelStats> StatsTable::Get(const std::string& model) {
   std::lock_guard lock(mu_);

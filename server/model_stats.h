@@ -1,11 +1,13 @@
 // Per-model request statistics in the shape of KServe/Triton ModelStatistics
 // (what perf_analyzer reads to split server time into queue/input/infer/output).
 //
-// Thread-safety: StatsTable and ModelStats may be used from any thread;
-// counters are atomics, so recording takes no lock.
+// A successful request adds to success, queue and all three compute
+// durations in one step, so a snapshot always has equal counts for them
+// (perf_analyzer checks that). Failed requests add to `fail` only.
+//
+// Thread-safety: StatsTable and ModelStats may be used from any thread.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -16,24 +18,31 @@
 namespace pt2serve::server {
 
 struct Duration {
-  std::atomic<uint64_t> count{0};
-  std::atomic<uint64_t> ns{0};
-  void Add(std::chrono::nanoseconds d) {
-    count.fetch_add(1, std::memory_order_relaxed);
-    ns.fetch_add(static_cast<uint64_t>(d.count()), std::memory_order_relaxed);
-  }
+  uint64_t count = 0;
+  uint64_t ns = 0;
 };
 
-struct ModelStats {
-  Duration success;         // whole request, successful ones
-  Duration fail;            // whole request, failed ones
-  Duration queue;           // waiting for a runner
-  Duration compute_input;   // decoding the request's tensors
-  Duration compute_infer;   // inside the runner (incl. device copies)
-  Duration compute_output;  // encoding the response
-  std::atomic<uint64_t> inference_count{0};  // samples (batch elements)
-  std::atomic<uint64_t> execution_count{0};  // model executions
-  std::atomic<uint64_t> last_inference_ms{0};  // ms since the Unix epoch
+struct ModelStatsSnapshot {
+  Duration success, fail, queue, compute_input, compute_infer, compute_output;
+  uint64_t inference_count = 0;    // samples (batch elements)
+  uint64_t execution_count = 0;    // model executions
+  uint64_t last_inference_ms = 0;  // ms since the Unix epoch
+};
+
+// Times of one successful request.
+struct RequestTimes {
+  std::chrono::nanoseconds total{0}, queue{0}, input{0}, infer{0}, output{0};
+};
+
+class ModelStats {
+ public:
+  void RecordSuccess(const RequestTimes& times, uint64_t batch);
+  void RecordFailure(std::chrono::nanoseconds total);
+  ModelStatsSnapshot Snapshot() const;
+
+ private:
+  mutable std::mutex mu_;
+  ModelStatsSnapshot s_;  // guarded by mu_
 };
 
 class StatsTable {

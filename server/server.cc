@@ -88,6 +88,9 @@ Status Server::BuildListeners() {
   {
     grpc::ServerBuilder builder;
     PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.inference_tls));
+    // No SO_REUSEPORT: a second daemon on the same address must fail to
+    // start, not silently share the port with this one.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(config_.inference_address, creds, &inference_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
@@ -107,6 +110,7 @@ Status Server::BuildListeners() {
     admin_ = std::make_unique<AdminService>(*registry_, *repository_, std::move(token));
     grpc::ServerBuilder builder;
     PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls));
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(config_.admin_address, creds, &admin_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.RegisterService(admin_.get());
@@ -141,6 +145,11 @@ void Server::OnStateChange(const ModelStatus& status) {
       log->info("model '{}' READY ({} ms, {} runner(s), {})", status.name, ms,
                 status.config.num_runners, status.config.path);
       stats_->Reset(status.name);
+      break;
+    case ModelState::kUnloading:
+      log->info("model '{}' UNLOADING", status.name);
+      // An upload that is still receiving would hold the model: cancel it.
+      if (admin_) admin_->AbortUploads(status.name);
       break;
     default:
       log->info("model '{}' {}", status.name, ModelStateName(status.state));

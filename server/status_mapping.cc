@@ -1,5 +1,7 @@
 #include "server/status_mapping.h"
 
+#include <grpcpp/server_context.h>
+
 namespace pt2serve::server {
 
 grpc::Status ToGrpcStatus(const Status& status) {
@@ -7,6 +9,12 @@ grpc::Status ToGrpcStatus(const Status& status) {
   // StatusCode uses the canonical code space, so the values line up.
   return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(status.code())),
                       status.message());
+}
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 }  // namespace pt2serve::server

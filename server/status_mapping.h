@@ -1,6 +1,7 @@
 // The one place where pt2serve Status becomes grpc::Status.
 #pragma once
 
+#include <grpcpp/support/server_callback.h>
 #include <grpcpp/support/status.h>
 
 #include "common/status.h"
@@ -8,5 +9,9 @@
 namespace pt2serve::server {
 
 grpc::Status ToGrpcStatus(const Status& status);
+
+// Finishes a unary callback RPC at once with `status` (the RPC's response
+// message must already be filled in on success).
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const Status& status);
 
 }  // namespace pt2serve::server

@@ -10,40 +10,76 @@ namespace pt2serve::server {
 
 UpdateReactor::UpdateReactor(AdminService& service, grpc::CallbackServerContext* ctx,
                              pt2serve::v1::UpdateConstantBufferResponse* response)
-    : service_(service), ctx_(ctx), response_(response) {
+    : guard_(std::make_shared<UploadGuard>()), service_(service), ctx_(ctx), response_(response) {
+  guard_->reactor = this;
+  std::lock_guard lock(guard_->mu);
   if (Status auth = service_.Authenticate(ctx_); !auth.ok()) {
-    Finish(ToGrpcStatus(auth));
+    FinishLocked(ToGrpcStatus(auth));
     return;
   }
   StartRead(&request_);
 }
 
-void UpdateReactor::Fail(const Status& status) {
-  session_.reset();  // nothing staged; the writer slot is released
+void UpdateReactor::FinishLocked(const grpc::Status& status) {
+  phase_ = Phase::kFinished;
+  session_.reset();  // nothing staged unless committed; the writer slot is released
+  model_ = ModelHandle();
+  Finish(status);
+}
+
+void UpdateReactor::FailLocked(const Status& status) {
   Logger("admin")->warn("weight update of model '{}' rejected: {}", model_name_,
                         status.ToString());
-  Finish(ToGrpcStatus(status));
+  FinishLocked(ToGrpcStatus(status));
+}
+
+void UpdateReactor::Abort(const std::shared_ptr<UploadGuard>& guard, const std::string& why) {
+  std::lock_guard lock(guard->mu);
+  UpdateReactor* self = guard->reactor;
+  if (!self || self->phase_ != Phase::kReceiving) return;
+  self->abort_reason_ = why;
+  // The outstanding read then completes with ok=false on a gRPC thread.
+  self->ctx_->TryCancel();
+}
+
+void UpdateReactor::OnDone() {
+  const std::shared_ptr<UploadGuard> guard = guard_;
+  {
+    std::lock_guard lock(guard->mu);
+    guard->reactor = nullptr;
+  }
+  service_.RemoveUpload(guard);
+  delete this;
 }
 
 void UpdateReactor::OnReadDone(bool ok) {
+  const std::shared_ptr<UploadGuard> guard = guard_;  // outlives a nested OnDone
+  std::lock_guard lock(guard->mu);
+  if (phase_ != Phase::kReceiving) return;  // finished meanwhile; no more reads
   if (!ok) {  // half-close (or cancellation)
-    if (!have_header_) return Fail(InvalidArgument("stream ended before the header"));
-    if (ctx_->IsCancelled()) return Fail(Cancelled("client cancelled the update"));
-    return Commit();
+    if (!have_header_) return FailLocked(InvalidArgument("stream ended before the header"));
+    if (!abort_reason_.empty()) {
+      return FailLocked(Aborted("weight update of model '" + model_name_ + "' aborted: " +
+                                abort_reason_));
+    }
+    if (ctx_->IsCancelled()) return FailLocked(Cancelled("client cancelled the update"));
+    return CommitLocked();
   }
   Status status;
   if (!have_header_) {
     if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kHeader) {
-      return Fail(InvalidArgument("the first message of UpdateConstantBuffer must be a header"));
+      return FailLocked(
+          InvalidArgument("the first message of UpdateConstantBuffer must be a header"));
     }
     status = OnHeader(request_.header());
     have_header_ = true;
+    if (status.ok()) service_.AddUpload(model_name_, guard_);
   } else if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kChunk) {
     status = InvalidArgument("only the first message may be a header; later ones are chunks");
   } else {
     status = OnChunk(request_.chunk());
   }
-  if (!status.ok()) return Fail(status);
+  if (!status.ok()) return FailLocked(status);
   StartRead(&request_);
 }
 
@@ -98,14 +134,18 @@ Status UpdateReactor::OnChunk(const pt2serve::v1::TensorChunk& chunk) {
   return session_->Write(chunk.name(), chunk.offset(), chunk.data().data(), chunk.data().size());
 }
 
-void UpdateReactor::Commit() {
-  service_.RunInBackground([this] {
+void UpdateReactor::CommitLocked() {
+  phase_ = Phase::kCommitting;  // from here on, an unload waits for the commit
+  service_.RunInBackground([this, guard = guard_] {
+    // Only this thread touches the reactor while committing: no read is
+    // outstanding, Abort() ignores this phase, and OnDone cannot come before
+    // Finish. The guard is taken to finish.
     const auto start = std::chrono::steady_clock::now();
     Status status = session_ ? session_->Commit()
                              : model_->weights().StageFromFile(server_path_, options_);
     const auto took = std::chrono::steady_clock::now() - start;
-    session_.reset();
-    if (!status.ok()) return Fail(status);
+    std::lock_guard lock(guard->mu);
+    if (!status.ok()) return FailLocked(status);
     const auto st = model_->weights().status();
     response_->set_model(model_name_);
     response_->set_version(options_.version);
@@ -116,8 +156,7 @@ void UpdateReactor::Commit() {
     Logger("admin")->info("model '{}': weights '{}' staged from {} ({} bytes, {} ms)",
                           model_name_, options_.version, options_.source, st.inactive.bytes,
                           std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
-    model_ = ModelHandle();
-    Finish(grpc::Status::OK);
+    FinishLocked(grpc::Status::OK);
   });
 }
 

@@ -6,12 +6,21 @@
 // commit (copy into the container's inactive buffer + constant folding) runs
 // on an AdminService background thread. A stream that ends early, fails a
 // check or is cancelled stages nothing: the UploadSession is dropped and the
-// active weights keep serving.
+// active weights keep serving. An unload of the model aborts an upload that
+// is still receiving (ABORTED), so an idle client cannot hold the model.
+//
+// Thread-safety and lifetime: gRPC calls OnReadDone on its threads, Abort()
+// comes from the thread unloading the model, the commit runs on a background
+// thread. They all go through an UploadGuard: its (recursive) mutex
+// serializes them, and its `reactor` pointer is cleared in OnDone, so a
+// caller holding the guard never touches a deleted reactor. Finish() may run
+// OnDone() inline, so nothing touches the reactor after calling it.
 #pragma once
 
 #include <grpcpp/support/server_callback.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include "pt2serve/v1/admin.pb.h"
@@ -21,6 +30,12 @@
 namespace pt2serve::server {
 
 class AdminService;
+class UpdateReactor;
+
+struct UploadGuard {
+  std::recursive_mutex mu;
+  UpdateReactor* reactor = nullptr;  // null once the RPC is done
+};
 
 class UpdateReactor final
     : public grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest> {
@@ -30,15 +45,25 @@ class UpdateReactor final
 
   void OnReadDone(bool ok) override;
   void OnCancel() override {}
-  void OnDone() override { delete this; }
+  void OnDone() override;
+
+  // Cancels the upload if it is still receiving (the client sees CANCELLED
+  // and nothing is staged); no-op once it is committing or done.
+  static void Abort(const std::shared_ptr<UploadGuard>& guard, const std::string& why);
 
  private:
+  enum class Phase { kReceiving, kCommitting, kFinished };
   Status OnHeader(const pt2serve::v1::UpdateHeader& header);
   Status OnChunk(const pt2serve::v1::TensorChunk& chunk);
   // The client half-closed: stage what was sent (in the background).
-  void Commit();
-  void Fail(const Status& status);
+  void CommitLocked();
+  // Drops the upload and finishes with `status`. REQUIRES: mu_ held.
+  void FailLocked(const Status& status);
+  void FinishLocked(const grpc::Status& status);
 
+  const std::shared_ptr<UploadGuard> guard_;
+  Phase phase_ = Phase::kReceiving;  // guarded by guard_->mu, like every field below
+  std::string abort_reason_;
   AdminService& service_;
   grpc::CallbackServerContext* ctx_;
   pt2serve::v1::UpdateConstantBufferResponse* response_;

@@ -221,7 +221,7 @@ TEST_CASE("stage, swap, rollback twice, free, and stage again", "[constant_buffe
   ExpectServes(*model, seed7, "seed7");
 }
 
-TEST_CASE("staging over a staged set replaces it; over the previous set discards it",
+TEST_CASE("staging over a staged set replaces it, over the previous set discards it",
           "[constant_buffer]") {
   auto model = LoadMlp();
   ConstantBufferManager& weights = model->weights();
@@ -240,7 +240,7 @@ TEST_CASE("staging over a staged set replaces it; over the previous set discards
   ExpectServes(*model, seed8, "seed8");
 }
 
-TEST_CASE("bad weight sets are rejected with every problem named; serving is untouched",
+TEST_CASE("bad weight sets are rejected with every problem named and serving untouched",
           "[constant_buffer]") {
   auto model = LoadMlp();
   ConstantBufferManager& weights = model->weights();

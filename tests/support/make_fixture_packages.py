@@ -4,8 +4,9 @@ Usage: make_fixture_packages.py SRC_MODEL_DIR OUT_DIR
 
 - corrupt.pt2: the first 4 KiB of mlp.pt2 (a zip that ends mid-entry).
 - not_a_zip.pt2: plain text.
-- fake_cuda.pt2: mlp.pt2 with AOTI_DEVICE_KEY rewritten to "cuda", i.e. a
-  package this CPU-only host cannot run.
+- fake_cuda.pt2, fake_xpu.pt2: mlp.pt2 with AOTI_DEVICE_KEY rewritten to
+  "cuda" / "xpu", i.e. packages built for a device a host may not have (the
+  test picks one its host lacks).
 - no_signature.pt2: mlp.pt2 without the pt2serve.signature metadata.
 
 Alternative weight sets for the hot-swap tests (tools/export/export_model.py weights):
@@ -50,8 +51,9 @@ def main():
         f.write(head)
     with open(os.path.join(out_dir, "not_a_zip.pt2"), "w") as f:
         f.write("this is not a model package\n")
-    rewrite_metadata(mlp, os.path.join(out_dir, "fake_cuda.pt2"),
-                     lambda m: m.update(AOTI_DEVICE_KEY="cuda"))
+    for device in ("cuda", "xpu"):
+        rewrite_metadata(mlp, os.path.join(out_dir, f"fake_{device}.pt2"),
+                         lambda m, d=device: m.update(AOTI_DEVICE_KEY=d))
     rewrite_metadata(mlp, os.path.join(out_dir, "no_signature.pt2"),
                      lambda m: m.pop("pt2serve.signature", None))
     make_weight_sets(Path(out_dir))
