@@ -276,7 +276,7 @@ std::string AddressProblem(std::string_view addr, bool allow_unix) {
   return PortProblem(port);
 }
 
-std::string DeviceProblem(std::string_view device) {
+std::string OneDeviceProblem(std::string_view device) {
   if (device == "auto") return "";
   std::string_view kind = device.substr(0, device.find(':'));
   if (kind != "cpu" && kind != "cuda" && kind != "xpu" && kind != "mps") {
@@ -288,6 +288,24 @@ std::string DeviceProblem(std::string_view device) {
     if (index.empty() || index.size() > 4 || !AllOf(index, IsDigit)) {
       return "malformed device index in '" + std::string(device) + "'";
     }
+  }
+  return "";
+}
+
+// One device, or a comma-separated list of accelerators ("cuda:0,cuda:1")
+// to place one replica of the model on each.
+std::string DeviceProblem(std::string_view devices) {
+  if (devices.find(',') == std::string_view::npos) return OneDeviceProblem(devices);
+  size_t start = 0;
+  while (start <= devices.size()) {
+    const size_t comma = std::min(devices.find(',', start), devices.size());
+    const std::string_view one = devices.substr(start, comma - start);
+    if (one == "auto" || one == "cpu" || one == "mps") {
+      return "'" + std::string(one) + "' cannot be part of a device list (only cuda:N, xpu:N)";
+    }
+    std::string problem = OneDeviceProblem(one);
+    if (!problem.empty()) return problem;
+    start = comma + 1;
   }
   return "";
 }
@@ -399,8 +417,8 @@ Status ValidateServerConfig(const ServerConfig& c) {
     if (m.path.empty()) return Error(p + ".path", "must not be empty");
     std::string problem = DeviceProblem(m.device);
     if (!problem.empty()) return Error(p + ".device", problem);
-    if (m.num_runners < 1 || m.num_runners > 256) {
-      return Error(p + ".num_runners", "must be in 1..256, got " + std::to_string(m.num_runners));
+    if (m.num_runners < 1 || m.num_runners > 64) {
+      return Error(p + ".num_runners", "must be in 1..64, got " + std::to_string(m.num_runners));
     }
     if (m.max_queue_size < 0) {
       return Error(p + ".max_queue_size", "must be >= 0, got " + std::to_string(m.max_queue_size));

@@ -27,7 +27,7 @@ struct ModelEntry {
   std::string name;                   // [A-Za-z0-9_.-]+, unique
   std::string path;                   // the .pt2 package
   std::string device = "auto";        // auto | cpu | mps | cuda[:N] | xpu[:N]
-  int num_runners = 1;                // 1..256
+  int num_runners = 1;                // 1..64, per device
   int max_queue_size = 64;            // >= 0
   int timeout_ms = 0;                 // default request deadline; 0 = none
   std::string weights_version = "initial";

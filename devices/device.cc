@@ -5,6 +5,7 @@
 #include <ATen/detail/XPUHooksInterface.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
 
+#include <algorithm>
 #include <charconv>
 
 namespace pt2serve {
@@ -67,6 +68,22 @@ StatusOr<DeviceSpec> ResolveDevice(std::string_view requested,
   }
   if (spec.kind != DeviceKind::kCpu && spec.index < 0) spec.index = 0;
   return spec;
+}
+
+StatusOr<std::vector<std::string>> SplitDeviceList(std::string_view requested) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = std::min(requested.find(',', start), requested.size());
+    std::string one(requested.substr(start, comma - start));
+    for (const auto& seen : out) {
+      if (seen == one) return InvalidArgument("device '" + one + "' is listed twice");
+    }
+    out.push_back(std::move(one));
+    if (comma == requested.size()) break;
+    start = comma + 1;
+  }
+  return out;
 }
 
 Status CheckHostSupports(const DeviceSpec& device) {

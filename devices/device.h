@@ -7,6 +7,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -33,6 +34,10 @@ struct DeviceSpec {
 // package's AOTI_DEVICE_KEY (a package compiled for CUDA cannot run on CPU).
 StatusOr<DeviceSpec> ResolveDevice(std::string_view requested,
                                    std::string_view package_device_key);
+
+// Splits a device list ("cuda:0,cuda:1") into its entries; a single device
+// (or "auto") gives one entry. Duplicates are INVALID_ARGUMENT.
+StatusOr<std::vector<std::string>> SplitDeviceList(std::string_view requested);
 
 // FAILED_PRECONDITION naming what is missing when this host, or the linked
 // LibTorch build, cannot run packages on `device` (no such runtime compiled

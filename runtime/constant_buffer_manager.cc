@@ -176,7 +176,7 @@ void ConstantBufferManager::WriterSlot::Release() {
 ConstantBufferManager::ConstantBufferManager(Model& model)
     : model_(model),
       model_name_(model.config().name),
-      weight_bytes_(model.info().constants_nbytes) {
+      weight_bytes_(model.info().constants_nbytes * model.replicas().size()) {
   active_.info.version = model.config().initial_weights_version;
   active_.info.source = model.info().path;
   active_.info.updated_at = SystemClock::now();
@@ -198,7 +198,8 @@ StatusOr<const std::map<std::string, std::string>*> ConstantBufferManager::Inter
   if (!internal_names_.empty() || model_.info().constants.empty()) return &internal_names_;
   std::unordered_map<std::string, std::string> to_fqn;
   try {
-    to_fqn = model_.package().runner()->getConstantNamesToOriginalFQNs();
+    // Every replica loads the same .so, so the names are the same in each.
+    to_fqn = model_.replicas().front()->runner()->getConstantNamesToOriginalFQNs();
   } catch (const std::exception& e) {
     return FromException(e, "reading constant names of model '" + model_name_ + "'");
   }
@@ -261,18 +262,6 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   auto names = InternalNames();
   if (!names.ok()) return FailStage(names.status(), false);
 
-  // The container copies raw storage bytes without checking dtype or shape
-  // (validated above), from contiguous tensors with storage offset 0 on the
-  // model's device: ToAten wraps host memory as such (no copy on CPU) and
-  // copies it to an accelerator otherwise, which on CUDA briefly needs a third
-  // copy of the weights on the device.
-  std::unordered_map<std::string, at::Tensor> by_internal_name;
-  for (const Tensor& t : tensors) {
-    auto converted = ToAten(t, info.device);
-    if (!converted.ok()) return FailStage(converted.status(), false);
-    by_internal_name.emplace((*names)->at(t.name), std::move(converted).value());
-  }
-
   {
     std::lock_guard lock(mu_);
     inactive_state_ = InactiveState::kEmpty;  // overwritten from here on
@@ -282,23 +271,37 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   // No RunExclusive: these calls write only the inactive buffer. A fold
   // borrows one of the container's model instances (so it may wait for a
   // running request to finish) and points it at the inactive buffer.
-  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
-  try {
-    if (inactive_needs_refold_) {
-      // After a free, the container's update would crash on the freed folded
-      // constants (see FreeContainerInactive); refolding the aliases of the
-      // active weights recreates them first.
-      runner->run_const_fold(/*use_inactive=*/true);
-      inactive_needs_refold_ = false;
+  // Replicas (one per device) are staged one after the other.
+  for (const auto& replica : model_.replicas()) {
+    // The container copies raw storage bytes without checking dtype or shape
+    // (validated above), from contiguous tensors with storage offset 0 on the
+    // replica's device: ToAten wraps host memory as such (no copy on CPU) and
+    // copies it to an accelerator otherwise, which on CUDA briefly needs a
+    // third copy of the weights on the device.
+    std::unordered_map<std::string, at::Tensor> by_internal_name;
+    for (const Tensor& t : tensors) {
+      auto converted = ToAten(t, replica->info().device);
+      if (!converted.ok()) return FailStage(converted.status(), /*buffer_written=*/true);
+      by_internal_name.emplace((*names)->at(t.name), std::move(converted).value());
     }
-    runner->update_constant_buffer(by_internal_name, /*use_inactive=*/true,
-                                   /*validate_full_updates=*/true);
-    runner->run_const_fold(/*use_inactive=*/true);
-  } catch (const std::exception& e) {
-    return FailStage(FromException(e, "while staging weights for model '" + model_name_ + "'"),
-                     /*buffer_written=*/true);
-  }
-  by_internal_name.clear();  // drop device copies before reporting
+    torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
+    try {
+      if (inactive_needs_refold_) {
+        // After a free, the container's update would crash on the freed folded
+        // constants (see FreeContainerInactive); refolding the aliases of the
+        // active weights recreates them first.
+        runner->run_const_fold(/*use_inactive=*/true);
+      }
+      runner->update_constant_buffer(by_internal_name, /*use_inactive=*/true,
+                                     /*validate_full_updates=*/true);
+      runner->run_const_fold(/*use_inactive=*/true);
+    } catch (const std::exception& e) {
+      return FailStage(FromException(e, "while staging weights for model '" + model_name_ +
+                                            "' on " + replica->info().device.ToString()),
+                       /*buffer_written=*/true);
+    }
+  }  // device copies are dropped here, before reporting
+  inactive_needs_refold_ = false;
 
   std::lock_guard lock(mu_);
   inactive_.info.version = options.version;
@@ -346,23 +349,25 @@ Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
 // container leaks one small tensor handle per constant per free in
 // user-managed mode (PyTorch PR 194480), never the weight memory.
 Status ConstantBufferManager::FreeContainerInactive() {
-  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
   auto names = InternalNames();
   if (!names.ok()) return names.status();
   // Serialized with requests as well as writers, per the AOTI notes: a free
   // that races a swap can free the live buffer.
   Status status = model_.pool().RunExclusive([&]() -> Status {
     try {
-      if (!inactive_needs_refold_) {  // else: already aliased and freed
-        std::unordered_map<std::string, at::Tensor> aliases;
-        for (auto& [fqn, tensor] : runner->extract_constants_map(/*use_inactive=*/false)) {
-          auto it = (*names)->find(fqn);
-          if (it != (*names)->end()) aliases.emplace(it->second, tensor);
+      for (const auto& replica : model_.replicas()) {
+        torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
+        if (!inactive_needs_refold_) {  // else: already aliased and freed
+          std::unordered_map<std::string, at::Tensor> aliases;
+          for (auto& [fqn, tensor] : runner->extract_constants_map(/*use_inactive=*/false)) {
+            auto it = (*names)->find(fqn);
+            if (it != (*names)->end()) aliases.emplace(it->second, tensor);
+          }
+          runner->update_constant_buffer(aliases, /*use_inactive=*/true,
+                                         /*validate_full_updates=*/true, /*user_managed=*/true);
         }
-        runner->update_constant_buffer(aliases, /*use_inactive=*/true,
-                                       /*validate_full_updates=*/true, /*user_managed=*/true);
+        runner->free_inactive_constant_buffer();
       }
-      runner->free_inactive_constant_buffer();
       inactive_needs_refold_ = true;
     } catch (const std::exception& e) {
       return FromException(e, "freeing the inactive weights of model '" + model_name_ + "'");
@@ -423,7 +428,6 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
     from_version = active_.info.version;
     fold_after = !inactive_.folded;
   }
-  torch::inductor::AOTIModelContainerRunner* runner = model_.package().runner();
   const auto called = SteadyClock::now();
   SteadyClock::time_point entered, left;
   // On an accelerator, requests that ran on the old buffer have copied their
@@ -431,10 +435,15 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
   // waits for their kernels: nothing reads the buffer once it is inactive.
   Status status = model_.pool().RunExclusive([&]() -> Status {
     entered = SteadyClock::now();
-    try {
-      runner->swap_constant_buffer();
-    } catch (const std::exception& e) {
-      return FromException(e, "swapping the weights of model '" + model_name_ + "'");
+    // Every replica swaps inside the same exclusive section: no request sees
+    // one device on the new weights and another on the old.
+    for (const auto& replica : model_.replicas()) {
+      try {
+        replica->runner()->swap_constant_buffer();
+      } catch (const std::exception& e) {
+        return FromException(e, "swapping the weights of model '" + model_name_ + "' on " +
+                                    replica->info().device.ToString());
+      }
     }
     model_.SetWeightsVersionLocked(to_version);
     if (fold_after) {
@@ -442,7 +451,9 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
       // first swap). Fold it here, while requests are paused anyway; on
       // failure the first request folds it instead.
       try {
-        runner->run_const_fold(/*use_inactive=*/false);
+        for (const auto& replica : model_.replicas()) {
+          replica->runner()->run_const_fold(/*use_inactive=*/false);
+        }
       } catch (const std::exception&) {
         fold_after = false;
       }

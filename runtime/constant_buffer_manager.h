@@ -217,7 +217,7 @@ class ConstantBufferManager {
 
   Model& model_;
   const std::string model_name_;
-  const size_t weight_bytes_;  // PackageInfo::constants_nbytes
+  const size_t weight_bytes_;  // PackageInfo::constants_nbytes times the replicas
 
   // Written only by the writer-slot holder.
   std::map<std::string, std::string> internal_names_;

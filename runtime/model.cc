@@ -9,39 +9,69 @@
 namespace pt2serve {
 
 StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
-  if (config.num_runners == 0) return InvalidArgument("num_runners must be at least 1");
-  ModelPackage::Options options;
-  options.path = config.path;
-  options.device = config.device;
-  options.num_runners = config.num_runners;
-  PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
+  PT2_ASSIGN_OR_RETURN(std::vector<std::string> devices, SplitDeviceList(config.device));
+  const size_t total = config.num_runners * devices.size();
+  if (config.num_runners == 0 || total > kMaxRunners) {
+    return InvalidArgument("num_runners must be 1.." + std::to_string(kMaxRunners) +
+                           " in total over all devices (got " +
+                           std::to_string(config.num_runners) + " on each of " +
+                           std::to_string(devices.size()) + ")");
+  }
+  std::vector<std::unique_ptr<ModelPackage>> replicas;
+  for (const std::string& device : devices) {
+    ModelPackage::Options options;
+    options.path = config.path;
+    options.device = device;
+    options.num_runners = config.num_runners;
+    PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
+    if (!replicas.empty() && package->info().device == replicas.front()->info().device) {
+      return InvalidArgument("device list '" + config.device + "' names " +
+                             package->info().device.ToString() + " twice");
+    }
+    replicas.push_back(std::move(package));
+  }
+  // Slot i runs on replica i % D, so the low slots the pool hands out first
+  // alternate between devices and light load spreads too.
   std::vector<std::unique_ptr<DeviceExecutor>> executors;
-  for (size_t i = 0; i < config.num_runners; ++i) {
-    PT2_ASSIGN_OR_RETURN(auto executor, DeviceExecutor::Create(package->info().device));
+  for (size_t i = 0; i < total; ++i) {
+    PT2_ASSIGN_OR_RETURN(auto executor,
+                         DeviceExecutor::Create(replicas[i % replicas.size()]->info().device));
     executors.push_back(std::move(executor));
   }
-  return std::shared_ptr<Model>(new Model(config, std::move(package), std::move(executors)));
+  return std::shared_ptr<Model>(new Model(config, std::move(replicas), std::move(executors)));
 }
 
-Model::Model(ModelConfig config, std::unique_ptr<ModelPackage> package,
+Model::Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> replicas,
              std::vector<std::unique_ptr<DeviceExecutor>> executors)
     : config_(std::move(config)),
-      package_(std::move(package)),
+      replicas_(std::move(replicas)),
       executors_(std::move(executors)),
       pool_(std::make_unique<RunnerPool>(
-          RunnerPoolOptions{config_.num_runners, config_.max_queue_size})),
+          RunnerPoolOptions{executors_.size(), config_.max_queue_size})),
       weights_version_(config_.initial_weights_version),
       weights_(std::make_unique<ConstantBufferManager>(*this)) {}
 
 Model::~Model() {
   weights_.reset();
-  pool_.reset();  // joins pool threads: nothing runs once package_ goes
+  pool_.reset();  // joins pool threads: nothing runs once the replicas go
   executors_.clear();
-  package_.reset();
+  replicas_.clear();  // explicitly, in this order: never from a static destructor
 }
 
-const PackageInfo& Model::info() const { return package_->info(); }
-const Signature& Model::signature() const { return package_->info().signature; }
+const PackageInfo& Model::info() const { return replicas_.front()->info(); }
+const Signature& Model::signature() const { return replicas_.front()->info().signature; }
+
+std::vector<DeviceSpec> Model::device_specs() const {
+  std::vector<DeviceSpec> out;
+  for (const auto& r : replicas_) out.push_back(r->info().device);
+  return out;
+}
+
+std::string Model::devices() const {
+  std::string out;
+  for (const auto& r : replicas_) out += (out.empty() ? "" : ",") + r->info().device.ToString();
+  return out;
+}
 
 std::string Model::weights_version() const {
   std::lock_guard lock(version_mu_);
@@ -111,13 +141,14 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
 
 Status Model::Execute(size_t runner, const std::vector<const Tensor*>& inputs,
                       const std::vector<int>& output_indices, InferResponse& response) {
-  const PackageInfo& info = package_->info();
+  ModelPackage& replica = *replicas_[runner % replicas_.size()];
+  const PackageInfo& info = replica.info();
   DeviceExecutor& executor = *executors_[runner];
   PT2_ASSIGN_OR_RETURN(auto args, executor.Upload(inputs));
   // Read under the runner slot: swaps happen only with no request inside, so
   // this is the version of the weights this call uses.
   response.weights_version = weights_version();
-  PT2_ASSIGN_OR_RETURN(auto results, package_->Run(args, executor.stream_handle()));
+  PT2_ASSIGN_OR_RETURN(auto results, replica.Run(args, executor.stream_handle()));
   if (results.size() != info.signature.outputs.size()) {
     return Internal("model returned " + std::to_string(results.size()) +
                     " outputs, signature declares " +

@@ -27,8 +27,10 @@ class DeviceExecutor;
 struct ModelConfig {
   std::string name;
   std::string path;              // the .pt2 file
-  std::string device = "auto";   // "auto" = the package's own device
-  size_t num_runners = 1;
+  // "auto" = the package's own device; or a list "cuda:0,cuda:1" to place
+  // one replica of the model on each device, requests spread across them.
+  std::string device = "auto";
+  size_t num_runners = 1;        // per device
   size_t max_queue_size = 64;
   // Deadline applied to requests that carry none; 0 = no deadline.
   std::chrono::milliseconds default_timeout{0};
@@ -61,8 +63,12 @@ class Model {
   ~Model();
 
   const ModelConfig& config() const { return config_; }
+  // The first replica's package (all replicas load the same file).
   const PackageInfo& info() const;
   const Signature& signature() const;
+  // "cpu", "cuda:0", or "cuda:0,cuda:1" for a model placed on several devices.
+  std::string devices() const;
+  std::vector<DeviceSpec> device_specs() const;  // one per replica
 
   // Validates, waits for a runner and runs on the calling thread.
   StatusOr<InferResponse> Infer(const InferRequest& request);
@@ -79,14 +85,16 @@ class Model {
   // runtime/constant_buffer_manager.h to use it.
   ConstantBufferManager& weights() { return *weights_; }
   RunnerPool& pool() { return *pool_; }
-  ModelPackage& package() { return *package_; }
+  // One loaded package per device; runner slot i runs on replica
+  // i % replicas().size(). Weight operations apply to every replica.
+  const std::vector<std::unique_ptr<ModelPackage>>& replicas() const { return replicas_; }
 
   // Sets the label reported for the active weights. REQUIRES: called inside
   // pool().RunExclusive(), together with the buffer swap it describes.
   void SetWeightsVersionLocked(std::string version);
 
  private:
-  Model(ModelConfig config, std::unique_ptr<ModelPackage> package,
+  Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> replicas,
         std::vector<std::unique_ptr<DeviceExecutor>> executors);
   // Maps named inputs to signature order and validates them; also resolves
   // requested outputs to indices.
@@ -99,13 +107,13 @@ class Model {
   Deadline EffectiveDeadline(Deadline requested) const;
 
   const ModelConfig config_;
-  std::unique_ptr<ModelPackage> package_;
+  std::vector<std::unique_ptr<ModelPackage>> replicas_;  // one per device
   // One per runner slot; slot i is used only by the request holding runner i.
   std::vector<std::unique_ptr<DeviceExecutor>> executors_;
-  std::unique_ptr<RunnerPool> pool_;  // destroyed before package_
+  std::unique_ptr<RunnerPool> pool_;  // destroyed before replicas_
   mutable std::mutex version_mu_;
   std::string weights_version_;  // guarded by version_mu_
-  // Constructed last, destroyed first (it uses package_ and pool_).
+  // Constructed last, destroyed first (it uses replicas_ and pool_).
   std::unique_ptr<ConstantBufferManager> weights_;
 };
 

@@ -320,7 +320,8 @@ RunnerPoolStats RunnerPool::stats() const {
   RunnerPoolStats s;
   for (size_t i = 0; i < options_.num_runners; ++i) {
     const SlotStats& st = slot_stats_[i];
-    s.completed += st.completed.load(std::memory_order_relaxed);
+    s.completed_per_runner.push_back(st.completed.load(std::memory_order_relaxed));
+    s.completed += s.completed_per_runner.back();
     s.failed += st.failed.load(std::memory_order_relaxed);
     s.queue_ns += st.queue_ns.load(std::memory_order_relaxed);
     s.compute_ns += st.compute_ns.load(std::memory_order_relaxed);

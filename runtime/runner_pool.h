@@ -61,6 +61,7 @@ struct RunnerPoolStats {
   uint64_t cancelled = 0;      // removed by Cancel()
   uint64_t queue_ns = 0;       // total time admitted requests waited
   uint64_t compute_ns = 0;     // total time inside Work
+  std::vector<uint64_t> completed_per_runner;  // completed, by runner slot
 };
 
 class RunnerPool {

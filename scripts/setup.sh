@@ -58,7 +58,7 @@ GEN=()
 cmake -S . -B build "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DPT2SERVE_MODEL_DIR="$MODEL_DIR" -DPT2SERVE_PYTHON="$VENV_PY" \
-  -Wno-dev >/dev/null
+  >/dev/null
 log "building"
 cmake --build build --parallel "${PT2SERVE_BUILD_JOBS:-$(nproc)}" >&2
 

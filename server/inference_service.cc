@@ -102,7 +102,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
     for (const auto& in : info.signature.inputs) FillSpec(in, response->add_inputs());
     for (const auto& out : info.signature.outputs) FillSpec(out, response->add_outputs());
     response->set_max_batch_size(static_cast<int32_t>(info.signature.max_batch_size));
-    response->set_device(info.device.ToString());
+    response->set_device((*handle)->devices());
     response->set_weights_version((*handle)->weights_version());
     for (const auto& c : info.constants) {
       auto* spec = response->add_constants();

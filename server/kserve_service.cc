@@ -148,14 +148,19 @@ grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext
   }
   auto* group = config->add_instance_group();
   group->set_name(request->name());
-  group->set_count(static_cast<int32_t>((*model)->pool().num_runners()));
-  const auto& device = (*model)->info().device;
-  group->set_kind(device.kind == DeviceKind::kCpu ? inference::ModelInstanceGroup::KIND_CPU
-                                                  : inference::ModelInstanceGroup::KIND_GPU);
-  if (device.kind != DeviceKind::kCpu && device.index >= 0) group->add_gpus(device.index);
+  // Triton's count is per GPU listed in `gpus`.
+  group->set_count(static_cast<int32_t>((*model)->config().num_runners));
+  const bool on_cpu = (*model)->info().device.kind == DeviceKind::kCpu;
+  group->set_kind(on_cpu ? inference::ModelInstanceGroup::KIND_CPU
+                         : inference::ModelInstanceGroup::KIND_GPU);
+  if (!on_cpu) {
+    for (const DeviceSpec& device : (*model)->device_specs()) {
+      if (device.index >= 0) group->add_gpus(device.index);
+    }
+  }
   (*config->mutable_parameters())["weights_version"].set_string_value(
       (*model)->weights_version());
-  (*config->mutable_parameters())["device"].set_string_value(device.ToString());
+  (*config->mutable_parameters())["device"].set_string_value((*model)->devices());
   return FinishUnary(ctx, Status::Ok());
 }
 

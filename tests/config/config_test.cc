@@ -172,14 +172,17 @@ TEST_CASE("malformed YAML reports the position") {
 }
 
 TEST_CASE("model value ranges") {
-  ExpectError(Model("    num_runners: 0\n"), {"models[0].num_runners", "1..256", "got 0"});
-  ExpectError(Model("    num_runners: 257\n"), {"models[0].num_runners", "got 257"});
-  CHECK(Parse(Model("    num_runners: 256\n")).ok());
+  ExpectError(Model("    num_runners: 0\n"), {"models[0].num_runners", "1..64", "got 0"});
+  ExpectError(Model("    num_runners: 65\n"), {"models[0].num_runners", "got 65"});
+  CHECK(Parse(Model("    num_runners: 64\n")).ok());
   ExpectError(Model("    max_queue_size: -1\n"), {"models[0].max_queue_size", ">= 0"});
   ExpectError(Model("    timeout_ms: -5\n"), {"models[0].timeout_ms", ">= 0"});
   ExpectError(Model("    weights_version: ''\n"), {"models[0].weights_version", "empty"});
   ExpectError(Model("    device: gpu\n"), {"models[0].device", "unknown device 'gpu'"});
   ExpectError(Model("    device: 'cuda:x'\n"), {"models[0].device", "index"});
+  CHECK(Parse(Model("    device: 'cuda:0,cuda:1'\n")).ok());
+  ExpectError(Model("    device: 'cuda:0,cpu'\n"), {"models[0].device", "cannot be part of a device list"});
+  ExpectError(Model("    device: 'cuda:0,'\n"), {"models[0].device", "unknown device ''"});
   ExpectError("models:\n  - name: m\n", {"models[0].path", "empty"});
   ExpectError("models:\n  - {name: a, path: a}\n  - {name: b, path: b, num_runners: 0}\n",
               {"models[1].num_runners"});

@@ -3,6 +3,7 @@
 // PT2SERVE_MODEL_DIR / PT2SERVE_FIXTURE_DIR as for the other tests (the
 // fixture weight sets are device-independent safetensors files).
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -190,4 +191,58 @@ TEST_CASE("device memory is reported once CUDA is in use", "[cuda]") {
   CHECK(memory[0].device == "cuda:0");
   CHECK(memory[0].reserved >= memory[0].allocated);
   CHECK(memory[0].allocated > 0);
+}
+
+TEST_CASE("a model placed on every GPU spreads requests and swaps on all", "[cuda][multi_gpu]") {
+  const int gpus = at::detail::getCUDAHooks().getNumGPUs();
+  if (gpus < 2) {
+    WARN("skipped: this host has " << gpus << " GPU(s); placement needs 2 or more");
+    return;
+  }
+  std::string devices;
+  for (int i = 0; i < gpus; ++i) devices += (i ? ",cuda:" : "cuda:") + std::to_string(i);
+  auto model = LoadCuda("mlp", 2, devices);
+  REQUIRE(model->replicas().size() == static_cast<size_t>(gpus));
+  CHECK(model->devices() == devices);
+  CHECK(model->pool().num_runners() == static_cast<size_t>(2 * gpus));
+
+  // Every replica serves: per-slot counters map to devices (slot % gpus).
+  Reference ref = CudaReference("mlp");
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0}, wrong{0};
+  for (int t = 0; t < 4 * gpus; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        auto r = model->Infer({"", ref.inputs, {}, kNoDeadline});
+        if (!r.ok()) ++failed;
+        else if (!Mismatch(*r, *model, ref, kRtol, kAtol).empty()) ++wrong;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failed == 0);
+  CHECK(wrong == 0);
+  const auto per_runner = model->pool().stats().completed_per_runner;
+  std::vector<uint64_t> per_device(gpus, 0);
+  for (size_t slot = 0; slot < per_runner.size(); ++slot) per_device[slot % gpus] += per_runner[slot];
+  for (int d = 0; d < gpus; ++d) {
+    INFO("cuda:" << d);
+    CHECK(per_device[d] > 0);
+  }
+
+  // A swap changes the weights on every device at once.
+  auto weights = SafetensorsFile::Open(FixturePath("mlp.seed7.weights.safetensors"));
+  REQUIRE(weights.ok());
+  StageOptions options;
+  options.version = "seed7";
+  REQUIRE(model->weights().Stage(weights->tensors, options).ok());
+  REQUIRE(model->weights().Swap("seed7").ok());
+  Reference seed7 = FixtureReference("mlp.seed7.reference.safetensors");
+  for (int i = 0; i < 8 * gpus; ++i) {
+    auto r = model->Infer({"", seed7.inputs, {}, kNoDeadline});
+    REQUIRE(r.ok());
+    CHECK(r->weights_version == "seed7");
+    CHECK(Mismatch(*r, *model, seed7, kRtol, kAtol) == "");
+  }
+  CHECK(model->weights().status().bytes_in_use == 2 * gpus * model->info().constants_nbytes);
 }

@@ -37,3 +37,9 @@ TEST_CASE("host support checks never throw", "[device]") {
   Status far = CheckHostSupports({DeviceKind::kCuda, 999});
   CHECK(far.code() == StatusCode::kFailedPrecondition);
 }
+
+TEST_CASE("device lists split into replicas", "[device]") {
+  CHECK(*SplitDeviceList("auto") == std::vector<std::string>{"auto"});
+  CHECK(*SplitDeviceList("cuda:0,cuda:1") == std::vector<std::string>{"cuda:0", "cuda:1"});
+  CHECK_THAT(SplitDeviceList("cuda:0,cuda:0").status().message(), Catch::Contains("listed twice"));
+}

@@ -211,6 +211,10 @@ TEST_CASE("load errors are statuses, never crashes", "[model]") {
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK_THAT(s.message(), Catch::Contains("compiled for device 'cpu'"));
 
+  s = LoadStatus(PackagePath("mlp"), "cpu,cpu");
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(s.message(), Catch::Contains("listed twice"));
+
   s = LoadStatus(PackagePath("mlp"), "tpu");
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK_THAT(s.message(), Catch::Contains("unknown device 'tpu'"));
