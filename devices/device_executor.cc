@@ -39,6 +39,7 @@ class CpuExecutor final : public DeviceExecutor {
     return out;
   }
   void* stream_handle() const override { return nullptr; }
+  StatusOr<std::vector<at::Tensor>> RunOn(const RunFn& fn) override { return fn(nullptr); }
   StatusOr<Tensor> Download(const at::Tensor& output, std::string name) override {
     return FromAten(output, std::move(name));
   }
@@ -73,6 +74,15 @@ class AcceleratorExecutor final : public DeviceExecutor {
   }
 
   void* stream_handle() const override { return stream_.native_handle(); }
+
+  StatusOr<std::vector<at::Tensor>> RunOn(const RunFn& fn) override {
+    try {
+      c10::StreamGuard on_stream(stream_);  // also makes device_ current
+      return fn(stream_.native_handle());
+    } catch (const std::exception& e) {
+      return Internal("running on " + device_.str() + ": " + What(e));
+    }
+  }
 
   StatusOr<Tensor> Download(const at::Tensor& output, std::string name) override {
     try {

@@ -16,6 +16,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,6 +38,11 @@ class DeviceExecutor {
   // The stream handle to pass to the AOTI container's run(); nullptr = the
   // backend's current stream (CPU).
   virtual void* stream_handle() const = 0;
+  // Runs `fn` with this runner's device and stream current on the calling
+  // thread (the container allocates on the current device), passing
+  // stream_handle(). LibTorch exceptions become statuses.
+  using RunFn = std::function<StatusOr<std::vector<at::Tensor>>(void* stream)>;
+  virtual StatusOr<std::vector<at::Tensor>> RunOn(const RunFn& fn) = 0;
   // Device outputs -> host tensors; returns once they are on the host.
   virtual StatusOr<Tensor> Download(const at::Tensor& output, std::string name) = 0;
   // Waits for all work queued on this runner's stream.

@@ -1,5 +1,7 @@
 #include "runtime/constant_buffer_manager.h"
 
+#include <c10/core/DeviceGuard.h>
+
 #include <c10/util/Exception.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
 
@@ -285,21 +287,38 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
       by_internal_name.emplace((*names)->at(t.name), std::move(converted).value());
     }
     torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
+    const std::string where = "while staging weights for model '" + model_name_ + "' on " +
+                              replica->info().device.ToString();
+    // A fold borrows one of the container's model instances for its whole
+    // run, so it takes a runner slot from the pool like a request does:
+    // otherwise an admitted request would wait inside the container.
+    auto fold = [&]() -> Status {
+      return model_.pool().Run([&](size_t) -> Status {
+        try {
+          c10::DeviceGuard on_device(ToC10Device(replica->info().device));
+          runner->run_const_fold(/*use_inactive=*/true);
+          return Status::Ok();
+        } catch (const std::exception& e) {
+          return FromException(e, where);
+        }
+      });
+    };
+    // After a free, the container's update would crash on the freed folded
+    // constants (see FreeContainerInactive); refolding the aliases of the
+    // active weights recreates them first.
+    if (inactive_needs_refold_) {
+      Status refolded = fold();
+      if (!refolded.ok()) return FailStage(refolded, /*buffer_written=*/true);
+    }
     try {
-      if (inactive_needs_refold_) {
-        // After a free, the container's update would crash on the freed folded
-        // constants (see FreeContainerInactive); refolding the aliases of the
-        // active weights recreates them first.
-        runner->run_const_fold(/*use_inactive=*/true);
-      }
+      // The container allocates on the current device: make it the replica's.
+      c10::DeviceGuard on_device(ToC10Device(replica->info().device));
       runner->update_constant_buffer(by_internal_name, /*use_inactive=*/true,
                                      /*validate_full_updates=*/true);
-      runner->run_const_fold(/*use_inactive=*/true);
     } catch (const std::exception& e) {
-      return FailStage(FromException(e, "while staging weights for model '" + model_name_ +
-                                            "' on " + replica->info().device.ToString()),
-                       /*buffer_written=*/true);
+      return FailStage(FromException(e, where), /*buffer_written=*/true);
     }
+    if (Status folded = fold(); !folded.ok()) return FailStage(folded, /*buffer_written=*/true);
   }  // device copies are dropped here, before reporting
   inactive_needs_refold_ = false;
 
@@ -356,6 +375,7 @@ Status ConstantBufferManager::FreeContainerInactive() {
   Status status = model_.pool().RunExclusive([&]() -> Status {
     try {
       for (const auto& replica : model_.replicas()) {
+        c10::DeviceGuard on_device(ToC10Device(replica->info().device));
         torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
         if (!inactive_needs_refold_) {  // else: already aliased and freed
           std::unordered_map<std::string, at::Tensor> aliases;
@@ -439,6 +459,7 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
     // one device on the new weights and another on the old.
     for (const auto& replica : model_.replicas()) {
       try {
+        c10::DeviceGuard on_device(ToC10Device(replica->info().device));
         replica->runner()->swap_constant_buffer();
       } catch (const std::exception& e) {
         return FromException(e, "swapping the weights of model '" + model_name_ + "' on " +
@@ -452,6 +473,7 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
       // failure the first request folds it instead.
       try {
         for (const auto& replica : model_.replicas()) {
+          c10::DeviceGuard on_device(ToC10Device(replica->info().device));
           replica->runner()->run_const_fold(/*use_inactive=*/false);
         }
       } catch (const std::exception&) {

@@ -148,7 +148,9 @@ Status Model::Execute(size_t runner, const std::vector<const Tensor*>& inputs,
   // Read under the runner slot: swaps happen only with no request inside, so
   // this is the version of the weights this call uses.
   response.weights_version = weights_version();
-  PT2_ASSIGN_OR_RETURN(auto results, replica.Run(args, executor.stream_handle()));
+  PT2_ASSIGN_OR_RETURN(auto results, executor.RunOn([&](void* stream) {
+                         return replica.Run(args, stream);
+                       }));
   if (results.size() != info.signature.outputs.size()) {
     return Internal("model returned " + std::to_string(results.size()) +
                     " outputs, signature declares " +

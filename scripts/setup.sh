@@ -2,6 +2,7 @@
 # One-step set-up used by both README commands (and CI):
 #   1. Debian packages (apt-get; sudo when not root),
 #   2. .venv with torch and the Python test dependencies,
+#      (2b. perf_analyzer for the integration tests: scripts/get_perf_analyzer.sh),
 #   3. the zoo test packages (cached outside the build tree),
 #   4. CMake configure + Release build.
 # Idempotent: each step is skipped when its inputs did not change, so a second
@@ -46,6 +47,11 @@ if [[ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]]; then
   echo "$req_hash" > .venv/.requirements-hash
 fi
 VENV_PY=$ROOT/.venv/bin/python
+
+# --- 2b. perf_analyzer for tests/integration/test_perf_analyzer.py -----------------
+# Cached binary from the tritonclient 2.41.0 wheel + libcudart.so.12 + libb64-0d, behind the
+# wrapper .venv/bin/perf_analyzer. Never fails set-up: on error it warns and the test skips.
+scripts/get_perf_analyzer.sh || log "WARNING: scripts/get_perf_analyzer.sh failed; perf_analyzer test will skip"
 
 # --- 3. Test packages (cached by torch version + exporter source) ---------------
 MODEL_DIR=$("$VENV_PY" tools/export/export_model.py zoo | tail -n 1)

@@ -2,7 +2,6 @@
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -11,6 +10,7 @@
 #include <exception>
 
 #include "devices/device_memory.h"
+#include "server/metrics_http_server.h"
 
 namespace pt2serve::server {
 namespace {
@@ -142,28 +142,19 @@ Metrics::Metrics(const ModelRegistry& registry)
                         .Register(*prom_);
 }
 
-Metrics::~Metrics() = default;
+Metrics::~Metrics() { http_.reset(); }  // stop serving before the registry goes
 
 StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& address,
                                                    const ModelRegistry& registry) {
   std::unique_ptr<Metrics> metrics(new Metrics(registry));
   if (!address.empty()) {
-    try {
-      metrics->exposer_ = std::make_unique<prometheus::Exposer>(address);
-    } catch (const std::exception& e) {
-      return Unavailable("cannot serve /metrics on " + address + ": " + e.what());
-    }
-    metrics->exposer_->RegisterCollectable(metrics->prom_);
-    metrics->exposer_->RegisterCollectable(metrics->state_);
+    PT2_ASSIGN_OR_RETURN(metrics->http_,
+                         MetricsHttpServer::Start(address, [m = metrics.get()] { return m->Render(); }));
   }
   return metrics;
 }
 
-int Metrics::port() const {
-  if (!exposer_) return 0;
-  auto ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
-}
+int Metrics::port() const { return http_ ? http_->port() : 0; }
 
 Metrics::Series& Metrics::SeriesFor(const std::string& model, Protocol protocol,
                                     StatusCode code) {

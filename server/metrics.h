@@ -6,6 +6,9 @@
 // version) are read from the ModelRegistry at scrape time, so they can never
 // drift from the truth.
 //
+// /metrics is served by MetricsHttpServer (prometheus-cpp supplies the
+// metric types and the text format).
+//
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
@@ -20,7 +23,6 @@
 #include "runtime/runner_pool.h"
 
 namespace prometheus {
-class Exposer;
 class Registry;
 class Counter;
 class Histogram;
@@ -58,7 +60,7 @@ class Metrics {
 
   std::shared_ptr<prometheus::Registry> prom_;
   std::shared_ptr<class StateCollector> state_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<class MetricsHttpServer> http_;  // null when not serving
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Family<prometheus::Histogram>* queue_seconds_ = nullptr;
   prometheus::Family<prometheus::Histogram>* compute_seconds_ = nullptr;
