@@ -101,7 +101,9 @@ MetricsHttpServer::MetricsHttpServer(int listen_fd, int wake_read, int wake_writ
 
 MetricsHttpServer::~MetricsHttpServer() {
   const char byte = 0;
-  (void)::write(wake_write_, &byte, 1);
+  if (::write(wake_write_, &byte, 1) < 0) {
+    // The pipe cannot be full or closed here; nothing else to do.
+  }
   if (thread_.joinable()) thread_.join();
   ::close(listen_fd_);
   ::close(wake_read_);
