@@ -32,19 +32,7 @@ std::shared_ptr<Model> LoadMlp(size_t runners = 1) {
 
 // input.x / output.y of a reference file written by the exporter.
 Reference ReferenceFile(const std::string& path) {
-  auto file = SafetensorsFile::Open(path);
-  INFO(file.status().ToString());
-  REQUIRE(file.ok());
-  Reference ref;
-  for (Tensor t : file->tensors) {
-    if (t.name.starts_with("input.")) {
-      t.name = t.name.substr(6);
-      ref.inputs.push_back(std::move(t));
-    } else if (t.name.starts_with("output.")) {
-      t.name = t.name.substr(7);
-      ref.outputs.push_back(std::move(t));
-    }
-  }
+  Reference ref = LoadReferenceFile(path);
   REQUIRE(ref.inputs.size() == 1);
   REQUIRE(ref.outputs.size() == 1);
   return ref;
@@ -515,13 +503,7 @@ TEST_CASE("hot swap under load: no failed request, no torn or mislabelled result
   HotSwapRaceOptions options;  // 8 clients over 2 runners, 20 cycles
   options.tolerance = kTol;
   const HotSwapRaceResult race = RunHotSwapRace(*model, refs, sets, options);
-  INFO("first problem: " << race.first_problem);
-  CHECK(race.first_problem.empty());
-  CHECK(race.failed == 0);
-  CHECK(race.wrong == 0);
-  CHECK(race.unknown_version == 0);
-  CHECK(race.responses.count("seed7") == 1);
-  CHECK(race.responses.count("seed8") == 1);
+  ExpectCleanRace(race, {"seed7", "seed8"});
   CHECK(model->pool().stats().max_in_flight <= 2);
   WARN("hot swap, 8 clients / 2 runners, 20 cycles: " << race.Summary());
 }

@@ -1,6 +1,7 @@
 #include "tests/support/hot_swap_race.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -120,6 +121,18 @@ HotSwapRaceResult RunHotSwapRace(Model& model, const std::map<std::string, Refer
   result.wrong = wrong;
   result.unknown_version = unknown;
   return result;
+}
+
+void ExpectCleanRace(const HotSwapRaceResult& race, const std::vector<std::string>& served) {
+  INFO("first problem: " << race.first_problem);
+  CHECK(race.first_problem.empty());
+  CHECK(race.failed == 0);
+  CHECK(race.wrong == 0);
+  CHECK(race.unknown_version == 0);
+  for (const auto& version : served) {
+    INFO("version " << version);
+    CHECK(race.responses.count(version) == 1);
+  }
 }
 
 }  // namespace pt2serve::testing

@@ -39,4 +39,8 @@ HotSwapRaceResult RunHotSwapRace(Model& model, const std::map<std::string, Refer
                                  const std::map<std::string, std::vector<Tensor>>& sets,
                                  const HotSwapRaceOptions& options);
 
+// Catch2 checks: no failed, wrong or unknown-version response, no failed
+// weight operation, and every version in `served` answered at least once.
+void ExpectCleanRace(const HotSwapRaceResult& race, const std::vector<std::string>& served);
+
 }  // namespace pt2serve::testing

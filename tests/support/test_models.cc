@@ -74,7 +74,11 @@ std::string TempDir() {
 }
 
 Reference LoadReference(const std::string& name) {
-  auto file = SafetensorsFile::Open(ModelDir() + "/" + name + ".reference.safetensors");
+  return LoadReferenceFile(ModelDir() + "/" + name + ".reference.safetensors");
+}
+
+Reference LoadReferenceFile(const std::string& path) {
+  auto file = SafetensorsFile::Open(path);
   if (!file.ok()) throw std::runtime_error(file.status().ToString());
   Reference ref;
   for (Tensor t : file->tensors) {

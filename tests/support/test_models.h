@@ -29,6 +29,8 @@ struct Reference {
   std::vector<Tensor> outputs;
 };
 Reference LoadReference(const std::string& name);
+// The same from any reference file (e.g. fixtures' mlp.seed7.reference.safetensors).
+Reference LoadReferenceFile(const std::string& path);
 
 // Element values as double (float16/bfloat16/ints included).
 std::vector<double> ToDoubles(const Tensor& t);

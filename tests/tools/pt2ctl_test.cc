@@ -146,8 +146,6 @@ TEST_CASE("manifest lists name, dtype, shape and byte size", "[pt2ctl]") {
   CHECK(manifest->entries(1).dtype() == v1::DT_INT64);
   CHECK(manifest->entries(2).dtype() == v1::DT_FLOAT16);
   CHECK(manifest->entries(2).byte_size() == 0);
-  CHECK(*WeightPusher::ToProtoDType(DType::kBFloat16) == v1::DT_BFLOAT16);
-  CHECK(*WeightPusher::ToProtoDType(DType::kBool) == v1::DT_BOOL);
 }
 
 TEST_CASE("default version label is the file stem", "[pt2ctl]") {

@@ -33,6 +33,7 @@
 
 #include "kserve/grpc_service.grpc.pb.h"
 #include "pt2serve/v1/inference.grpc.pb.h"
+#include "server/tensor_codec.h"
 #include "tools/bench/bench_util.h"
 
 namespace pt2serve::bench {
@@ -59,51 +60,6 @@ struct Options {
 };
 
 // ----------------------------------------------------------- dtype names
-
-std::optional<v1::DataType> ToNative(DType d) {
-  switch (d) {
-    case DType::kBool: return v1::DT_BOOL;
-    case DType::kUInt8: return v1::DT_UINT8;
-    case DType::kInt8: return v1::DT_INT8;
-    case DType::kInt16: return v1::DT_INT16;
-    case DType::kInt32: return v1::DT_INT32;
-    case DType::kInt64: return v1::DT_INT64;
-    case DType::kFloat16: return v1::DT_FLOAT16;
-    case DType::kBFloat16: return v1::DT_BFLOAT16;
-    case DType::kFloat32: return v1::DT_FLOAT32;
-    case DType::kFloat64: return v1::DT_FLOAT64;
-  }
-  return std::nullopt;
-}
-
-std::optional<DType> FromNative(v1::DataType d) {
-  for (DType t : {DType::kBool, DType::kUInt8, DType::kInt8, DType::kInt16, DType::kInt32,
-                  DType::kInt64, DType::kFloat16, DType::kBFloat16, DType::kFloat32,
-                  DType::kFloat64}) {
-    if (ToNative(t) == d) return t;
-  }
-  return std::nullopt;
-}
-
-constexpr std::pair<DType, const char*> kKServeNames[] = {
-    {DType::kBool, "BOOL"},     {DType::kUInt8, "UINT8"},     {DType::kInt8, "INT8"},
-    {DType::kInt16, "INT16"},   {DType::kInt32, "INT32"},     {DType::kInt64, "INT64"},
-    {DType::kFloat16, "FP16"},  {DType::kBFloat16, "BF16"},   {DType::kFloat32, "FP32"},
-    {DType::kFloat64, "FP64"}};
-
-std::string ToKServe(DType d) {
-  for (const auto& [t, name] : kKServeNames) {
-    if (t == d) return name;
-  }
-  return "";
-}
-
-std::optional<DType> FromKServe(const std::string& s) {
-  for (const auto& [t, name] : kKServeNames) {
-    if (s == name) return t;
-  }
-  return std::nullopt;
-}
 
 // -------------------------------------------------------------- channels
 
@@ -148,8 +104,8 @@ StatusOr<std::vector<TensorSpec>> FetchInputs(const Options& o) {
       grpc::Status s = stub->GetModel(&ctx, req, &info);
       if (s.ok() && info.state() == v1::READY) {
         for (const auto& in : info.inputs()) {
-          auto dtype = FromNative(in.dtype());
-          if (!dtype) return InvalidArgument("input '" + in.name() + "': unknown dtype");
+          auto dtype = server::FromProtoDType(in.dtype());
+          if (!dtype.ok()) return dtype.status().WithPrefix("input '" + in.name() + "'");
           specs.push_back({in.name(), *dtype, Shape(in.shape().begin(), in.shape().end())});
         }
         return specs;
@@ -171,8 +127,8 @@ StatusOr<std::vector<TensorSpec>> FetchInputs(const Options& o) {
         s = stub->ModelMetadata(&mctx, mreq, &meta);
         if (!s.ok()) return Unavailable("ModelMetadata: " + GrpcError(s));
         for (const auto& in : meta.inputs()) {
-          auto dtype = FromKServe(in.datatype());
-          if (!dtype) return InvalidArgument("input '" + in.name() + "': datatype " + in.datatype());
+          auto dtype = server::DTypeFromKServe(in.datatype());
+          if (!dtype.ok()) return dtype.status().WithPrefix("input '" + in.name() + "'");
           specs.push_back({in.name(), *dtype, Shape(in.shape().begin(), in.shape().end())});
         }
         return specs;
@@ -202,7 +158,7 @@ BenchCall NativeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
   for (const Input& in : inputs) {
     v1::Tensor* t = request->add_inputs();
     t->set_name(in.spec.name);
-    t->set_dtype(*ToNative(in.spec.dtype));
+    t->set_dtype(server::ToProtoDType(in.spec.dtype));
     for (int64_t d : in.spec.shape) t->add_shape(d);
     t->set_data(in.data.data(), in.data.size());
   }
@@ -233,7 +189,7 @@ BenchCall KServeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
   for (const Input& in : inputs) {
     auto* t = request->add_inputs();
     t->set_name(in.spec.name);
-    t->set_datatype(ToKServe(in.spec.dtype));
+    t->set_datatype(std::string(server::KServeDatatype(in.spec.dtype)));
     for (int64_t d : in.spec.shape) t->add_shape(d);
     request->add_raw_input_contents(in.data.data(), in.data.size());
   }

@@ -37,6 +37,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "pt2serve/v1/admin.grpc.pb.h"
+#include "server/tensor_codec.h"
 #include "tools/bench/bench_util.h"
 
 namespace pt2serve::bench {
@@ -75,21 +76,6 @@ uint64_t ReadRss(int pid) {
   return 0;
 }
 
-std::optional<v1::DataType> ToProto(DType d) {
-  switch (d) {
-    case DType::kBool: return v1::DT_BOOL;
-    case DType::kUInt8: return v1::DT_UINT8;
-    case DType::kInt8: return v1::DT_INT8;
-    case DType::kInt16: return v1::DT_INT16;
-    case DType::kInt32: return v1::DT_INT32;
-    case DType::kInt64: return v1::DT_INT64;
-    case DType::kFloat16: return v1::DT_FLOAT16;
-    case DType::kBFloat16: return v1::DT_BFLOAT16;
-    case DType::kFloat32: return v1::DT_FLOAT32;
-    case DType::kFloat64: return v1::DT_FLOAT64;
-  }
-  return std::nullopt;
-}
 
 class Admin {
  public:
@@ -192,13 +178,9 @@ int Main(int argc, char** argv) {
   header->set_version(o.version);
   for (const Tensor& t : file->tensors) {
     auto* e = header->mutable_tensors()->add_entries();
-    auto dtype = ToProto(t.dtype);
-    if (!dtype) {
-      std::fprintf(stderr, "upload_bench: tensor %s: unsupported dtype\n", t.name.c_str());
-      return 2;
-    }
+    const v1::DataType dtype = server::ToProtoDType(t.dtype);
     e->set_name(t.name);
-    e->set_dtype(*dtype);
+    e->set_dtype(dtype);
     for (int64_t d : t.shape) e->add_shape(d);
     e->set_byte_size(t.nbytes);
     r.bytes += t.nbytes;

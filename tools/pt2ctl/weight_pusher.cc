@@ -1,5 +1,7 @@
 #include "tools/pt2ctl/weight_pusher.h"
 
+#include "server/tensor_codec.h"
+
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -26,31 +28,13 @@ std::string WeightPusher::DefaultVersion(const std::string& path) {
   return std::filesystem::path(path).stem().string();
 }
 
-StatusOr<v1::DataType> WeightPusher::ToProtoDType(DType dtype) {
-  switch (dtype) {
-    case DType::kBool: return v1::DT_BOOL;
-    case DType::kUInt8: return v1::DT_UINT8;
-    case DType::kInt8: return v1::DT_INT8;
-    case DType::kInt16: return v1::DT_INT16;
-    case DType::kInt32: return v1::DT_INT32;
-    case DType::kInt64: return v1::DT_INT64;
-    case DType::kFloat16: return v1::DT_FLOAT16;
-    case DType::kBFloat16: return v1::DT_BFLOAT16;
-    case DType::kFloat32: return v1::DT_FLOAT32;
-    case DType::kFloat64: return v1::DT_FLOAT64;
-  }
-  return InvalidArgument("dtype " + std::string(DTypeName(dtype)) +
-                         " has no pt2serve.v1.DataType");
-}
 
 StatusOr<v1::TensorManifest> WeightPusher::BuildManifest(const std::vector<Tensor>& tensors) {
   v1::TensorManifest manifest;
   for (const Tensor& t : tensors) {
-    auto dtype = ToProtoDType(t.dtype);
-    if (!dtype.ok()) return dtype.status().WithPrefix("tensor '" + t.name + "'");
     auto* entry = manifest.add_entries();
     entry->set_name(t.name);
-    entry->set_dtype(*dtype);
+    entry->set_dtype(server::ToProtoDType(t.dtype));
     for (int64_t d : t.shape) entry->add_shape(d);
     entry->set_byte_size(t.nbytes);
   }

@@ -72,8 +72,6 @@ class WeightPusher {
   // --- pure helpers (unit-tested) ---
   // The stem of `path`: "seed7" for "/w/seed7.safetensors".
   static std::string DefaultVersion(const std::string& path);
-  // INVALID_ARGUMENT for a dtype the protocol cannot carry.
-  static StatusOr<pt2serve::v1::DataType> ToProtoDType(DType dtype);
   // One entry per tensor, in order: name, dtype, shape, byte_size.
   static StatusOr<pt2serve::v1::TensorManifest> BuildManifest(const std::vector<Tensor>& tensors);
   // The chunks in stream order: tensors in order, each split front to back
