@@ -66,6 +66,25 @@ std::string Mismatch(const InferResponse& response, const Model& model, const Re
   return "";
 }
 
+// `threads` callers send `requests_each` requests each; all must succeed and
+// match the reference.
+void ExpectAllCorrect(Model& model, const Reference& ref, int threads, int requests_each) {
+  std::atomic<int> failed{0}, wrong{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (int i = 0; i < requests_each; ++i) {
+        auto r = model.Infer({"", ref.inputs, {}, kNoDeadline});
+        if (!r.ok()) ++failed;
+        else if (!Mismatch(*r, model, ref, kRtol, kAtol).empty()) ++wrong;
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  CHECK(failed == 0);
+  CHECK(wrong == 0);
+}
+
 }  // namespace
 
 TEST_CASE("this host has a CUDA device", "[cuda]") {
@@ -104,20 +123,7 @@ TEST_CASE("each runner gets its own CUDA stream", "[cuda]") {
 TEST_CASE("16 threads over 4 stream runners: all results correct", "[cuda]") {
   auto model = LoadCuda("cnn", 4);
   Reference ref = CudaReference("cnn");
-  std::atomic<int> failed{0}, wrong{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 16; ++t) {
-    threads.emplace_back([&] {
-      for (int i = 0; i < 200; ++i) {
-        auto r = model->Infer({"", ref.inputs, {}, kNoDeadline});
-        if (!r.ok()) ++failed;
-        else if (!Mismatch(*r, *model, ref, kRtol, kAtol).empty()) ++wrong;
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  CHECK(failed == 0);
-  CHECK(wrong == 0);
+  ExpectAllCorrect(*model, ref, /*threads=*/16, /*requests_each=*/200);
   CHECK(model->pool().stats().max_in_flight == 4);
   CHECK(model->pool().stats().completed == 3200);
 }
@@ -184,20 +190,7 @@ TEST_CASE("a model placed on every GPU spreads requests and swaps on all", "[cud
 
   // Every replica serves: per-slot counters map to devices (slot % gpus).
   Reference ref = CudaReference("mlp");
-  std::vector<std::thread> threads;
-  std::atomic<int> failed{0}, wrong{0};
-  for (int t = 0; t < 4 * gpus; ++t) {
-    threads.emplace_back([&] {
-      for (int i = 0; i < 200; ++i) {
-        auto r = model->Infer({"", ref.inputs, {}, kNoDeadline});
-        if (!r.ok()) ++failed;
-        else if (!Mismatch(*r, *model, ref, kRtol, kAtol).empty()) ++wrong;
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  CHECK(failed == 0);
-  CHECK(wrong == 0);
+  ExpectAllCorrect(*model, ref, /*threads=*/4 * gpus, /*requests_each=*/200);
   const auto per_runner = model->pool().stats().completed_per_runner;
   std::vector<uint64_t> per_device(gpus, 0);
   for (size_t slot = 0; slot < per_runner.size(); ++slot) per_device[slot % gpus] += per_runner[slot];
