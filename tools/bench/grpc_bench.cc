@@ -211,12 +211,30 @@ BenchCall KServeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
   };
 }
 
+// KServe ServerLive: the same RPC stack with no model work, i.e. the gRPC
+// transport floor that inference latencies can be compared against.
+BenchCall LiveCall(std::shared_ptr<grpc::Channel> channel, const Options& o) {
+  auto stub = std::shared_ptr<inference::GRPCInferenceService::Stub>(
+      inference::GRPCInferenceService::NewStub(channel));
+  const int timeout_ms = o.timeout_ms;
+  return [stub, timeout_ms](std::string* error) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, timeout_ms);
+    inference::ServerLiveResponse response;
+    grpc::Status s = stub->ServerLive(&ctx, inference::ServerLiveRequest(), &response);
+    if (!s.ok()) *error = GrpcError(s);
+    return s.ok();
+  };
+}
+
 int Main(int argc, char** argv) {
   Options o;
   CLI::App app{"grpc_bench: closed-loop gRPC load generator for pt2serve"};
   app.add_option("--address", o.address, "Inference address host:port")->capture_default_str();
-  app.add_option("--protocol", o.protocol, "native (pt2serve.v1 Run) or kserve (ModelInfer)")
-      ->check(CLI::IsMember({"native", "kserve"}))
+  app.add_option("--protocol", o.protocol,
+                 "native (pt2serve.v1 Run), kserve (ModelInfer) or live (ServerLive: the "
+                 "gRPC floor, no model work)")
+      ->check(CLI::IsMember({"native", "kserve", "live"}))
       ->capture_default_str();
   app.add_option("--model", o.model, "Model name")->capture_default_str();
   app.add_option("--input", o.inputs,
@@ -259,7 +277,7 @@ int Main(int argc, char** argv) {
     }
     specs.push_back(*spec);
   }
-  {
+  if (o.protocol != "live") {
     // Also the readiness check when --input was given.
     auto fetched = FetchInputs(o);
     if (!fetched.ok()) {
@@ -289,6 +307,7 @@ int Main(int argc, char** argv) {
     DriverOptions d{streams, o.warmup, o.seconds};
     DriverResult r = RunClosedLoop(d, [&](int i) -> BenchCall {
       auto& channel = channels[i % nchannels];
+      if (o.protocol == "live") return LiveCall(channel, o);
       return o.protocol == "native" ? NativeCall(channel, o, inputs)
                                     : KServeCall(channel, o, inputs);
     });

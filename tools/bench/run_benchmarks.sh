@@ -220,6 +220,10 @@ if [[ $SKIP_GRPC == 0 ]]; then
   "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol kserve --model mlp --streams "$STREAMS" \
     --seconds "$SECS" --warmup "$WARMUP" --json "$KSERVE" > "$DATA/kserve.md" || log "kserve: failures (see table)"
 
+  log "grpc_bench live (the gRPC floor: ServerLive, no model work)"
+  "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol live --streams 1 \
+    --seconds "$SECS" --warmup "$WARMUP" > "$DATA/live.md" || log "live: failures"
+
   out "## gRPC vs in-process (mlp, batch 1, $RUNNERS runners, loopback)"
   out ""
   out "Closed loop: each stream keeps one request outstanding; one TCP connection per stream."
@@ -236,6 +240,11 @@ if [[ $SKIP_GRPC == 0 ]]; then
   record sed -n '3,$p' "$DATA/kserve.md"
   out ""
   out "</details>"
+  out ""
+  out "The gRPC floor on this host: an empty KServe ServerLive round trip with the same client"
+  out "(no model, answered on the RPC thread), 1 stream:"
+  out ""
+  record cat "$DATA/live.md"
   out ""
 
   # Hot-swaps through the admin API while 16 gRPC streams run (issue 5).
