@@ -1,6 +1,7 @@
 #include "server/kserve_service.h"
 
 #include "server/infer_reactor.h"
+#include "server/stream_infer_reactor.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
 
@@ -235,42 +236,51 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
   return FinishUnary(ctx, repository_.Unload(request->model_name()));
 }
 
+Status BuildInferRequest(const inference::ModelInferRequest& request,
+                         std::chrono::system_clock::time_point grpc_deadline,
+                         InferRequest& infer) {
+  PT2_RETURN_IF_ERROR(CheckVersion(request.model_name(), request.model_version()));
+  infer.id = request.id();
+  infer.deadline = DeadlineFromSystem(grpc_deadline);
+  PT2_RETURN_IF_ERROR(RequestTimeout(request, infer.deadline));
+  PT2_ASSIGN_OR_RETURN(infer.inputs, DecodeKServeInputs(request));
+  for (const auto& out : request.outputs()) infer.outputs.push_back(out.name());
+  return Status::Ok();
+}
+
+void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
+                         inference::ModelInferResponse& response) {
+  response.set_model_name(request.model_name());
+  response.set_model_version(kVersion);
+  response.set_id(request.id());
+  (*response.mutable_parameters())["weights_version"].set_string_param(result.weights_version);
+  EncodeKServeOutputs(result.outputs, response);
+}
+
 grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext* ctx,
                                                     const inference::ModelInferRequest* request,
                                                     inference::ModelInferResponse* response) {
   const auto received = Clock::now();
   auto* reactor = new InferReactor();
-  auto fail = [&](const Status& status) {
-    core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), status,
-                             received);
-    reactor->Finish(ToGrpcStatus(status));
-    return reactor;
-  };
-  if (Status v = CheckVersion(request->model_name(), request->model_version()); !v.ok()) {
-    return fail(v);
-  }
   InferRequest infer;
-  infer.id = request->id();
-  infer.deadline = DeadlineFromSystem(ctx->deadline());
-  if (Status t = RequestTimeout(*request, infer.deadline); !t.ok()) return fail(t);
-  auto inputs = DecodeKServeInputs(*request);
-  if (!inputs.ok()) return fail(inputs.status());
-  infer.inputs = std::move(inputs).value();
-  for (const auto& out : request->outputs()) infer.outputs.push_back(out.name());
-  const auto decode_time = Clock::now() - received;
-
+  if (Status built = BuildInferRequest(*request, ctx->deadline(), infer); !built.ok()) {
+    core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
+                             received);
+    reactor->Finish(ToGrpcStatus(built));
+    return reactor;
+  }
   core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), std::move(infer),
-              received, decode_time,
+              received, Clock::now() - received,
               Reply{[request, response](InferResponse& result) {
-                      response->set_model_name(request->model_name());
-                      response->set_model_version(kVersion);
-                      response->set_id(request->id());
-                      (*response->mutable_parameters())["weights_version"].set_string_param(
-                          result.weights_version);
-                      EncodeKServeOutputs(result.outputs, *response);
+                      EncodeInferResponse(*request, result, *response);
                     },
                     [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;
+}
+
+grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
+KServeService::ModelStreamInfer(grpc::CallbackServerContext* ctx) {
+  return new StreamInferReactor(core_, ctx);
 }
 
 }  // namespace pt2serve::server

@@ -20,6 +20,16 @@ struct KServeOptions {
   bool allow_repository_admin = false;
 };
 
+// Shared by ModelInfer and ModelStreamInfer: the runtime request for a KServe
+// request (version, deadline and `timeout` parameter, decoded inputs, requested
+// outputs). The inputs point into `request`, which must outlive them.
+Status BuildInferRequest(const inference::ModelInferRequest& request,
+                         std::chrono::system_clock::time_point grpc_deadline,
+                         InferRequest& infer);
+// Fills a KServe response from a result (raw outputs, weights_version parameter).
+void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
+                         inference::ModelInferResponse& response);
+
 class KServeService final : public inference::GRPCInferenceService::CallbackService {
  public:
   // All references must outlive the service.
@@ -59,6 +69,11 @@ class KServeService final : public inference::GRPCInferenceService::CallbackServ
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* ctx,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) override;
+  // Triton's streaming extension: requests and responses on one stream,
+  // responses in completion order; a failed request answers with
+  // error_message and the stream goes on.
+  grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
+  ModelStreamInfer(grpc::CallbackServerContext* ctx) override;
 
  private:
   ModelRegistry& registry_;

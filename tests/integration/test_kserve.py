@@ -270,3 +270,43 @@ def test_model_statistics_compute_counts_consistent(client, refs):
     counts = {k: getattr(after, k).count
               for k in ("compute_input", "compute_infer", "compute_output")}
     assert len(set(counts.values())) == 1, f"compute counts differ: {counts}"
+
+
+# ------------------------------------------------------------------------------ streaming
+
+
+def test_stream_infer_answers_every_request(server, refs):
+    """ModelStreamInfer: every request answered on the stream (completion order), outputs
+    equal the reference, a bad request gets an error on the stream and the stream goes on."""
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        ids = []
+        for i, name in enumerate(["mlp", "cnn", "two_io", "half"] * 3):
+            rid = f"s{i}-{name}"
+            ids.append((rid, name))
+            client.async_stream_infer(name, infer_inputs(refs[name]["inputs"]), request_id=rid)
+        bad = grpcclient.InferInput("x", [1, 15], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 15), np.float32))
+        client.async_stream_infer("mlp", [bad], request_id="bad")
+        client.async_stream_infer("mlp", infer_inputs(refs["mlp"]["inputs"]), request_id="after")
+        got = {}
+        errors = {}
+        for _ in range(len(ids) + 2):
+            result, error = results.get(timeout=T)
+            if error is not None:
+                errors[len(errors)] = str(error)
+            else:
+                got[result.get_response().id] = result
+    finally:
+        client.stop_stream()
+        client.close()
+    assert len(errors) == 1 and "input 'x'" in errors[0], errors
+    assert set(got) == {rid for rid, _ in ids} | {"after"}
+    for rid, name in ids + [("after", "mlp")]:
+        for out_name, want in refs[name]["outputs"].items():
+            assert_close(f"{rid}.{out_name}", got[rid].as_numpy(out_name), want)
+        assert got[rid].get_response().parameters["weights_version"].string_param == "initial"
