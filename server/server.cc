@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -20,27 +21,53 @@
 namespace pt2serve::server {
 namespace {
 
-StatusOr<std::string> ReadFile(const std::string& path) {
+// Reads a PEM file for `what` (e.g. "server.tls.admin.key_file") and checks
+// that it holds a PEM block whose label contains `label`; gRPC itself only
+// fails later, at BuildAndStart, without naming the file.
+StatusOr<std::string> ReadPem(const std::string& path, const std::string& what,
+                              std::string_view label) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return InvalidArgument(what + " '" + path + "' is a directory, not a PEM file");
+  }
   std::ifstream in(path);
-  if (!in) return NotFound("cannot read " + path);
+  if (!in) return NotFound(what + " '" + path + "' cannot be read");
   std::stringstream ss;
   ss << in.rdbuf();
-  return ss.str();
+  std::string pem = ss.str();
+  const auto begin = pem.find("-----BEGIN ");
+  if (begin == std::string::npos || pem.find(label, begin) == std::string::npos) {
+    return InvalidArgument(what + " '" + path + "' holds no PEM " + std::string(label));
+  }
+  return pem;
 }
 
-StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsConfig& tls) {
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsConfig& tls,
+                                                               const std::string& key) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  PT2_ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_file));
-  PT2_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(tls.cert_file));
+  PT2_ASSIGN_OR_RETURN(pair.private_key, ReadPem(tls.key_file, key + ".key_file", "PRIVATE KEY"));
+  PT2_ASSIGN_OR_RETURN(pair.cert_chain,
+                       ReadPem(tls.cert_file, key + ".cert_file", "CERTIFICATE"));
   options.pem_key_cert_pairs.push_back(std::move(pair));
   if (!tls.client_ca_file.empty()) {
-    PT2_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFile(tls.client_ca_file));
+    PT2_ASSIGN_OR_RETURN(options.pem_root_certs,
+                         ReadPem(tls.client_ca_file, key + ".client_ca_file", "CERTIFICATE"));
     options.client_certificate_request =
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
+}
+
+// Why a listener did not start. gRPC reports a taken port and TLS material
+// it rejects (a key that does not match its certificate, say) the same way.
+Status ListenError(const std::string& address, const TlsConfig& tls, const std::string& key) {
+  if (!tls.enabled()) return Unavailable("cannot listen on " + address);
+  return Unavailable("cannot listen on " + address + " with the TLS material of " + key +
+                     " (cert_file '" + tls.cert_file + "', key_file '" + tls.key_file +
+                     "'): the address is taken, or gRPC rejected the certificate or key "
+                     "(do they match? see the log above)");
 }
 
 }  // namespace
@@ -87,7 +114,7 @@ Status Server::BuildListeners() {
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;
-    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.inference_tls));
+    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.inference_tls, "server.tls.inference"));
     // No SO_REUSEPORT: a second daemon on the same address must fail to
     // start, not silently share the port with this one.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -98,7 +125,8 @@ Status Server::BuildListeners() {
     builder.RegisterService(inference_.get());
     inference_server_ = builder.BuildAndStart();
     if (!inference_server_ || inference_port_ == 0) {
-      return Unavailable("cannot listen on " + config_.inference_address);
+      return ListenError(config_.inference_address, config_.inference_tls,
+                         "server.tls.inference");
     }
   }
   if (!config_.admin_address.empty()) {
@@ -109,14 +137,14 @@ Status Server::BuildListeners() {
     }
     admin_ = std::make_unique<AdminService>(*registry_, *repository_, std::move(token));
     grpc::ServerBuilder builder;
-    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls));
+    PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls, "server.tls.admin"));
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(config_.admin_address, creds, &admin_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.RegisterService(admin_.get());
     admin_server_ = builder.BuildAndStart();
     if (!admin_server_ || admin_port_ == 0) {
-      return Unavailable("cannot listen on " + config_.admin_address + " (admin)");
+      return ListenError(config_.admin_address + " (admin)", config_.admin_tls, "server.tls.admin");
     }
   }
   UpdateHealth();

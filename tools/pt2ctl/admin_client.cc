@@ -3,7 +3,18 @@
 namespace pt2serve::ctl {
 namespace {
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+std::shared_ptr<grpc::ChannelCredentials> Credentials(const ClientOptions& o) {
+  if (o.tls_ca.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = o.tls_ca;
+  ssl.pem_cert_chain = o.tls_cert;
+  ssl.pem_private_key = o.tls_key;
+  return grpc::SslCredentials(ssl);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& address,
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials()) {
   grpc::ChannelArguments args;
   // Responses are small; requests are bounded by the chunk size. Lift the
   // 4 MiB receive default anyway so large ListModels never fail locally.
@@ -13,14 +24,14 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   // swap happens at most once. (Calls are fail-fast: a refused connection
   // fails at once instead of waiting for the server to appear.)
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(address, std::move(credentials), args);
 }
 
 }  // namespace
 
 AdminClient::AdminClient(ClientOptions options)
     : options_(std::move(options)),
-      admin_channel_(MakeChannel(options_.admin_address)),
+      admin_channel_(MakeChannel(options_.admin_address, Credentials(options_))),
       inference_channel_(MakeChannel(options_.inference_address)),
       admin_stub_(pt2serve::v1::Admin::NewStub(admin_channel_)),
       inference_stub_(pt2serve::v1::Inference::NewStub(inference_channel_)) {}

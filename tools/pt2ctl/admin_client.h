@@ -31,6 +31,10 @@ struct ClientOptions {
   std::string token;
   // Deadline of each unary call, and of a whole UpdateConstantBuffer stream.
   std::chrono::milliseconds timeout{30'000};
+  // TLS for the admin channel (PEM contents): when tls_ca is set the channel
+  // uses TLS and trusts that CA; tls_cert + tls_key add a client certificate
+  // (mTLS). The inference channel (`models list`) stays plaintext.
+  std::string tls_ca, tls_cert, tls_key;
 };
 
 class AdminClient {

@@ -22,6 +22,7 @@
 #include <functional>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "tools/pt2ctl/admin_client.h"
 #include "tools/pt2ctl/outcome.h"
@@ -55,6 +56,7 @@ struct Globals {
   std::string address = "127.0.0.1:8001";
   std::string token;
   std::string token_file;
+  std::string tls_ca, tls_cert, tls_key;  // files
   bool json = false;
   std::optional<double> timeout_s;
 };
@@ -169,11 +171,28 @@ ClientOptions MakeClientOptions(const Globals& g, double default_timeout_s) {
   return o;
 }
 
+// Reads a PEM file given on the command line into *out (exit 2 if unreadable).
+Outcome ReadPemFlag(const std::string& flag, const std::string& path, std::string* out) {
+  if (path.empty()) return Outcome();
+  std::ifstream in(path);
+  std::stringstream ss;
+  if (!in || !(ss << in.rdbuf())) {
+    return Outcome::LocalError(flag + " '" + path + "' cannot be read");
+  }
+  *out = ss.str();
+  return Outcome();
+}
+
 // A client for admin commands: fails (exit 2) without a token.
 Outcome AdminClientFor(const Globals& g, double default_timeout_s,
                        std::optional<AdminClient>* client) {
   ClientOptions o = MakeClientOptions(g, default_timeout_s);
   if (Outcome token = ResolveToken(g, &o.token); !token.ok()) return token;
+  for (auto [flag, path, out] : {std::tuple{"--tls-ca", &g.tls_ca, &o.tls_ca},
+                                 std::tuple{"--tls-cert", &g.tls_cert, &o.tls_cert},
+                                 std::tuple{"--tls-key", &g.tls_key, &o.tls_key}}) {
+    if (Outcome read = ReadPemFlag(flag, *path, out); !read.ok()) return read;
+  }
   client->emplace(std::move(o));
   return Outcome();
 }
@@ -380,6 +399,11 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--token", g.token, "Admin bearer token");
   app.add_option("--token-file", g.token_file, "File holding the admin bearer token");
+  app.add_option("--tls-ca", g.tls_ca, "Use TLS to the admin API, trusting this CA (PEM file)");
+  app.add_option("--tls-cert", g.tls_cert, "Client certificate for mTLS (PEM file)")
+      ->needs("--tls-ca");
+  app.add_option("--tls-key", g.tls_key, "Client private key for mTLS (PEM file)")
+      ->needs("--tls-cert");
   app.add_flag("--json", g.json, "Print one JSON object (results and errors) on stdout");
   app.add_option("--timeout", g.timeout_s,
                  "RPC deadline in seconds (default 300 for push and load, 30 otherwise)")
