@@ -182,6 +182,7 @@ ConstantBufferManager::ConstantBufferManager(Model& model)
   active_.info.version = model.config().initial_weights_version;
   active_.info.source = model.info().path;
   active_.info.updated_at = SystemClock::now();
+  active_.folded = true;  // ModelPackage::Load folds the compiled-in constants
 }
 
 ConstantBufferManager::~ConstantBufferManager() = default;

@@ -1,5 +1,6 @@
 #include "runtime/model_package.h"
 
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
@@ -110,6 +111,23 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
     }
   } catch (const std::exception& e) {
     return Internal("reading constants of " + options.path + ": " + What(e));
+  }
+  // Packages compiled with runtime constant folding list their folded
+  // constants among the FQNs; fold them now, on the package's device, instead
+  // of letting the first request do it: the container's in-run fold holds its
+  // exclusive lock (stalling every caller) and does not give its model
+  // instance back if it throws, which would hang a runner for good.
+  bool runtime_folding = false;
+  try {
+    for (const auto& fqn : pkg->loader_->get_constant_fqns()) {
+      runtime_folding = runtime_folding || fqn.starts_with("_FOLDED_CONST");
+    }
+    if (runtime_folding) {
+      c10::DeviceGuard on_device(ToC10Device(info.device));
+      pkg->runner()->run_const_fold(/*use_inactive=*/false);
+    }
+  } catch (const std::exception& e) {
+    return InvalidArgument("constant folding of package " + options.path + " failed: " + What(e));
   }
   std::sort(info.constants.begin(), info.constants.end(),
             [](const ConstantInfo& a, const ConstantInfo& b) { return a.fqn < b.fqn; });
