@@ -25,6 +25,12 @@ RunnerPoolOptions Normalized(RunnerPoolOptions options) {
   return options;
 }
 
+// How long a synchronous waiter at the head of the queue lets newly arriving
+// callers take a free runner before it (see UpdateGateLocked). Barging avoids
+// a convoy (every runner reserved for a thread that first has to be woken);
+// the window bounds how unfair it can get.
+constexpr auto kBargeWindow = std::chrono::microseconds(500);
+
 uint64_t Mask(size_t runners) {
   return runners >= 64 ? ~uint64_t{0} : (uint64_t{1} << runners) - 1;
 }
@@ -83,7 +89,16 @@ bool RunnerPool::TryTakeFast(size_t* runner) {
 }
 
 void RunnerPool::UpdateGateLocked() {
-  gate_closed_.store(paused_ || stopping_ || !queue_.empty());
+  waiting_.store(queue_.size());
+  bool closed = paused_ || stopping_;
+  if (!closed && !queue_.empty()) {
+    const Waiter* head = queue_.front();
+    // Arrivals may take a free runner past a synchronous head for a short
+    // while; never past an async one (pool workers are awake) or a head that
+    // has waited out its window.
+    closed = head->cv == nullptr || Clock::now() - head->enqueued >= kBargeWindow;
+  }
+  gate_closed_.store(closed);
 }
 
 void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
@@ -97,6 +112,15 @@ void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
       ++expired_;
       if (w->cv) w->cv->notify_one(); else finished.push_back(w);
       continue;
+    }
+    if (w->cv && now - w->enqueued < kBargeWindow) {
+      // Within its barging window a synchronous head is woken to compete for
+      // a free runner instead of having one reserved while it wakes up.
+      if (free_mask_.load() != 0 && !w->poked) {
+        w->poked = true;
+        w->cv->notify_one();
+      }
+      break;
     }
     if (!TakeRunner(&w->runner)) break;
     queue_.pop_front();
@@ -149,7 +173,7 @@ void RunnerPool::ReleaseRunner(size_t runner, const RequestTiming* timing, bool 
     add(ok ? st.completed : st.failed, 1);
   }
   free_mask_.fetch_or(uint64_t{1} << runner);
-  if (!gate_closed_.load()) return;  // nobody waits for it
+  if (!gate_closed_.load() && waiting_.load() == 0) return;  // nobody waits for it
   std::vector<Waiter*> finished;
   {
     std::lock_guard lock(mu_);
@@ -187,15 +211,26 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
       w.enqueued = start;
       w.cv = &cv.emplace();
       queue_.push_back(&w);
-      gate_closed_.store(true);
+      waiting_.store(queue_.size());  // before DispatchLocked reads free_mask_
       if (deadline < reaper_wake_) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
       }
-      // A runner may have been freed before the gate closed: claim it now.
+      // A runner may have been freed meanwhile: DispatchLocked wakes (pokes)
+      // or grants this waiter at once.
       std::vector<Waiter*> finished;
       DispatchLocked(finished);
-      cv->wait(lock, [&] { return w.state != WaiterState::kQueued; });
+      for (;;) {
+        cv->wait(lock, [&] { return w.state != WaiterState::kQueued || w.poked; });
+        if (w.state != WaiterState::kQueued) break;
+        w.poked = false;
+        if (!paused_ && queue_.front() == &w && TakeRunner(&w.runner)) {
+          queue_.pop_front();
+          w.state = WaiterState::kGranted;
+          DispatchLocked(finished);  // wake the next head if runners are left
+          break;
+        }
+      }
       lock.unlock();
       Finish(finished);
       if (w.state == WaiterState::kFinished) return w.result;
@@ -240,7 +275,8 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
       finished.push_back(w);
     } else {
       queue_.push_back(w);
-      gate_closed_.store(true);
+      waiting_.store(queue_.size());
+      gate_closed_.store(true);  // an async head closes the gate (UpdateGateLocked)
       if (deadline < reaper_wake_) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
@@ -308,6 +344,7 @@ void RunnerPool::Shutdown() {
       if (w->cv) w->cv->notify_one(); else finished.push_back(w);
     }
     queue_.clear();
+    waiting_.store(0);
     reaper_cv_.notify_all();
   }
   Finish(finished);

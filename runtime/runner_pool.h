@@ -81,8 +81,11 @@ class RunnerPool {
   RunnerPool(const RunnerPool&) = delete;
   RunnerPool& operator=(const RunnerPool&) = delete;
 
-  // Runs `work` on the calling thread once a runner is free, in FIFO order
-  // with every other request. Blocks. Returns RESOURCE_EXHAUSTED when the
+  // Runs `work` on the calling thread once a runner is free. Blocks. Waiters
+  // are served in FIFO order, except that a caller arriving while the
+  // synchronous waiter at the head is less than 0.5 ms into its wait may take
+  // a free runner first (it is woken to compete; past 0.5 ms runners are
+  // handed to waiters strictly in order). Returns RESOURCE_EXHAUSTED when the
   // queue is full, DEADLINE_EXCEEDED when the deadline passes while waiting,
   // UNAVAILABLE after Shutdown, otherwise what `work` returned.
   Status Run(const Work& work, Deadline deadline = kNoDeadline,
@@ -118,6 +121,7 @@ class RunnerPool {
     Clock::time_point enqueued;
     WaiterState state = WaiterState::kQueued;
     size_t runner = 0;                      // valid once granted
+    bool poked = false;                     // sync: woken to try for a free runner
     Status result;                          // set when it leaves the queue unserved
     std::condition_variable* cv = nullptr;  // sync waiters only
     Work work;                              // async waiters only
@@ -132,7 +136,8 @@ class RunnerPool {
   bool TryTakeFast(size_t* runner);
   // Takes any free runner slot (CAS on free_mask_); false if none.
   bool TakeRunner(size_t* runner);
-  // Hands free runners to queued requests in FIFO order; recomputes the gate.
+  // Hands free runners to queued requests in FIFO order (or wakes a
+  // synchronous head to compete for one); recomputes the gate.
   void DispatchLocked(std::vector<Waiter*>& finished);
   void UpdateGateLocked();
   // Removes queued requests whose deadline passed.
@@ -150,14 +155,21 @@ class RunnerPool {
   const uint64_t all_free_;  // free_mask_ with every runner free
 
   // Admission state shared with the lock-free fast path. Invariant: a
-  // request holds runner i iff bit i of free_mask_ is clear. gate_closed_ is
-  // written only under mu_ and is true whenever paused_, stopping_ or a
-  // queued request exists; then every admission goes through mu_ (FIFO).
+  // request holds runner i iff bit i of free_mask_ is clear. gate_closed_ and
+  // waiting_ (= queue_.size()) are written only under mu_. The gate is closed
+  // while paused_ or stopping_, and while a request waits at the head of the
+  // queue that arrivals must not pass: an async one, or a synchronous one
+  // that has waited longer than the barging window (then runners are handed
+  // to waiters in FIFO order). Within the window arrivals may take a free
+  // runner first and the head is woken to compete; this avoids a convoy of
+  // reserved-but-idle runners when callers outnumber them.
   // All accesses are seq_cst: a fast-path taker re-checks the gate after its
-  // CAS and a releaser checks it after setting its bit, so neither a pause
+  // CAS, a releaser checks gate and waiting_ after setting its bit, and a new
+  // waiter publishes waiting_ before it reads free_mask_, so neither a pause
   // nor a queued waiter can miss a runner that is taken or freed.
   std::atomic<uint64_t> free_mask_;
   std::atomic<bool> gate_closed_{false};
+  std::atomic<size_t> waiting_{0};
   std::atomic<uint64_t> max_in_flight_{0};
   std::unique_ptr<SlotStats[]> slot_stats_;
 
