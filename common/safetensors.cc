@@ -117,7 +117,9 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t s
         if (d < 0) return InvalidArgument("tensor '" + name + "': negative dim");
       }
       t.nbytes = end - begin;
-      if (t.nbytes != static_cast<size_t>(NumElements(t.shape)) * DTypeSize(t.dtype)) {
+      auto expected = ByteSize(t.shape, t.dtype);
+      if (!expected.ok()) return expected.status().WithPrefix("tensor '" + name + "'");
+      if (t.nbytes != *expected) {
         return InvalidArgument("tensor '" + name + "': " + std::to_string(t.nbytes) +
                                " bytes do not match shape " + ShapeToString(t.shape) + " of " +
                                code);

@@ -130,6 +130,17 @@ int Signature::OutputIndex(std::string_view name) const {
   return -1;
 }
 
+StatusOr<uint64_t> ByteSize(const Shape& shape, DType dtype) {
+  int64_t bytes = static_cast<int64_t>(DTypeSize(dtype));
+  for (int64_t d : shape) {
+    if (d < 0) return InvalidArgument("negative dim in shape " + ShapeToString(shape));
+    if (__builtin_mul_overflow(bytes, d, &bytes)) {
+      return InvalidArgument("shape " + ShapeToString(shape) + " is too large");
+    }
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
 Tensor Tensor::Copy(std::string name, DType dtype, Shape shape,
                     const void* bytes, size_t nbytes) {
   std::vector<std::byte> buf(nbytes);
@@ -159,7 +170,9 @@ Status ValidateAgainstSpec(const Tensor& t, const TensorSpec& spec) {
                              ", got " + ShapeToString(t.shape));
     }
   }
-  const size_t expected = static_cast<size_t>(NumElements(t.shape)) * DTypeSize(t.dtype);
+  auto size = ByteSize(t.shape, t.dtype);
+  if (!size.ok()) return size.status().WithPrefix(who);
+  const size_t expected = *size;
   if (t.nbytes != expected) {
     return InvalidArgument(who + ": shape " + ShapeToString(t.shape) + " of " +
                            std::string(DTypeName(t.dtype)) + " needs " +

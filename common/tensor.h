@@ -40,8 +40,12 @@ std::optional<DType> DTypeFromName(std::string_view name);
 
 using Shape = std::vector<int64_t>;
 std::string ShapeToString(const Shape& shape);
-// Product of dims. REQUIRES: all dims >= 0.
+// Product of dims. REQUIRES: all dims >= 0 and no overflow (see ByteSize).
 int64_t NumElements(const Shape& shape);
+// Bytes of a dense tensor of `shape` and `dtype`; INVALID_ARGUMENT for a
+// negative dim or a size that does not fit in 63 bits (client-supplied
+// shapes must go through this before anything is sized from them).
+StatusOr<uint64_t> ByteSize(const Shape& shape, DType dtype);
 
 // One named input or output of a model. Dims of -1 are dynamic.
 struct TensorSpec {

@@ -104,11 +104,9 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
         if (!dtype.ok()) return dtype.status().WithPrefix("tensor '" + entry.name() + "'");
         spec.dtype = *dtype;
         spec.shape.assign(entry.shape().begin(), entry.shape().end());
-        for (int64_t d : spec.shape) {
-          if (d < 0) return InvalidArgument("tensor '" + entry.name() + "': negative dim");
-        }
-        const uint64_t expected = static_cast<uint64_t>(NumElements(spec.shape)) *
-                                  DTypeSize(spec.dtype);
+        auto size = ByteSize(spec.shape, spec.dtype);
+        if (!size.ok()) return size.status().WithPrefix("tensor '" + entry.name() + "'");
+        const uint64_t expected = *size;
         if (entry.byte_size() != expected) {
           return InvalidArgument("tensor '" + entry.name() + "': byte_size " +
                                  std::to_string(entry.byte_size()) + " does not match shape " +

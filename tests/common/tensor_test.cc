@@ -53,6 +53,15 @@ TEST_CASE("ValidateAgainstSpec names the tensor and the problem", "[tensor]") {
   t.nbytes = 31;
   CHECK_THAT(ValidateAgainstSpec(t, spec).message(), Catch::Contains("needs 32 bytes, got 31"));
   t.nbytes = 32;
+  // A shape whose byte size overflows is refused, whatever nbytes says
+  // (2^62 * 4 * 4 bytes wraps to 0).
+  TensorSpec dynamic{"x", DType::kFloat32, {-1, -1}};
+  Tensor huge = t;
+  huge.shape = {int64_t{1} << 62, 4};
+  huge.nbytes = 0;
+  CHECK_THAT(ValidateAgainstSpec(huge, dynamic).message(), Catch::Contains("too large"));
+  CHECK(ByteSize({2, 3}, DType::kInt64).value() == 48);
+  CHECK(ByteSize({}, DType::kFloat16).value() == 2);
   t.dtype = DType::kInt32;
   CHECK_THAT(ValidateAgainstSpec(t, spec).message(),
              Catch::Contains("expected dtype float32, got int32"));
