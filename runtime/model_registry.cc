@@ -184,6 +184,8 @@ StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name) const {
   return ModelHandle(entry, entry->model);
 }
 
+bool ModelRegistry::Contains(const std::string& name) const { return Find(name) != nullptr; }
+
 StatusOr<ModelStatus> ModelRegistry::GetStatus(const std::string& name) const {
   auto entry = Find(name);
   if (!entry) return NotFound("model '" + name + "' is not loaded");

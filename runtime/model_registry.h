@@ -92,6 +92,8 @@ class ModelRegistry {
   StatusOr<ModelHandle> Get(const std::string& name) const;
 
   StatusOr<ModelStatus> GetStatus(const std::string& name) const;
+  // Whether a model of that name is listed (in any state); no copies.
+  bool Contains(const std::string& name) const;
   std::vector<ModelStatus> List() const;  // sorted by name
   // True when every model is READY (and there is at least one).
   bool AllReady() const;

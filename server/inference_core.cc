@@ -41,15 +41,17 @@ InferenceCore::InferenceCore(ModelRegistry& registry, Metrics& metrics, StatsTab
       access_log_(access_log),
       access_logger_(Logger("access")) {}
 
-std::string InferenceCore::MetricLabel(const std::string& model) const {
-  return registry_.GetStatus(model).ok() ? model : std::string(kUnknownModelLabel);
+std::string InferenceCore::MetricLabel(const std::string& model, ModelStats* stats) const {
+  // A request that reached a model (stats given) needs no registry lookup.
+  if (stats || registry_.Contains(model)) return model;
+  return std::string(kUnknownModelLabel);
 }
 
 void InferenceCore::Record(Protocol protocol, const std::string& model, const std::string& id,
                            const Status& status, const RequestTiming& timing,
                            Clock::time_point received, ModelStats* stats) {
   const auto total = Clock::now() - received;
-  metrics_.RecordRequest(MetricLabel(model), protocol, status.code(), timing, total);
+  metrics_.RecordRequest(MetricLabel(model, stats), protocol, status.code(), timing, total);
   if (stats && !status.ok()) stats->RecordFailure(total);
   if (access_log_) {
     access_logger_->info("{} model={} id={} code={} total_us={} queue_us={} compute_us={}{}{}",

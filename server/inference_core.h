@@ -73,7 +73,7 @@ class InferenceCore {
               ModelStats* stats);
   // The model label for metrics: names the registry does not know share one
   // label, so arbitrary client input cannot create unbounded series.
-  std::string MetricLabel(const std::string& model) const;
+  std::string MetricLabel(const std::string& model, ModelStats* stats) const;
 
   ModelRegistry& registry_;
   Metrics& metrics_;
