@@ -101,7 +101,7 @@ void RunnerPool::UpdateGateLocked() {
   gate_closed_.store(closed);
 }
 
-void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
+void RunnerPool::DispatchLocked(AfterUnlock& after) {
   const auto now = Clock::now();
   while (!paused_ && !queue_.empty()) {
     Waiter* w = queue_.front();
@@ -110,7 +110,7 @@ void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
       w->state = WaiterState::kFinished;
       w->result = DeadlineExceeded("deadline exceeded while queued for a runner");
       ++expired_;
-      if (w->cv) w->cv->notify_one(); else finished.push_back(w);
+      if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
       continue;
     }
     if (w->cv && now - w->enqueued < kBargeWindow) {
@@ -130,13 +130,13 @@ void RunnerPool::DispatchLocked(std::vector<Waiter*>& finished) {
       w->cv->notify_one();
     } else {
       ready_.push_back(w);
-      worker_cv_.notify_one();
+      ++after.granted_async;
     }
   }
   UpdateGateLocked();
 }
 
-void RunnerPool::ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finished) {
+void RunnerPool::ExpireLocked(Clock::time_point now, AfterUnlock& after) {
   for (auto it = queue_.begin(); it != queue_.end();) {
     Waiter* w = *it;
     if (w->deadline > now) {
@@ -147,13 +147,14 @@ void RunnerPool::ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finis
     w->state = WaiterState::kFinished;
     w->result = DeadlineExceeded("deadline exceeded while queued for a runner");
     ++expired_;
-    if (w->cv) w->cv->notify_one(); else finished.push_back(w);
+    if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
   }
   UpdateGateLocked();
 }
 
-void RunnerPool::Finish(const std::vector<Waiter*>& finished) {
-  for (Waiter* w : finished) {
+void RunnerPool::Complete(AfterUnlock& after) {
+  for (size_t i = 0; i < after.granted_async; ++i) worker_cv_.notify_one();
+  for (Waiter* w : after.finished) {
     RequestTiming timing;
     timing.queue = Clock::now() - w->enqueued;
     if (w->done) w->done(w->result, timing);
@@ -174,13 +175,13 @@ void RunnerPool::ReleaseRunner(size_t runner, const RequestTiming* timing, bool 
   }
   free_mask_.fetch_or(uint64_t{1} << runner);
   if (!gate_closed_.load() && waiting_.load() == 0) return;  // nobody waits for it
-  std::vector<Waiter*> finished;
+  AfterUnlock after;
   {
     std::lock_guard lock(mu_);
-    DispatchLocked(finished);
+    DispatchLocked(after);
     if ((paused_ || stopping_) && free_mask_.load() == all_free_) idle_cv_.notify_all();
   }
-  Finish(finished);
+  Complete(after);
 }
 
 Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timing) {
@@ -218,8 +219,8 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
       }
       // A runner may have been freed meanwhile: DispatchLocked wakes (pokes)
       // or grants this waiter at once.
-      std::vector<Waiter*> finished;
-      DispatchLocked(finished);
+      AfterUnlock after;
+      DispatchLocked(after);
       for (;;) {
         cv->wait(lock, [&] { return w.state != WaiterState::kQueued || w.poked; });
         if (w.state != WaiterState::kQueued) break;
@@ -227,12 +228,12 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
         if (!paused_ && queue_.front() == &w && TakeRunner(&w.runner)) {
           queue_.pop_front();
           w.state = WaiterState::kGranted;
-          DispatchLocked(finished);  // wake the next head if runners are left
+          DispatchLocked(after);  // wake the next head if runners are left
           break;
         }
       }
       lock.unlock();
-      Finish(finished);
+      Complete(after);
       if (w.state == WaiterState::kFinished) return w.result;
       runner = w.runner;
     }
@@ -251,28 +252,28 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
   w->enqueued = Clock::now();
   w->work = std::move(work);
   w->done = std::move(done);
-  std::vector<Waiter*> finished;
+  AfterUnlock after;
+  Ticket ticket = 0;
   {
     std::lock_guard lock(mu_);
-    w->ticket = next_ticket_++;
+    w->ticket = ticket = next_ticket_++;
     if (stopping_) {
       ++rejected_;
       w->result = Unavailable("runner pool is shutting down");
-      finished.push_back(w);
+      after.finished.push_back(w);
     } else if (!paused_ && queue_.empty() && TakeRunner(&w->runner)) {
       w->state = WaiterState::kGranted;
-      ready_.push_back(w);
-      worker_cv_.notify_one();
-      return w->ticket;
+      ready_.push_back(w);  // a worker may run and delete it once mu_ is released
+      ++after.granted_async;
     } else if (deadline <= w->enqueued) {
       ++expired_;
       w->result = DeadlineExceeded("deadline exceeded before a runner was free");
-      finished.push_back(w);
+      after.finished.push_back(w);
     } else if (queue_.size() >= options_.max_queue_size) {
       ++rejected_;
       w->result = ResourceExhausted("request queue is full (" +
                                     std::to_string(options_.max_queue_size) + " waiting)");
-      finished.push_back(w);
+      after.finished.push_back(w);
     } else {
       queue_.push_back(w);
       waiting_.store(queue_.size());
@@ -281,11 +282,10 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
         reaper_wake_ = deadline;
         reaper_cv_.notify_one();
       }
-      DispatchLocked(finished);  // a runner may have been freed before the gate closed
+      DispatchLocked(after);  // a runner may have been freed before the gate closed
     }
   }
-  const Ticket ticket = w->ticket;
-  Finish(finished);
+  Complete(after);
   return ticket;
 }
 
@@ -306,7 +306,9 @@ bool RunnerPool::Cancel(Ticket ticket) {
     ++cancelled_;
     UpdateGateLocked();
   }
-  Finish({found});
+  AfterUnlock after;
+  after.finished.push_back(found);
+  Complete(after);
   return true;
 }
 
@@ -320,18 +322,18 @@ Status RunnerPool::RunExclusive(const std::function<Status()>& fn) {
     idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
   }
   Status result = RunGuarded(fn);
-  std::vector<Waiter*> finished;
+  AfterUnlock after;
   {
     std::lock_guard lock(mu_);
     paused_ = false;
-    DispatchLocked(finished);
+    DispatchLocked(after);
   }
-  Finish(finished);
+  Complete(after);
   return result;
 }
 
 void RunnerPool::Shutdown() {
-  std::vector<Waiter*> finished;
+  AfterUnlock after;
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;
@@ -341,13 +343,13 @@ void RunnerPool::Shutdown() {
       w->state = WaiterState::kFinished;
       w->result = Unavailable("runner pool is shutting down");
       ++rejected_;
-      if (w->cv) w->cv->notify_one(); else finished.push_back(w);
+      if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
     }
     queue_.clear();
     waiting_.store(0);
     reaper_cv_.notify_all();
   }
-  Finish(finished);
+  Complete(after);
   std::unique_lock lock(mu_);
   idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
   worker_cv_.notify_all();
@@ -395,11 +397,11 @@ void RunnerPool::WorkerLoop() {
 void RunnerPool::ReaperLoop() {
   std::unique_lock lock(mu_);
   while (!stopping_) {
-    std::vector<Waiter*> finished;
-    ExpireLocked(Clock::now(), finished);
-    if (!finished.empty()) {
+    AfterUnlock after;
+    ExpireLocked(Clock::now(), after);
+    if (!after.finished.empty()) {
       lock.unlock();
-      Finish(finished);
+      Complete(after);
       lock.lock();
       continue;
     }

@@ -134,20 +134,30 @@ class RunnerPool {
 
   // Lock-free admission: takes a free runner if the gate is open.
   bool TryTakeFast(size_t* runner);
+  // What a section under mu_ leaves to do once mu_ is released: waking a
+  // pool worker under the lock would only make it block on mu_ right away (a
+  // second context switch per request), and `done` callbacks must not run
+  // under it.
+  struct AfterUnlock {
+    size_t granted_async = 0;      // entries pushed onto ready_
+    std::vector<Waiter*> finished;  // left the queue unserved (async)
+  };
+
   // Takes any free runner slot (CAS on free_mask_); false if none.
   bool TakeRunner(size_t* runner);
   // Hands free runners to queued requests in FIFO order (or wakes a
   // synchronous head to compete for one); recomputes the gate.
-  void DispatchLocked(std::vector<Waiter*>& finished);
+  void DispatchLocked(AfterUnlock& after);
   void UpdateGateLocked();
   // Removes queued requests whose deadline passed.
-  void ExpireLocked(Clock::time_point now, std::vector<Waiter*>& finished);
+  void ExpireLocked(Clock::time_point now, AfterUnlock& after);
   // Frees `runner`; records the request's counters when `timing` is given
   // (null: a runner taken and handed back without running anything).
   void ReleaseRunner(size_t runner, const RequestTiming* timing, bool ok);
   size_t InFlight() const;
-  // Calls `done` of requests that left the queue unserved; outside the lock.
-  void Finish(const std::vector<Waiter*>& finished);
+  // Wakes the workers for granted async requests, then calls `done` of the
+  // requests that left the queue unserved. REQUIRES: mu_ not held.
+  void Complete(AfterUnlock& after);
   void WorkerLoop();
   void ReaperLoop();
 
