@@ -180,19 +180,25 @@ BenchCall NativeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
   };
 }
 
+inference::ModelInferRequest MakeKServeRequest(const Options& o,
+                                               const std::vector<Input>& inputs) {
+  inference::ModelInferRequest request;
+  request.set_model_name(o.model);
+  for (const Input& in : inputs) {
+    auto* t = request.add_inputs();
+    t->set_name(in.spec.name);
+    t->set_datatype(std::string(server::KServeDatatype(in.spec.dtype)));
+    for (int64_t d : in.spec.shape) t->add_shape(d);
+    request.add_raw_input_contents(in.data.data(), in.data.size());
+  }
+  return request;
+}
+
 BenchCall KServeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
                      const std::vector<Input>& inputs) {
   auto stub = std::shared_ptr<inference::GRPCInferenceService::Stub>(
       inference::GRPCInferenceService::NewStub(channel));
-  auto request = std::make_shared<inference::ModelInferRequest>();
-  request->set_model_name(o.model);
-  for (const Input& in : inputs) {
-    auto* t = request->add_inputs();
-    t->set_name(in.spec.name);
-    t->set_datatype(std::string(server::KServeDatatype(in.spec.dtype)));
-    for (int64_t d : in.spec.shape) t->add_shape(d);
-    request->add_raw_input_contents(in.data.data(), in.data.size());
-  }
+  auto request = std::make_shared<inference::ModelInferRequest>(MakeKServeRequest(o, inputs));
   const int timeout_ms = o.timeout_ms;
   return [stub, request, timeout_ms](std::string* error) {
     grpc::ClientContext ctx;
@@ -204,6 +210,57 @@ BenchCall KServeCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
       return false;
     }
     if (response.raw_output_contents_size() == 0) {
+      *error = "response without raw_output_contents";
+      return false;
+    }
+    return true;
+  };
+}
+
+// KServe ModelStreamInfer: one bidirectional stream per bench stream, opened
+// on first use and kept for the whole run; each call writes one request and
+// reads its response (closed loop, like perf_analyzer --streaming with one
+// request in flight). The stream is half-closed and finished when the last
+// copy of the call is destroyed.
+BenchCall KServeStreamCall(std::shared_ptr<grpc::Channel> channel, const Options& o,
+                           const std::vector<Input>& inputs) {
+  struct Stream {
+    std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<inference::ModelInferRequest,
+                                             inference::ModelStreamInferResponse>>
+        rw;
+    inference::ModelInferRequest request;
+    ~Stream() {
+      if (!rw) return;
+      rw->WritesDone();
+      inference::ModelStreamInferResponse drain;
+      while (rw->Read(&drain)) {
+      }
+      rw->Finish();
+    }
+  };
+  auto stream = std::make_shared<Stream>();
+  stream->stub = inference::GRPCInferenceService::NewStub(channel);
+  stream->request = MakeKServeRequest(o, inputs);
+  return [stream](std::string* error) {
+    if (!stream->rw) stream->rw = stream->stub->ModelStreamInfer(&stream->ctx);
+    if (!stream->rw->Write(stream->request)) {
+      *error = "stream closed by the server: " + GrpcError(stream->rw->Finish());
+      stream->rw.reset();
+      return false;
+    }
+    inference::ModelStreamInferResponse response;
+    if (!stream->rw->Read(&response)) {
+      *error = "stream ended without a response: " + GrpcError(stream->rw->Finish());
+      stream->rw.reset();
+      return false;
+    }
+    if (!response.error_message().empty()) {
+      *error = response.error_message();
+      return false;
+    }
+    if (response.infer_response().raw_output_contents_size() == 0) {
       *error = "response without raw_output_contents";
       return false;
     }
@@ -232,9 +289,10 @@ int Main(int argc, char** argv) {
   CLI::App app{"grpc_bench: closed-loop gRPC load generator for pt2serve"};
   app.add_option("--address", o.address, "Inference address host:port")->capture_default_str();
   app.add_option("--protocol", o.protocol,
-                 "native (pt2serve.v1 Run), kserve (ModelInfer) or live (ServerLive: the "
-                 "gRPC floor, no model work)")
-      ->check(CLI::IsMember({"native", "kserve", "live"}))
+                 "native (pt2serve.v1 Run), kserve (ModelInfer), kserve-stream "
+                 "(ModelStreamInfer, one open stream per bench stream) or live (ServerLive: "
+                 "the gRPC floor, no model work)")
+      ->check(CLI::IsMember({"native", "kserve", "kserve-stream", "live"}))
       ->capture_default_str();
   app.add_option("--model", o.model, "Model name")->capture_default_str();
   app.add_option("--input", o.inputs,
@@ -308,6 +366,7 @@ int Main(int argc, char** argv) {
     DriverResult r = RunClosedLoop(d, [&](int i) -> BenchCall {
       auto& channel = channels[i % nchannels];
       if (o.protocol == "live") return LiveCall(channel, o);
+      if (o.protocol == "kserve-stream") return KServeStreamCall(channel, o, inputs);
       return o.protocol == "native" ? NativeCall(channel, o, inputs)
                                     : KServeCall(channel, o, inputs);
     });
