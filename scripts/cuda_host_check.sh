@@ -7,6 +7,8 @@
 #   scripts/cuda_host_check.sh test    # ctest, cuda_test, pytest (builds first if needed)
 #   scripts/cuda_host_check.sh bench   # tools/bench/run_benchmarks.sh on the CUDA packages
 #   scripts/cuda_host_check.sh all
+#   scripts/cuda_host_check.sh latency   # 1-stream latency and its floors, CPU and CUDA mlp
+#   scripts/cuda_host_check.sh quick-latency  # build, ctest + cuda_test, latency (< 10 min)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -132,6 +134,24 @@ do_bench() {
   return $rc
 }
 
+do_latency() {
+  [[ -x $BUILD/server/pt2serve ]] || do_build || return 1
+  model_dirs
+  local rc=0 dir name
+  mkdir -p /tmp/pt2serve-bench
+  for dir in "$CPU_DIR" "$CUDA_DIR"; do
+    name=latency-$([[ $dir == *-cuda ]] && echo cuda || echo cpu)
+    log "latency and floors on $dir"
+    timeout 200 tools/bench/run_benchmarks.sh "/tmp/pt2serve-bench/$name.md" "$dir" \
+      --build-dir "$BUILD" --skip-pool --skip-swap --skip-upload --streams 1,4 --seconds 2 \
+      --load-swaps 2 >"$LOGS/$name.log" 2>&1 || rc=1
+    cp "/tmp/pt2serve-bench/$name.md" "$OUT/" 2>/dev/null
+    grep -E "^\| (in-process|native|kserve|live|kserve-stream|tcp echo|unix echo|pipe echo|3) " \
+      "/tmp/pt2serve-bench/$name.md" | tee -a "$OUT/steps.log"
+  done
+  return $rc
+}
+
 rc=0
 case $STAGE in
   build) do_build || rc=1 ;;
@@ -145,7 +165,14 @@ case $STAGE in
       do_bench || rc=1
       PYTEST_ONLY=1 do_test || rc=1
     fi ;;
-  *) echo "usage: $0 build|test|bench|all|quick-all|fetch" >&2; exit 2 ;;
+  latency) do_latency || rc=1 ;;
+  quick-latency)
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      SKIP_PYTEST=1 do_test || rc=1
+      do_latency || rc=1
+    fi ;;
+  *) echo "usage: $0 build|test|bench|all|quick-all|latency|quick-latency|fetch" >&2; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc

@@ -6,9 +6,11 @@ run_benchmarks.sh. Standard library only (runs on any host with python3).
       gRPC vs in-process per stream count (rows matched by streams).
   bench_report.py swap-under-load UPLOAD.jsonl GRPC.jsonl
       daemon hot-swaps while grpc_bench ran (swap times, client latency).
-  bench_report.py targets POOL_BENCH.md INPROC.jsonl NATIVE.jsonl KSERVE.jsonl SWAP.jsonl [LOAD.jsonl]
+  bench_report.py targets POOL_BENCH.md INPROC.jsonl NATIVE.jsonl KSERVE.jsonl SWAP.jsonl \
+          [LOAD.jsonl [FLOOR.jsonl]]
       the issue targets, each with the measured value and MET / NOT MET (issue 2 from
-      pool_bench's Markdown output; LOAD = upload_bench rows of swaps under gRPC load).
+      pool_bench's Markdown output; LOAD = upload_bench rows of swaps under gRPC load;
+      FLOOR = loopback_bench rows, quoted next to the gRPC latency target).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def verdict(ok: bool | None) -> str:
 
 
 def targets(pool_path: str, inproc_path: str, native_path: str, kserve_path: str, swap_path: str,
-            load_path: str | None = None) -> None:
+            load_path: str | None = None, floor_path: str | None = None) -> None:
     inproc, native, kserve = (by_streams(load(p)) for p in (inproc_path, native_path, kserve_path))
     swaps = load(swap_path)
     print("| issue | target | measured here | verdict |")
@@ -130,8 +132,13 @@ def targets(pool_path: str, inproc_path: str, native_path: str, kserve_path: str
         dn = n1["p50_us"] - i1["p50_us"]
         dk = k1["p50_us"] - i1["p50_us"] if k1 else None
         ok = dn <= 50 and (dk is None or dk <= 50)
+        # The loopback TCP echo (loopback_bench) bounds any RPC on this host.
+        tcp = next((r for r in (load(floor_path) if floor_path else [])
+                    if r["protocol"] == "tcp echo" and r["streams"] == 1), None)
+        floor = (f"; a bare loopback TCP echo alone takes {tcp['p50_us']:.1f} us "
+                 f"(in-process {tcp['p50_us'] - i1['p50_us']:+.1f} us)") if tcp else ""
         print(f"| 3 | gRPC p50 <= in-process p50 + 50 us (1 stream, batch 1, loopback) "
-              f"| native {dn:+.1f} us, kserve {'-' if dk is None else f'{dk:+.1f}'} us "
+              f"| native {dn:+.1f} us, kserve {'-' if dk is None else f'{dk:+.1f}'} us{floor} "
               f"| {verdict(ok)} |")
     # Issue 5: gRPC throughput >= 80% of in-process at 16 clients.
     i16, n16, k16 = inproc.get(16), native.get(16), kserve.get(16)
@@ -177,7 +184,7 @@ def main(argv: list[str]) -> int:
         side_by_side(*args)
     elif cmd == "swap-under-load" and len(args) == 2:
         swap_under_load(*args)
-    elif cmd == "targets" and len(args) in (5, 6):
+    elif cmd == "targets" and len(args) in (5, 6, 7):
         targets(*args)
     else:
         print(__doc__, file=sys.stderr)

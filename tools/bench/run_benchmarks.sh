@@ -91,9 +91,9 @@ DAEMON=$BUILD_DIR/server/pt2serve
 PT2CTL=$BUILD_DIR/tools/pt2ctl/pt2ctl
 REPORT="python3 $REPO/tools/bench/bench_report.py"
 for exe in "$BENCH/pool_bench" "$BENCH/inproc_bench" "$BENCH/grpc_bench" "$BENCH/upload_bench" \
-           "$BENCH/swap_bench" "$DAEMON"; do
+           "$BENCH/swap_bench" "$BENCH/loopback_bench" "$DAEMON"; do
   [[ -x $exe ]] || { echo "run_benchmarks.sh: $exe not built (ninja -C $BUILD_DIR grpc_bench" \
-                          "inproc_bench swap_bench upload_bench pool_bench pt2serve)" >&2; exit 2; }
+                          "inproc_bench swap_bench upload_bench pool_bench loopback_bench pt2serve)" >&2; exit 2; }
 done
 [[ -f $MODEL_DIR/mlp.pt2 ]] || { echo "run_benchmarks.sh: no mlp.pt2 in $MODEL_DIR" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "run_benchmarks.sh: needs python3" >&2; exit 2; }
@@ -205,6 +205,7 @@ fi
 
 # -------------------------------------------------- gRPC vs in-process
 INPROC=$DATA/inproc.jsonl NATIVE=$DATA/native.jsonl KSERVE=$DATA/kserve.jsonl LOADSWAP=$DATA/load_swaps.jsonl
+FLOOR=$DATA/floor.jsonl
 if [[ $SKIP_GRPC == 0 ]]; then
   log "inproc_bench"
   inproc_dev=()
@@ -220,9 +221,13 @@ if [[ $SKIP_GRPC == 0 ]]; then
   "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol kserve --model mlp --streams "$STREAMS" \
     --seconds "$SECS" --warmup "$WARMUP" --json "$KSERVE" > "$DATA/kserve.md" || log "kserve: failures (see table)"
 
-  log "grpc_bench live (the gRPC floor: ServerLive, no model work)"
-  "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol live --streams 1 \
-    --seconds "$SECS" --warmup "$WARMUP" > "$DATA/live.md" || log "live: failures"
+  log "latency floors: loopback echo, gRPC ServerLive, ModelStreamInfer (1 stream)"
+  "$BENCH/loopback_bench" --transport pipe,unix,tcp --streams 1 --seconds "$SECS" \
+    --warmup "$WARMUP" --json "$FLOOR" > "$DATA/floor.md" || log "loopback_bench: failures"
+  "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol live --streams 1 --no-header \
+    --seconds "$SECS" --warmup "$WARMUP" >> "$DATA/floor.md" || log "live: failures"
+  "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol kserve-stream --model mlp --streams 1 \
+    --no-header --seconds "$SECS" --warmup "$WARMUP" >> "$DATA/floor.md" || log "kserve-stream: failures"
 
   out "## gRPC vs in-process (mlp, batch 1, $RUNNERS runners, loopback)"
   out ""
@@ -241,10 +246,12 @@ if [[ $SKIP_GRPC == 0 ]]; then
   out ""
   out "</details>"
   out ""
-  out "The gRPC floor on this host: an empty KServe ServerLive round trip with the same client"
-  out "(no model, answered on the RPC thread), 1 stream:"
+  out "Latency floors on this host, 1 stream: a 64-byte echo between two threads over a pipe, a"
+  out "Unix socket and loopback TCP (loopback_bench: two wake-ups and the kernel path, no RPC"
+  out "stack), an empty KServe ServerLive call with the same gRPC client (no model work), and mlp"
+  out "over one open ModelStreamInfer stream (no per-call HTTP/2 stream set-up):"
   out ""
-  record cat "$DATA/live.md"
+  record cat "$DATA/floor.md"
   out ""
 
   # Hot-swaps through the admin API while 16 gRPC streams run (issue 5).
@@ -389,7 +396,8 @@ fi
 # --------------------------------------------------------------- targets
 out "## Targets"
 out ""
-record $REPORT targets "$DATA/pool_bench.md" "$INPROC" "$NATIVE" "$KSERVE" "$SWAPJSON" "$LOADSWAP"
+record $REPORT targets "$DATA/pool_bench.md" "$INPROC" "$NATIVE" "$KSERVE" "$SWAPJSON" "$LOADSWAP" \
+  "$FLOOR"
 out ""
 out "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "results written to $RESULTS (raw data in $DATA)"
