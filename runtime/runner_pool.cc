@@ -4,6 +4,11 @@
 #include <bit>
 #include <exception>
 #include <optional>
+#include <string>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
 
 namespace pt2serve {
 namespace {
@@ -16,6 +21,15 @@ Status RunGuarded(const std::function<Status()>& work) {
   } catch (...) {
     return Internal("uncaught non-standard exception in request");
   }
+}
+
+// Names the calling thread (shown by top -H, perf, gdb); Linux only.
+void NameThisThread(const std::string& name) {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+#else
+  (void)name;
+#endif
 }
 
 uint64_t Nanos(std::chrono::nanoseconds d) { return static_cast<uint64_t>(d.count()); }
@@ -41,10 +55,12 @@ RunnerPool::RunnerPool(RunnerPoolOptions options)
     : options_(Normalized(options)),
       all_free_(Mask(options_.num_runners)),
       free_mask_(all_free_),
-      slot_stats_(new SlotStats[options_.num_runners]) {
+      slot_stats_(new SlotStats[options_.num_runners]),
+      worker_slots_(new WorkerSlot[options_.num_runners]) {
+  idle_workers_.reserve(options_.num_runners);
   workers_.reserve(options_.num_runners);
   for (size_t i = 0; i < options_.num_runners; ++i) {
-    workers_.emplace_back([this] { WorkerLoop(); });
+    workers_.emplace_back([this, i] { WorkerLoop(i); });
   }
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
@@ -130,7 +146,7 @@ void RunnerPool::DispatchLocked(AfterUnlock& after) {
       w->cv->notify_one();
     } else {
       ready_.push_back(w);
-      ++after.granted_async;
+      WakeWorkerLocked(after);
     }
   }
   UpdateGateLocked();
@@ -152,8 +168,18 @@ void RunnerPool::ExpireLocked(Clock::time_point now, AfterUnlock& after) {
   UpdateGateLocked();
 }
 
+void RunnerPool::WakeWorkerLocked(AfterUnlock& after) {
+  if (idle_workers_.empty()) return;  // every worker is busy and re-checks ready_
+  const size_t i = idle_workers_.back();
+  idle_workers_.pop_back();
+  worker_slots_[i].woken = true;
+  after.wake_workers |= uint64_t{1} << i;
+}
+
 void RunnerPool::Complete(AfterUnlock& after) {
-  for (size_t i = 0; i < after.granted_async; ++i) worker_cv_.notify_one();
+  for (uint64_t m = after.wake_workers; m != 0; m &= m - 1) {
+    worker_slots_[std::countr_zero(m)].cv.notify_one();
+  }
   for (Waiter* w : after.finished) {
     RequestTiming timing;
     timing.queue = Clock::now() - w->enqueued;
@@ -264,7 +290,7 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
     } else if (!paused_ && queue_.empty() && TakeRunner(&w->runner)) {
       w->state = WaiterState::kGranted;
       ready_.push_back(w);  // a worker may run and delete it once mu_ is released
-      ++after.granted_async;
+      WakeWorkerLocked(after);
     } else if (deadline <= w->enqueued) {
       ++expired_;
       w->result = DeadlineExceeded("deadline exceeded before a runner was free");
@@ -352,7 +378,7 @@ void RunnerPool::Shutdown() {
   Complete(after);
   std::unique_lock lock(mu_);
   idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
-  worker_cv_.notify_all();
+  for (size_t i = 0; i < options_.num_runners; ++i) worker_slots_[i].cv.notify_all();
 }
 
 RunnerPoolStats RunnerPool::stats() const {
@@ -375,12 +401,19 @@ RunnerPoolStats RunnerPool::stats() const {
   return s;
 }
 
-void RunnerPool::WorkerLoop() {
+void RunnerPool::WorkerLoop(size_t index) {
+  NameThisThread("pool-worker-" + std::to_string(index));
+  WorkerSlot& slot = worker_slots_[index];
   for (;;) {
     Waiter* w = nullptr;
     {
       std::unique_lock lock(mu_);
-      worker_cv_.wait(lock, [&] { return !ready_.empty() || stopping_; });
+      while (ready_.empty() && !stopping_) {
+        idle_workers_.push_back(index);
+        slot.cv.wait(lock, [&] { return slot.woken || stopping_; });
+        if (!slot.woken) std::erase(idle_workers_, index);  // woken by Shutdown
+        slot.woken = false;
+      }
       if (ready_.empty()) return;  // stopping_, nothing left to run
       w = ready_.front();
       ready_.pop_front();
@@ -395,6 +428,7 @@ void RunnerPool::WorkerLoop() {
 }
 
 void RunnerPool::ReaperLoop() {
+  NameThisThread("pool-reaper");
   std::unique_lock lock(mu_);
   while (!stopping_) {
     AfterUnlock after;

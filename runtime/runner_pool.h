@@ -139,8 +139,13 @@ class RunnerPool {
   // second context switch per request), and `done` callbacks must not run
   // under it.
   struct AfterUnlock {
-    size_t granted_async = 0;      // entries pushed onto ready_
+    uint64_t wake_workers = 0;      // bit i: notify worker i (popped off idle_workers_)
     std::vector<Waiter*> finished;  // left the queue unserved (async)
+  };
+  // An idle pool thread's parking spot (one per worker).
+  struct WorkerSlot {
+    std::condition_variable cv;
+    bool woken = false;  // guarded by mu_: popped off idle_workers_ to run ready_
   };
 
   // Takes any free runner slot (CAS on free_mask_); false if none.
@@ -158,7 +163,10 @@ class RunnerPool {
   // Wakes the workers for granted async requests, then calls `done` of the
   // requests that left the queue unserved. REQUIRES: mu_ not held.
   void Complete(AfterUnlock& after);
-  void WorkerLoop();
+  // Called with an entry just pushed onto ready_: pops the most recently
+  // idle worker, if any, to be woken once mu_ is released.
+  void WakeWorkerLocked(AfterUnlock& after);
+  void WorkerLoop(size_t index);
   void ReaperLoop();
 
   const RunnerPoolOptions options_;
@@ -185,17 +193,22 @@ class RunnerPool {
 
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;    // every runner became free
-  std::condition_variable worker_cv_;  // ready_ gained an entry or stopping_
   std::condition_variable reaper_cv_;  // earlier deadline queued or stopping_
   std::mutex exclusive_mu_;            // serializes RunExclusive
   // Guarded by mu_:
   std::list<Waiter*> queue_;  // FIFO; owned by the waiting thread (sync) or heap (async)
   std::list<Waiter*> ready_;  // async requests holding a runner, not yet picked up
+  // Idle workers, most recently idle at the back. Waking from the back keeps
+  // one warm thread doing the work at low load (its caches are hot and its
+  // CPU has not gone into a deep idle state); a shared condition variable
+  // woke the longest-idle worker and every request started cold.
+  std::vector<size_t> idle_workers_;
   bool paused_ = false;
   bool stopping_ = false;
   Ticket next_ticket_ = 1;
   Deadline reaper_wake_ = kNoDeadline;
   uint64_t rejected_ = 0, expired_ = 0, cancelled_ = 0;
+  std::unique_ptr<WorkerSlot[]> worker_slots_;
   std::vector<std::thread> workers_;
   std::thread reaper_;
 };
