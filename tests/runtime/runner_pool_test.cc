@@ -4,6 +4,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <future>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -75,6 +76,28 @@ TEST_CASE("async submissions respect the bound too", "[runner_pool]") {
   while (pool.stats().completed < 100) std::this_thread::sleep_for(1ms);
   CHECK(done == 100);
   CHECK(probe.peak <= 2);
+}
+
+TEST_CASE("at low load one pool worker serves every async request", "[runner_pool]") {
+  // Requests one at a time, each after the previous one finished and its
+  // worker went idle again: the most recently idle worker is woken each time,
+  // so one warm thread does the work instead of the workers taking turns
+  // (taking turns would give each of the 4 workers about a quarter).
+  RunnerPool pool({4, 64});
+  std::map<std::thread::id, int> served;
+  for (int i = 0; i < 40; ++i) {
+    std::promise<std::thread::id> ran;
+    pool.Submit([&](size_t) { return Status::Ok(); }, kNoDeadline,
+                [&](const Status&, const RequestTiming&) {
+                  ran.set_value(std::this_thread::get_id());
+                });
+    ++served[ran.get_future().get()];
+    std::this_thread::sleep_for(2ms);  // let the worker park again
+  }
+  int most = 0;
+  for (const auto& [id, n] : served) most = std::max(most, n);
+  INFO("requests spread over " << served.size() << " workers");
+  CHECK(most >= 36);  // allows a few late re-parks on a loaded machine
 }
 
 TEST_CASE("queued requests are served in FIFO order", "[runner_pool]") {
