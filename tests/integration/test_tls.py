@@ -294,6 +294,26 @@ def test_tls_inference_grpcio_run_matches_reference(tls_daemon, pki, pb, refs):
     stop_ok(tls_daemon)
 
 
+@pytest.mark.skipif(not PT2CTL.is_file(), reason=f"pt2ctl not built at {PT2CTL}")
+def test_pt2ctl_models_list_over_a_tls_inference_listener(tls_daemon, pki, tmp_path):
+    d = tls_daemon
+    token = tmp_path / "token"
+    token.write_text(ADMIN_TOKEN)
+    p = run_ctl(d.admin_url, token, "--address", d.url, "--inference-tls-ca", str(pki.ca),
+                "--json", "models", "list")
+    assert p.returncode == 0, f"pt2ctl exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    models = json.loads(p.stdout)["models"]
+    assert [(m["name"], m["state"]) for m in models] == [("mlp", "READY")], models
+    # Plaintext against the TLS listener: unreachable (exit 3).
+    p = run_ctl(d.admin_url, token, "--address", d.url, "models", "list")
+    assert p.returncode == 3, f"pt2ctl exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    # An unreadable CA file is a local error (exit 2) naming the flag.
+    p = run_ctl(d.admin_url, token, "--address", d.url,
+                "--inference-tls-ca", str(tmp_path / "missing.pem"), "models", "list")
+    assert p.returncode == 2 and "--inference-tls-ca" in p.stderr, (p.returncode, p.stderr)
+    stop_ok(d)
+
+
 def test_tls_inference_tritonclient(tls_daemon, pki, refs):
     import tritonclient.grpc as grpcclient
 

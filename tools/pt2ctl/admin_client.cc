@@ -3,18 +3,21 @@
 namespace pt2serve::ctl {
 namespace {
 
-std::shared_ptr<grpc::ChannelCredentials> Credentials(const ClientOptions& o) {
-  if (o.tls_ca.empty()) return grpc::InsecureChannelCredentials();
+// Plaintext without a CA; TLS trusting `ca` (plus a client certificate when
+// `cert` and `key` are given) otherwise. All three are PEM contents.
+std::shared_ptr<grpc::ChannelCredentials> Credentials(const std::string& ca,
+                                                      const std::string& cert,
+                                                      const std::string& key) {
+  if (ca.empty()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = o.tls_ca;
-  ssl.pem_cert_chain = o.tls_cert;
-  ssl.pem_private_key = o.tls_key;
+  ssl.pem_root_certs = ca;
+  ssl.pem_cert_chain = cert;
+  ssl.pem_private_key = key;
   return grpc::SslCredentials(ssl);
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(
-    const std::string& address,
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials()) {
+    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials) {
   grpc::ChannelArguments args;
   // Responses are small; requests are bounded by the chunk size. Lift the
   // 4 MiB receive default anyway so large ListModels never fail locally.
@@ -31,8 +34,13 @@ std::shared_ptr<grpc::Channel> MakeChannel(
 
 AdminClient::AdminClient(ClientOptions options)
     : options_(std::move(options)),
-      admin_channel_(MakeChannel(options_.admin_address, Credentials(options_))),
-      inference_channel_(MakeChannel(options_.inference_address)),
+      admin_channel_(MakeChannel(options_.admin_address,
+                                 Credentials(options_.tls_ca, options_.tls_cert,
+                                             options_.tls_key))),
+      inference_channel_(MakeChannel(options_.inference_address,
+                                     Credentials(options_.inference_tls_ca,
+                                                 options_.inference_tls_cert,
+                                                 options_.inference_tls_key))),
       admin_stub_(pt2serve::v1::Admin::NewStub(admin_channel_)),
       inference_stub_(pt2serve::v1::Inference::NewStub(inference_channel_)) {}
 

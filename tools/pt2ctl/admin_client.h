@@ -33,8 +33,10 @@ struct ClientOptions {
   std::chrono::milliseconds timeout{30'000};
   // TLS for the admin channel (PEM contents): when tls_ca is set the channel
   // uses TLS and trusts that CA; tls_cert + tls_key add a client certificate
-  // (mTLS). The inference channel (`models list`) stays plaintext.
+  // (mTLS). The inference channel (`models list`) has its own set, since the
+  // server configures its two listeners separately.
   std::string tls_ca, tls_cert, tls_key;
+  std::string inference_tls_ca, inference_tls_cert, inference_tls_key;
 };
 
 class AdminClient {

@@ -56,7 +56,8 @@ struct Globals {
   std::string address = "127.0.0.1:8001";
   std::string token;
   std::string token_file;
-  std::string tls_ca, tls_cert, tls_key;  // files
+  std::string tls_ca, tls_cert, tls_key;  // files, admin channel
+  std::string inference_tls_ca, inference_tls_cert, inference_tls_key;  // files
   bool json = false;
   std::optional<double> timeout_s;
 };
@@ -162,15 +163,6 @@ Outcome ResolveToken(const Globals& g, std::string* token) {
                              kTokenEnv);
 }
 
-ClientOptions MakeClientOptions(const Globals& g, double default_timeout_s) {
-  ClientOptions o;
-  o.admin_address = g.admin_address;
-  o.inference_address = g.address;
-  const double seconds = g.timeout_s.value_or(default_timeout_s);
-  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * 1000)));
-  return o;
-}
-
 // Reads a PEM file given on the command line into *out (exit 2 if unreadable).
 Outcome ReadPemFlag(const std::string& flag, const std::string& path, std::string* out) {
   if (path.empty()) return Outcome();
@@ -183,16 +175,31 @@ Outcome ReadPemFlag(const std::string& flag, const std::string& path, std::strin
   return Outcome();
 }
 
+// Addresses, deadline and the TLS files of both channels (exit 2 if a file
+// cannot be read).
+Outcome MakeClientOptions(const Globals& g, double default_timeout_s, ClientOptions* o) {
+  o->admin_address = g.admin_address;
+  o->inference_address = g.address;
+  const double seconds = g.timeout_s.value_or(default_timeout_s);
+  o->timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * 1000)));
+  for (auto [flag, path, out] :
+       {std::tuple{"--tls-ca", &g.tls_ca, &o->tls_ca},
+        std::tuple{"--tls-cert", &g.tls_cert, &o->tls_cert},
+        std::tuple{"--tls-key", &g.tls_key, &o->tls_key},
+        std::tuple{"--inference-tls-ca", &g.inference_tls_ca, &o->inference_tls_ca},
+        std::tuple{"--inference-tls-cert", &g.inference_tls_cert, &o->inference_tls_cert},
+        std::tuple{"--inference-tls-key", &g.inference_tls_key, &o->inference_tls_key}}) {
+    if (Outcome read = ReadPemFlag(flag, *path, out); !read.ok()) return read;
+  }
+  return Outcome();
+}
+
 // A client for admin commands: fails (exit 2) without a token.
 Outcome AdminClientFor(const Globals& g, double default_timeout_s,
                        std::optional<AdminClient>* client) {
-  ClientOptions o = MakeClientOptions(g, default_timeout_s);
+  ClientOptions o;
+  if (Outcome made = MakeClientOptions(g, default_timeout_s, &o); !made.ok()) return made;
   if (Outcome token = ResolveToken(g, &o.token); !token.ok()) return token;
-  for (auto [flag, path, out] : {std::tuple{"--tls-ca", &g.tls_ca, &o.tls_ca},
-                                 std::tuple{"--tls-cert", &g.tls_cert, &o.tls_cert},
-                                 std::tuple{"--tls-key", &g.tls_key, &o.tls_key}}) {
-    if (Outcome read = ReadPemFlag(flag, *path, out); !read.ok()) return read;
-  }
   client->emplace(std::move(o));
   return Outcome();
 }
@@ -200,7 +207,11 @@ Outcome AdminClientFor(const Globals& g, double default_timeout_s,
 // ---------------------------------------------------------------- commands
 
 int ModelsList(const Globals& g) {
-  AdminClient client(MakeClientOptions(g, kDefaultTimeoutS));
+  ClientOptions options;
+  if (Outcome made = MakeClientOptions(g, kDefaultTimeoutS, &options); !made.ok()) {
+    return Report(made, g);
+  }
+  AdminClient client(std::move(options));
   v1::ListModelsResponse response;
   if (Outcome o = client.ListModels(&response); !o.ok()) return Report(o, g);
   if (g.json) {
@@ -404,6 +415,14 @@ int Main(int argc, char** argv) {
       ->needs("--tls-ca");
   app.add_option("--tls-key", g.tls_key, "Client private key for mTLS (PEM file)")
       ->needs("--tls-cert");
+  app.add_option("--inference-tls-ca", g.inference_tls_ca,
+                 "Use TLS to the inference API (`models list`), trusting this CA (PEM file)");
+  app.add_option("--inference-tls-cert", g.inference_tls_cert,
+                 "Client certificate for the inference API (PEM file)")
+      ->needs("--inference-tls-ca");
+  app.add_option("--inference-tls-key", g.inference_tls_key,
+                 "Client private key for the inference API (PEM file)")
+      ->needs("--inference-tls-cert");
   app.add_flag("--json", g.json, "Print one JSON object (results and errors) on stdout");
   app.add_option("--timeout", g.timeout_s,
                  "RPC deadline in seconds (default 300 for push and load, 30 otherwise)")
