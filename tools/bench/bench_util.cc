@@ -268,4 +268,19 @@ bool AppendLine(const std::string& path, const std::string& line) {
   return static_cast<bool>(out);
 }
 
+int EmitRow(const char* tool, const ResultRow& row, const std::string& json_path) {
+  std::printf("%s\n", MarkdownRow(row).c_str());
+  std::fflush(stdout);
+  const DriverResult& r = row.result;
+  if (r.errors > 0) {
+    std::fprintf(stderr, "%s: %llu failed requests, first: %s\n", tool,
+                 static_cast<unsigned long long>(r.errors), r.first_error.c_str());
+  }
+  if (!json_path.empty() && !AppendLine(json_path, JsonRow(row))) {
+    std::fprintf(stderr, "%s: cannot write %s\n", tool, json_path.c_str());
+    return 2;
+  }
+  return r.errors > 0 ? 1 : 0;
+}
+
 }  // namespace pt2serve::bench

@@ -99,6 +99,13 @@ std::string JsonRow(const ResultRow& row);
 // Appends `line` + '\n' to `path`; false on I/O error.
 bool AppendLine(const std::string& path, const std::string& line);
 
+// What every load tool does with a finished row: prints it as a Markdown row
+// on stdout (flushed), reports failed calls on stderr ("TOOL: N failed
+// requests, first: ...") and appends the JSON row to `json_path` if set.
+// Returns 0 when every call succeeded, 1 when some failed, 2 when the JSON
+// file cannot be written.
+int EmitRow(const char* tool, const ResultRow& row, const std::string& json_path);
+
 // Minimal JSON string escaping for the rows above.
 std::string JsonEscape(const std::string& s);
 

@@ -370,18 +370,11 @@ int Main(int argc, char** argv) {
       return o.protocol == "native" ? NativeCall(channel, o, inputs)
                                     : KServeCall(channel, o, inputs);
     });
-    ResultRow row{o.label.empty() ? o.protocol : o.label, o.model, o.batch, r};
-    std::printf("%s\n", MarkdownRow(row).c_str());
-    std::fflush(stdout);
-    if (r.errors > 0) {
-      std::fprintf(stderr, "grpc_bench: %llu failed requests, first: %s\n",
-                   static_cast<unsigned long long>(r.errors), r.first_error.c_str());
-      failed = true;
-    }
-    if (!o.json.empty() && !AppendLine(o.json, JsonRow(row))) {
-      std::fprintf(stderr, "grpc_bench: cannot write %s\n", o.json.c_str());
-      return 2;
-    }
+    const int rc =
+        EmitRow("grpc_bench", ResultRow{o.label.empty() ? o.protocol : o.label, o.model, o.batch, r},
+                o.json);
+    if (rc == 2) return 2;
+    failed = failed || rc == 1;
   }
   return failed ? 1 : 0;
 }

@@ -101,18 +101,9 @@ int Main(int argc, char** argv) {
         return response.ok();
       };
     });
-    ResultRow row{label, name, batch, r};
-    std::printf("%s\n", MarkdownRow(row).c_str());
-    std::fflush(stdout);
-    if (r.errors > 0) {
-      std::fprintf(stderr, "inproc_bench: %llu failed requests, first: %s\n",
-                   static_cast<unsigned long long>(r.errors), r.first_error.c_str());
-      failed = true;
-    }
-    if (!json.empty() && !AppendLine(json, JsonRow(row))) {
-      std::fprintf(stderr, "inproc_bench: cannot write %s\n", json.c_str());
-      return 2;
-    }
+    const int rc = EmitRow("inproc_bench", ResultRow{label, name, batch, r}, json);
+    if (rc == 2) return 2;
+    failed = failed || rc == 1;
   }
   return failed ? 1 : 0;
 }

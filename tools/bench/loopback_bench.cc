@@ -226,17 +226,11 @@ int Main(int argc, char** argv) {
         std::shared_ptr<EchoLink> shared = std::move(link).value();
         return [shared](std::string* error) { return shared->RoundTrip(error); };
       });
-      ResultRow row{kind + " echo", "echo " + std::to_string(bytes) + " B", 1, r};
-      std::printf("%s\n", MarkdownRow(row).c_str());
-      std::fflush(stdout);
-      if (r.errors > 0) {
-        std::fprintf(stderr, "loopback_bench: %s: %s\n", kind.c_str(), r.first_error.c_str());
-        failed = true;
-      }
-      if (!json.empty() && !AppendLine(json, JsonRow(row))) {
-        std::fprintf(stderr, "loopback_bench: cannot write %s\n", json.c_str());
-        return 2;
-      }
+      const int rc = EmitRow(
+          "loopback_bench", ResultRow{kind + " echo", "echo " + std::to_string(bytes) + " B", 1, r},
+          json);
+      if (rc == 2) return 2;
+      failed = failed || rc == 1;
     }
   }
   return failed ? 1 : 0;
