@@ -68,6 +68,10 @@ DriverResult RunClosedLoop(const DriverOptions& options, const CallFactory& fact
         if (t0 >= end) break;
         const bool ok = call ? call(&error) : false;
         const int64_t t1 = NowNs();
+        if (options.pause_us > 0) {
+          std::this_thread::sleep_for(std::chrono::nanoseconds(
+              static_cast<int64_t>(options.pause_us * 1e3)));
+        }
         if (t0 < begin) continue;  // warm-up
         if (ok) {
           lat.push_back(static_cast<double>(t1 - t0) / 1e3);

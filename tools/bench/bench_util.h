@@ -47,6 +47,9 @@ struct DriverOptions {
   int streams = 1;
   double warmup_s = 1.0;   // calls in this phase are not counted
   double seconds = 5.0;    // measured window
+  // Sleep between a stream's calls (not timed): the caller idles as a
+  // server's worker does between the requests of a remote client.
+  double pause_us = 0;
 };
 
 struct DriverResult {

@@ -30,7 +30,7 @@ int Main(int argc, char** argv) {
   config.max_queue_size = 1024;
   int64_t batch = 1;
   std::string streams_text = "1";
-  double seconds = 5, warmup = 1;
+  double seconds = 5, warmup = 1, pause_us = 0;
   std::string json, label = "in-process", name;
   bool no_header = false;
 
@@ -50,6 +50,11 @@ int Main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--warmup", warmup, "Warm-up before each window, seconds")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--pause-us", pause_us,
+                 "Idle time between a caller's calls (not timed): the gaps a 1-stream gRPC "
+                 "client leaves, so the call starts as cold as in the daemon")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--json", json, "Append one JSON object per row to this file");
@@ -93,7 +98,7 @@ int Main(int argc, char** argv) {
   bool failed = false;
   Model& m = **model;
   for (int streams : *stream_counts) {
-    DriverOptions d{streams, warmup, seconds};
+    DriverOptions d{streams, warmup, seconds, pause_us};
     DriverResult r = RunClosedLoop(d, [&](int) -> BenchCall {
       return [&](std::string* error) {
         auto response = m.Infer(request);
