@@ -132,8 +132,6 @@ class RunnerPool {
     std::atomic<uint64_t> completed{0}, failed{0}, queue_ns{0}, compute_ns{0};
   };
 
-  // Lock-free admission: takes a free runner if the gate is open.
-  bool TryTakeFast(size_t* runner);
   // What a section under mu_ leaves to do once mu_ is released: waking a
   // pool worker under the lock would only make it block on mu_ right away (a
   // second context switch per request), and `done` callbacks must not run
@@ -148,6 +146,8 @@ class RunnerPool {
     bool woken = false;  // guarded by mu_: popped off idle_workers_ to run ready_
   };
 
+  // Lock-free admission: takes a free runner if the gate is open.
+  bool TryTakeFast(size_t* runner);
   // Takes any free runner slot (CAS on free_mask_); false if none.
   bool TakeRunner(size_t* runner);
   // Hands free runners to queued requests in FIFO order (or wakes a
@@ -208,7 +208,7 @@ class RunnerPool {
   Ticket next_ticket_ = 1;
   Deadline reaper_wake_ = kNoDeadline;
   uint64_t rejected_ = 0, expired_ = 0, cancelled_ = 0;
-  std::unique_ptr<WorkerSlot[]> worker_slots_;
+  std::unique_ptr<WorkerSlot[]> worker_slots_;  // [num_runners]; `woken` guarded by mu_
   std::vector<std::thread> workers_;
   std::thread reaper_;
 };
