@@ -12,10 +12,12 @@ binary and this test is skipped with the reason.
 Lookup order: $PERF_ANALYZER (an explicit one that does not start is a failure, not a skip),
 then <repo>/.venv/bin/perf_analyzer, the running interpreter's bin dir, then PATH.
 
-What it checks: perf_analyzer exits 0 for concurrency 1..4, every concurrency level shows the
-server-side breakdown (which perf_analyzer computes from our KServe ModelStatistics), and the
-ModelStatistics read afterwards with tritonclient are populated and consistent (every per-phase
-count equals the inference count) and agree with the Prometheus request counter.
+What it checks: perf_analyzer exits 0 for concurrency 1..4 (unary ModelInfer), every level
+shows the server-side breakdown (which perf_analyzer computes from our KServe ModelStatistics),
+and the ModelStatistics read afterwards with tritonclient are populated and consistent (every per-phase
+count equals the inference count) and agree with the Prometheus request counter. With
+--streaming (ModelStreamInfer, concurrency 1..2) every level completes and the requests are
+counted as KServe requests.
 """
 from __future__ import annotations
 
@@ -85,15 +87,12 @@ SERVER_BREAKDOWN = re.compile(
     r"compute input (\d+) usec \+ compute infer (\d+) usec \+ compute output (\d+) usec\)")
 
 
-def test_perf_analyzer_concurrency_1_to_4(perf_analyzer, daemon_factory, model_dir, tmp_path):
-    import tritonclient.grpc as grpcclient
-
-    d = daemon_factory(models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
-                                "num_runners": 2}])
-    csv_path = tmp_path / "perf.csv"
+def run_perf_analyzer(perf_analyzer: str, d, concurrencies: list[int], *extra: str):
+    """Runs perf_analyzer against mlp on `d`; returns (process, {concurrency: report block})
+    after asserting it exited 0 and reported every level."""
     cmd = [perf_analyzer, "-m", "mlp", "-u", d.url, "-i", "grpc",
-           "--concurrency-range", f"{CONCURRENCIES[0]}:{CONCURRENCIES[-1]}", "-p", "1000",
-           "--max-trials", "6", "--stability-percentage", "50", "-f", str(csv_path)]
+           "--concurrency-range", f"{concurrencies[0]}:{concurrencies[-1]}", "-p", "1000",
+           "--max-trials", "6", "--stability-percentage", "50", *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PA_TIMEOUT)
     except subprocess.TimeoutExpired as e:
@@ -104,12 +103,21 @@ def test_perf_analyzer_concurrency_1_to_4(perf_analyzer, daemon_factory, model_d
     # Exact output on failure: perf_analyzer reports the concurrency level it gave up on.
     assert proc.returncode == 0, (f"perf_analyzer failed ({proc.returncode}):\n{out[-6000:]}\n"
                                   f"server stderr:\n{d.stderr_tail()}")
-    assert d.alive(), d.stderr_tail()
+    levels = parse_levels(proc.stdout)
+    assert sorted(levels) == concurrencies, proc.stdout
+    return proc, levels
 
+
+def test_perf_analyzer_concurrency_1_to_4(perf_analyzer, daemon_factory, model_dir, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    d = daemon_factory(models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
+                                "num_runners": 2}])
+    csv_path = tmp_path / "perf.csv"
+    proc, levels = run_perf_analyzer(perf_analyzer, d, CONCURRENCIES, "-f", str(csv_path))
+    assert d.alive(), d.stderr_tail()
     # Human-readable report: one block per level, each with client numbers and the server-side
     # breakdown (perf_analyzer derives it from ModelStatistics deltas around each window).
-    levels = parse_levels(proc.stdout)
-    assert sorted(levels) == CONCURRENCIES, proc.stdout
     pa_server_inferences = 0
     for n, block in levels.items():
         assert re.search(r"Throughput: [\d.]+ infer/sec", block), (n, block)
@@ -157,4 +165,22 @@ def test_perf_analyzer_concurrency_1_to_4(perf_analyzer, daemon_factory, model_d
     assert served >= 4 * 10, served
     assert metric(d, "pt2serve_requests_total", model="mlp", protocol="kserve") == served
     assert served == count, (served, count)
+    assert d.stop() == 0
+
+
+def test_perf_analyzer_streaming(perf_analyzer, daemon_factory, model_dir):
+    """perf_analyzer --streaming drives ModelStreamInfer (Triton's bidirectional extension):
+    every level completes, requests are answered on the stream, and they are counted as
+    KServe requests."""
+    d = daemon_factory(models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
+                                "num_runners": 2}])
+    proc, levels = run_perf_analyzer(perf_analyzer, d, [1, 2], "--streaming")
+    assert d.alive(), d.stderr_tail()
+    for n, block in levels.items():
+        m = re.search(r"Request count: (\d+)", block)
+        assert m and int(m[1]) > 0, (n, block)
+        assert re.search(r"Throughput: [\d.]+ infer/sec", block), (n, block)
+    served = metric(d, "pt2serve_requests_total", model="mlp", protocol="kserve", code="OK")
+    assert served >= sum(int(re.search(r"Request count: (\d+)", b)[1]) for b in levels.values())
+    assert metric(d, "pt2serve_requests_total", model="mlp", protocol="kserve") == served
     assert d.stop() == 0
