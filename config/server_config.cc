@@ -180,7 +180,8 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     const YAML::Node m = list[i];
     if (!m.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(m)));
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
-                                        "max_queue_size", "timeout_ms", "weights_version"}));
+                                        "max_queue_size", "timeout_ms", "cpu_threads",
+                                        "weights_version"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -188,6 +189,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadInt(m, "num_runners", p, &e.num_runners));
     PT2_RETURN_IF_ERROR(ReadInt(m, "max_queue_size", p, &e.max_queue_size));
     PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
+    PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e.cpu_threads));
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
     c->models.push_back(std::move(e));
   }
@@ -426,6 +428,10 @@ Status ValidateServerConfig(const ServerConfig& c) {
     if (m.timeout_ms < 0) {
       return Error(p + ".timeout_ms", "must be >= 0 (0 = no deadline), got " +
                                           std::to_string(m.timeout_ms));
+    }
+    if (m.cpu_threads < 0 || m.cpu_threads > 1024) {
+      return Error(p + ".cpu_threads", "must be in 0..1024 (0 = the process default), got " +
+                                           std::to_string(m.cpu_threads));
     }
     if (m.weights_version.empty()) return Error(p + ".weights_version", "must not be empty");
   }

@@ -30,6 +30,7 @@ struct ModelEntry {
   int num_runners = 1;                // 1..64, per device
   int max_queue_size = 64;            // >= 0
   int timeout_ms = 0;                 // default request deadline; 0 = none
+  int cpu_threads = 0;                // intra-op threads per runner; 0 = process default
   std::string weights_version = "initial";
 };
 

@@ -4,11 +4,18 @@
 
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model_package.h"
+#include "devices/cpu_threads.h"
 #include "devices/device_executor.h"
 
 namespace pt2serve {
 
 StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
+  if (config.cpu_threads < 0) {
+    return InvalidArgument("cpu_threads must be >= 0 (0 = the process default), got " +
+                           std::to_string(config.cpu_threads));
+  }
+  // Read the process default before any pool thread changes its own count.
+  DefaultCpuThreads();
   PT2_ASSIGN_OR_RETURN(std::vector<std::string> devices, SplitDeviceList(config.device));
   const size_t total = config.num_runners * devices.size();
   if (config.num_runners == 0 || total > kMaxRunners) {
@@ -46,8 +53,9 @@ Model::Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> repl
     : config_(std::move(config)),
       replicas_(std::move(replicas)),
       executors_(std::move(executors)),
-      pool_(std::make_unique<RunnerPool>(
-          RunnerPoolOptions{executors_.size(), config_.max_queue_size})),
+      pool_(std::make_unique<RunnerPool>(RunnerPoolOptions{
+          executors_.size(), config_.max_queue_size,
+          [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
       weights_(std::make_unique<ConstantBufferManager>(*this)) {}
 

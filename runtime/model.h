@@ -36,6 +36,10 @@ struct ModelConfig {
   std::chrono::milliseconds default_timeout{0};
   // Label reported for the weights the package was compiled with.
   std::string initial_weights_version = "initial";
+  // Intra-op (OpenMP) threads each runner's CPU work uses, set on the
+  // model's pool threads; 0 = the process default (OMP_NUM_THREADS, or one
+  // per physical core). See devices/cpu_threads.h.
+  int cpu_threads = 0;
 };
 
 struct InferRequest {

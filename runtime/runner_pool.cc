@@ -403,6 +403,7 @@ RunnerPoolStats RunnerPool::stats() const {
 
 void RunnerPool::WorkerLoop(size_t index) {
   NameThisThread("pool-worker-" + std::to_string(index));
+  if (options_.thread_init) options_.thread_init();
   WorkerSlot& slot = worker_slots_[index];
   for (;;) {
     Waiter* w = nullptr;

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <list>
 #include <mutex>
 #include <thread>
@@ -38,10 +39,16 @@ inline constexpr Deadline kNoDeadline = Deadline::max();
 inline constexpr size_t kMaxRunners = 64;
 
 struct RunnerPoolOptions {
+  RunnerPoolOptions(size_t runners = 1, size_t queue = 64, std::function<void()> init = {})
+      : num_runners(runners), max_queue_size(queue), thread_init(std::move(init)) {}
+
   size_t num_runners = 1;  // 1..kMaxRunners (clamped)
   // Requests allowed to wait for a runner; more are rejected with
   // RESOURCE_EXHAUSTED. 0 means callers never wait.
   size_t max_queue_size = 64;
+  // Runs once on each pool thread before it takes any work (per-thread
+  // library settings, e.g. the intra-op thread count). Must not throw.
+  std::function<void()> thread_init;
 };
 
 // Time a request spent waiting for a runner and running on it.

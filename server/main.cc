@@ -26,7 +26,7 @@ using namespace pt2serve;
 namespace {
 
 // Parses "NAME=PATH[:key=value,key=value]" with keys runners, device, queue,
-// timeout_ms, version.
+// timeout_ms, cpu_threads, version.
 StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
   const auto eq = flag.find('=');
   if (eq == std::string::npos || eq == 0) {
@@ -47,6 +47,7 @@ StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
       if (key == "runners") entry.num_runners = std::stoi(value);
       else if (key == "queue") entry.max_queue_size = std::stoi(value);
       else if (key == "timeout_ms") entry.timeout_ms = std::stoi(value);
+      else if (key == "cpu_threads") entry.cpu_threads = std::stoi(value);
       else if (key == "device") entry.device = value;
       else if (key == "version") entry.weights_version = value;
       else return InvalidArgument("--model '" + flag + "': unknown option '" + key + "'");
@@ -74,7 +75,8 @@ int main(int argc, char** argv) {
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");
   app.add_option("-m,--model", model_flags,
-                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,version=L] "
+                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,cpu_threads=N,"
+                 "version=L] "
                  "(repeatable; adds to the config's models)");
   app.add_option("--inference-address", inference_address, "host:port for inference (KServe v2 + pt2serve.v1)");
   app.add_option("--admin-address", admin_address, "host:port or unix:PATH for the admin API; '' disables");

@@ -80,6 +80,7 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   c.num_runners = static_cast<size_t>(entry.num_runners);
   c.max_queue_size = static_cast<size_t>(entry.max_queue_size);
   c.default_timeout = std::chrono::milliseconds(entry.timeout_ms);
+  c.cpu_threads = entry.cpu_threads;
   c.initial_weights_version = entry.weights_version;
   return c;
 }

@@ -109,7 +109,7 @@ TEST_CASE("model defaults and explicit values") {
       "models:\n"
       "  - {name: a, path: /m/a.pt2}\n"
       "  - {name: b.v2-x_y, path: b.pt2, device: 'cuda:1', num_runners: 4, max_queue_size: 0,\n"
-      "     timeout_ms: 250, weights_version: v7}\n"
+      "     timeout_ms: 250, cpu_threads: 4, weights_version: v7}\n"
       "server: {admin_address: '', metrics_address: '', inference_address: '[::]:9000',\n"
       "         max_message_bytes: 1024, allow_repository_admin_on_inference_port: yes}\n"
       "logging: {level: off, format: json, access_log: true}\n");
@@ -120,6 +120,7 @@ TEST_CASE("model defaults and explicit values") {
   CHECK(a.num_runners == 1);
   CHECK(a.max_queue_size == 64);
   CHECK(a.timeout_ms == 0);
+  CHECK(a.cpu_threads == 0);
   CHECK(a.weights_version == "initial");
   const ModelEntry& b = config->models[1];
   CHECK(b.path == "b.pt2");  // no base dir: left as written
@@ -127,6 +128,7 @@ TEST_CASE("model defaults and explicit values") {
   CHECK(b.num_runners == 4);
   CHECK(b.max_queue_size == 0);
   CHECK(b.timeout_ms == 250);
+  CHECK(b.cpu_threads == 4);
   CHECK(b.weights_version == "v7");
   CHECK(config->admin_address.empty());
   CHECK(config->metrics_address.empty());
@@ -177,6 +179,9 @@ TEST_CASE("model value ranges") {
   CHECK(Parse(Model("    num_runners: 64\n")).ok());
   ExpectError(Model("    max_queue_size: -1\n"), {"models[0].max_queue_size", ">= 0"});
   ExpectError(Model("    timeout_ms: -5\n"), {"models[0].timeout_ms", ">= 0"});
+  ExpectError(Model("    cpu_threads: -1\n"), {"models[0].cpu_threads", "0..1024"});
+  ExpectError(Model("    cpu_threads: 1025\n"), {"models[0].cpu_threads", "0..1024"});
+  CHECK(Parse(Model("    cpu_threads: 1024\n")).ok());
   ExpectError(Model("    weights_version: ''\n"), {"models[0].weights_version", "empty"});
   ExpectError(Model("    device: gpu\n"), {"models[0].device", "unknown device 'gpu'"});
   ExpectError(Model("    device: 'cuda:x'\n"), {"models[0].device", "index"});

@@ -347,6 +347,35 @@ def test_second_daemon_on_a_taken_port_fails(daemon_factory, model_dir):
     assert a.stop() == 0
 
 
+# ------------------------------------------------------------------- per-model CPU threads
+
+
+def test_model_cpu_threads_from_config_and_flag(daemon_factory, model_dir, refs, daemon_path,
+                                                tmp_path):
+    """`cpu_threads` (YAML key and -m option) is accepted, the model serves correct results
+    with it, and a bad value is a clear startup error naming the option."""
+    from conftest import assert_close, free_port
+
+    d = daemon_factory(models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
+                                "num_runners": 2, "cpu_threads": 1}], metrics=False)
+    x, want = refs["mlp"]["inputs"]["x"], refs["mlp"]["outputs"]["y"]
+    with grpc.insecure_channel(d.url) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        for _ in range(4):
+            resp = stub.ModelInfer(kserve_request(service_pb2, "mlp", {"x": x}), timeout=T)
+            got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(want.shape)
+            assert_close("y", got, want)
+    assert d.stop() == 0
+
+    import subprocess
+    for value, fragment in (("x", "bad value for 'cpu_threads'"), ("-1", "cpu_threads")):
+        p = subprocess.run([str(daemon_path), "--admin-address", "", "--metrics-address", "",
+                            "--inference-address", f"127.0.0.1:{free_port()}",
+                            "-m", f"mlp={model_dir / 'mlp.pt2'}:cpu_threads={value}"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and fragment in p.stderr, (value, p.returncode, p.stderr)
+
+
 # ------------------------------------------------------------------- missing model package
 
 

@@ -3,8 +3,10 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <future>
 #include <thread>
 
+#include "devices/cpu_threads.h"
 #include "tests/support/test_models.h"
 
 using namespace pt2serve;
@@ -12,11 +14,13 @@ using namespace pt2serve::testing;
 
 namespace {
 
-std::shared_ptr<Model> LoadZoo(const std::string& name, size_t runners = 1) {
+std::shared_ptr<Model> LoadZoo(const std::string& name, size_t runners = 1,
+                               int cpu_threads = 0) {
   ModelConfig config;
   config.name = name;
   config.path = PackagePath(name);
   config.num_runners = runners;
+  config.cpu_threads = cpu_threads;
   auto model = Model::Load(config);
   INFO(model.status().ToString());
   REQUIRE(model.ok());
@@ -133,6 +137,38 @@ TEST_CASE("async inference returns the same results", "[model]") {
   }
   while (done < 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   CHECK(good == 20);
+}
+
+// The intra-op thread count a request of `model` ran with: InferAsync's
+// callback runs on the pool thread that ran it.
+int PoolThreadCpuThreads(Model& model) {
+  std::promise<int> seen;
+  InferRequest request;
+  request.inputs = LoadReference("mlp").inputs;
+  model.InferAsync(std::move(request), [&](StatusOr<InferResponse> r) {
+    seen.set_value(r.ok() ? ThisThreadCpuThreads() : -1);
+  });
+  return seen.get_future().get();
+}
+
+TEST_CASE("cpu_threads sets the intra-op threads of the model's pool threads", "[model]") {
+  const int fallback = DefaultCpuThreads();
+  auto one = LoadZoo("mlp", 2, 1);
+  auto three = LoadZoo("mlp", 2, 3);
+  auto unset = LoadZoo("mlp", 2);  // loaded after the others: must not inherit 3
+  for (int i = 0; i < 4; ++i) {
+    CHECK(PoolThreadCpuThreads(*one) == 1);
+    CHECK(PoolThreadCpuThreads(*three) == 3);
+    CHECK(PoolThreadCpuThreads(*unset) == fallback);
+  }
+  ModelConfig bad;
+  bad.name = "bad";
+  bad.path = PackagePath("mlp");
+  bad.cpu_threads = -1;
+  auto refused = Model::Load(bad);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("cpu_threads"));
 }
 
 TEST_CASE("bad inputs get a clear INVALID_ARGUMENT and the model keeps serving", "[model]") {
