@@ -37,8 +37,10 @@ struct ModelConfig {
   // Label reported for the weights the package was compiled with.
   std::string initial_weights_version = "initial";
   // Intra-op (OpenMP) threads each runner's CPU work uses, set on the
-  // model's pool threads; 0 = the process default (OMP_NUM_THREADS, or one
-  // per physical core). See devices/cpu_threads.h.
+  // model's pool threads, which run InferAsync requests (the daemon's path);
+  // Infer() runs on the caller's thread with the caller's setting. 0 = the
+  // process default (OMP_NUM_THREADS, or one per physical core). See
+  // devices/cpu_threads.h.
   int cpu_threads = 0;
 };
 
