@@ -107,6 +107,11 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
     return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
   }
+  if (request->cpu_threads() < 0 || request->cpu_threads() > 1024) {
+    return FinishUnary(ctx, InvalidArgument("cpu_threads must be in 0..1024 (0 = the process "
+                                            "default), got " +
+                                            std::to_string(request->cpu_threads())));
+  }
   ModelConfig config = repository_.defaults();
   config.name = request->name();
   config.path = request->package_path();
@@ -115,6 +120,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (request->max_queue_size() > 0) {
     config.max_queue_size = static_cast<size_t>(request->max_queue_size());
   }
+  config.cpu_threads = request->cpu_threads();
   auto* reactor = ctx->DefaultReactor();
   // Loading takes a while (package extraction, dlopen): off the gRPC thread.
   RunInBackground([this, reactor, config, response] {

@@ -95,6 +95,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
   response->set_reason(status->reason);
   response->set_num_runners(static_cast<int32_t>(status->config.num_runners));
   response->set_max_queue_size(static_cast<int32_t>(status->config.max_queue_size));
+  response->set_cpu_threads(status->config.cpu_threads);
   response->set_package_path(status->config.path);
   auto handle = registry_.Get(request->name());
   if (handle.ok()) {

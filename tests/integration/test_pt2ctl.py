@@ -191,13 +191,21 @@ def test_models_list_load_unload(daemon, pb):
     assert human[1].split() == ["mlp", "READY", "initial"]
 
     loaded = ok(run_ctl(daemon, "--json", "models", "load", "cnn", "cnn.pt2", "--runners", "3",
-                        "--queue", "5", "--device", "cpu"))
+                        "--queue", "5", "--device", "cpu", "--cpu-threads", "1"))
     model = json.loads(loaded.stdout)["model"]
     assert (model["name"], model["state"], model["weights_version"]) == ("cnn", "READY", "initial")
     with daemon.channel() as ch:
         info = pb.inference_pb2_grpc.InferenceStub(ch).GetModel(
             pb.inference_pb2.GetModelRequest(name="cnn"), timeout=10)
-    assert (info.num_runners, info.max_queue_size, info.device) == (3, 5, "cpu")
+    assert (info.num_runners, info.max_queue_size, info.device, info.cpu_threads) == \
+        (3, 5, "cpu", 1)
+    # The server checks the range itself too (pt2ctl refuses it locally).
+    with admin_channel(daemon) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            admin_stub(pb, ch).LoadModel(pb.admin_pb2.LoadModelRequest(
+                name="cnn2", package_path="cnn.pt2", cpu_threads=-3), timeout=10, metadata=AUTH)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cpu_threads" in \
+        e.value.details(), e.value
     names = [m["name"] for m in json.loads(ok(run_ctl(daemon, "--json", "models", "list")).stdout)
              ["models"]]
     assert names == ["cnn", "mlp"]
@@ -396,7 +404,8 @@ def test_usage_and_local_errors_exit_2(tmp_path, repo):
     for args in ((), ("weights",), ("bogus",), ("weights", "push", "mlp"),
                  ("weights", "push", "mlp", "f", "--chunk-size-mb", "0"),
                  ("weights", "status"), ("--timeout", "-1", "weights", "status", "mlp"),
-                 ("models", "load", "x", "y", "--runners", "-2")):
+                 ("models", "load", "x", "y", "--runners", "-2"),
+                 ("models", "load", "x", "y", "--cpu-threads", "2000")):
         p = run(*args)
         assert p.returncode == 2, f"{args}: exit {p.returncode}\n{p.stderr}"
     p = subprocess.run([str(PT2CTL), "--help"], capture_output=True, text=True, timeout=60)

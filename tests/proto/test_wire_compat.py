@@ -363,13 +363,17 @@ def test_pt2serve_inference_service(pt2serve_v1):
     fields = {f.name for f in inf.ModelInfo.DESCRIPTOR.fields}
     assert fields == {"name", "state", "reason", "inputs", "outputs", "max_batch_size", "device",
                       "num_runners", "max_queue_size", "weights_version", "package_path",
-                      "constants", "constants_bytes"}
+                      "constants", "constants_bytes", "cpu_threads"}
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["cpu_threads"].number == 14
     assert {f.name for f in inf.RunResponse.DESCRIPTOR.fields} == {
         "model", "outputs", "request_id", "weights_version", "queue_time_us", "compute_time_us"}
 
 
 def test_pt2serve_admin_service(pt2serve_v1):
     adm = pt2serve_v1["admin_pb2"]
+    assert {(f.name, f.number) for f in adm.LoadModelRequest.DESCRIPTOR.fields} == {
+        ("name", 1), ("package_path", 2), ("device", 3), ("num_runners", 4),
+        ("max_queue_size", 5), ("cpu_threads", 6)}
     p = ".pt2serve.v1."
     assert _methods(adm, "Admin") == {
         "LoadModel": (p + "LoadModelRequest", p + "LoadModelResponse", False, False),

@@ -2,6 +2,7 @@
 //
 //   pt2ctl models list
 //   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
+//       [--cpu-threads N]
 //   pt2ctl models unload NAME
 //   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
 //   pt2ctl weights swap MODEL [--expect VERSION]
@@ -229,7 +230,7 @@ int ModelsList(const Globals& g) {
 
 struct LoadArgs {
   std::string name, package_path, device;
-  int runners = 0, queue = 0;
+  int runners = 0, queue = 0, cpu_threads = 0;
 };
 
 int ModelsLoad(const Globals& g, const LoadArgs& a) {
@@ -241,6 +242,7 @@ int ModelsLoad(const Globals& g, const LoadArgs& a) {
   request.set_device(a.device);
   request.set_num_runners(a.runners);
   request.set_max_queue_size(a.queue);
+  request.set_cpu_threads(a.cpu_threads);
   v1::LoadModelResponse response;
   if (Outcome o = client->LoadModel(request, &response); !o.ok()) return Report(o, g);
   if (g.json) {
@@ -446,6 +448,9 @@ int Main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   load_cmd->add_option("--queue", load.queue, "Max queued requests (default: server's)")
       ->check(CLI::NonNegativeNumber);
+  load_cmd->add_option("--cpu-threads", load.cpu_threads,
+                       "Intra-op threads per runner for CPU work (default: the process's)")
+      ->check(CLI::Range(0, 1024));
   load_cmd->callback([&] { action = [&] { return ModelsLoad(g, load); }; });
 
   std::string unload_name;
