@@ -9,6 +9,7 @@
 #include <fstream>
 #include <mutex>
 
+#include "devices/cpu_isa.h"
 #include "devices/tensor_convert.h"
 
 namespace pt2serve {
@@ -73,6 +74,13 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
     return InvalidArgument("package " + options.path + " has no AOTI_DEVICE_KEY metadata");
   }
   info.device_key = key->second;
+  auto meta = [&](const char* name) {
+    auto it = info.metadata.find(name);
+    return it == info.metadata.end() ? std::string() : it->second;
+  };
+  PT2_RETURN_IF_ERROR(
+      CheckCpuCanRun(meta("AOTI_PLATFORM"), meta("AOTI_MACHINE"), meta("AOTI_CPU_ISA"))
+          .WithPrefix("package " + options.path));
   auto sig = info.metadata.find(kSignatureKey);
   if (sig == info.metadata.end()) {
     return InvalidArgument("package " + options.path + " has no '" + kSignatureKey +

@@ -236,6 +236,11 @@ TEST_CASE("load errors are statuses, never crashes", "[model]") {
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK_THAT(s.message(), Catch::Contains("pt2serve.signature"));
 
+  // Native code built for another CPU would crash on the first request.
+  s = LoadStatus(FixturePath("foreign_machine.pt2"));
+  CHECK(s.code() == StatusCode::kFailedPrecondition);
+  CHECK_THAT(s.message(), Catch::Contains("riscv64"));
+
   // A package for a device this host lacks (CUDA on CPU hosts, XPU on CUDA hosts).
   const bool has_cuda = CheckHostSupports({DeviceKind::kCuda, 0}).ok();
   const std::string foreign = has_cuda ? "xpu" : "cuda";

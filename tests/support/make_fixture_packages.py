@@ -8,6 +8,8 @@ Usage: make_fixture_packages.py SRC_MODEL_DIR OUT_DIR
   "cuda" / "xpu", i.e. packages built for a device a host may not have (the
   test picks one its host lacks).
 - no_signature.pt2: mlp.pt2 without the pt2serve.signature metadata.
+- foreign_machine.pt2: mlp.pt2 claiming it was compiled for AOTI_MACHINE "riscv64" (native
+  code for another CPU).
 
 Alternative weight sets for the hot-swap tests (tools/export/export_model.py weights):
 - mlp.seed{7,8}.weights.safetensors / mlp.seed{7,8}.reference.safetensors: the mlp built with
@@ -56,6 +58,8 @@ def main():
                          lambda m, d=device: m.update(AOTI_DEVICE_KEY=d))
     rewrite_metadata(mlp, os.path.join(out_dir, "no_signature.pt2"),
                      lambda m: m.pop("pt2serve.signature", None))
+    rewrite_metadata(mlp, os.path.join(out_dir, "foreign_machine.pt2"),
+                     lambda m: m.update(AOTI_MACHINE="riscv64"))
     make_weight_sets(Path(out_dir))
 
 
