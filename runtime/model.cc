@@ -10,8 +10,9 @@
 namespace pt2serve {
 
 StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
-  if (config.cpu_threads < 0) {
-    return InvalidArgument("cpu_threads must be >= 0 (0 = the process default), got " +
+  if (config.cpu_threads < 0 || config.cpu_threads > kMaxCpuThreads) {
+    return InvalidArgument("cpu_threads must be in 0.." + std::to_string(kMaxCpuThreads) +
+                           " (0 = the process default), got " +
                            std::to_string(config.cpu_threads));
   }
   // Read the process default before any pool thread changes its own count.

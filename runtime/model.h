@@ -24,6 +24,9 @@ class ConstantBufferManager;
 class ModelPackage;
 class DeviceExecutor;
 
+// Largest ModelConfig::cpu_threads accepted.
+inline constexpr int kMaxCpuThreads = 1024;
+
 struct ModelConfig {
   std::string name;
   std::string path;              // the .pt2 file

@@ -107,9 +107,11 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
     return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
   }
-  if (request->cpu_threads() < 0 || request->cpu_threads() > 1024) {
-    return FinishUnary(ctx, InvalidArgument("cpu_threads must be in 0..1024 (0 = the process "
-                                            "default), got " +
+  if (request->cpu_threads() < 0 || request->cpu_threads() > kMaxCpuThreads) {
+    // Checked before the load starts, so a bad request leaves no FAILED model behind.
+    return FinishUnary(ctx, InvalidArgument("cpu_threads must be in 0.." +
+                                            std::to_string(kMaxCpuThreads) +
+                                            " (0 = the process default), got " +
                                             std::to_string(request->cpu_threads())));
   }
   ModelConfig config = repository_.defaults();
