@@ -181,7 +181,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     if (!m.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(m)));
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
                                         "max_queue_size", "timeout_ms", "cpu_threads",
-                                        "weights_version"}));
+                                        "weights_version", "isolation"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -191,6 +191,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
     PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e.cpu_threads));
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
+    PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e.isolation));
     c->models.push_back(std::move(e));
   }
   return Status::Ok();
@@ -434,6 +435,9 @@ Status ValidateServerConfig(const ServerConfig& c) {
                                            std::to_string(m.cpu_threads));
     }
     if (m.weights_version.empty()) return Error(p + ".weights_version", "must not be empty");
+    if (m.isolation != "in_process" && m.isolation != "process") {
+      return Error(p + ".isolation", "must be 'in_process' or 'process', got '" + m.isolation + "'");
+    }
   }
   return Status::Ok();
 }

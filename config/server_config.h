@@ -31,6 +31,7 @@ struct ModelEntry {
   int max_queue_size = 64;            // >= 0
   int timeout_ms = 0;                 // default request deadline; 0 = none
   int cpu_threads = 0;                // intra-op threads per runner; 0 = process default
+  std::string isolation = "in_process";  // in_process | process (see docs/containment.md)
   std::string weights_version = "initial";
 };
 

@@ -1,10 +1,5 @@
 #include "runtime/constant_buffer_manager.h"
 
-#include <c10/core/DeviceGuard.h>
-
-#include <c10/util/Exception.h>
-#include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -18,8 +13,7 @@
 
 #include "common/safetensors.h"
 #include "runtime/model.h"
-#include "runtime/model_package.h"
-#include "devices/tensor_convert.h"
+#include "runtime/replica.h"
 
 namespace pt2serve {
 namespace {
@@ -116,16 +110,6 @@ std::string ToLower(std::string s) {
 }
 
 // Maps an exception from LibTorch or the container to a Status.
-Status FromException(const std::exception& e, const std::string& context) {
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) || dynamic_cast<const std::bad_alloc*>(&e)) {
-    return ResourceExhausted("out of memory " + context + ": " + e.what());
-  }
-  if (const auto* c10e = dynamic_cast<const c10::Error*>(&e)) {
-    return Internal(context + ": " + c10e->what_without_backtrace());
-  }
-  return Internal(context + ": " + e.what());
-}
-
 StatusOr<std::string> HashFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFound("weights file not found: " + path);
@@ -197,35 +181,6 @@ StatusOr<ConstantBufferManager::WriterSlot> ConstantBufferManager::AcquireWriter
   return WriterSlot(this);
 }
 
-StatusOr<const std::map<std::string, std::string>*> ConstantBufferManager::InternalNames() {
-  if (!internal_names_.empty() || model_.info().constants.empty()) return &internal_names_;
-  std::unordered_map<std::string, std::string> to_fqn;
-  try {
-    // Every replica loads the same .so, so the names are the same in each.
-    to_fqn = model_.replicas().front()->runner()->getConstantNamesToOriginalFQNs();
-  } catch (const std::exception& e) {
-    return FromException(e, "reading constant names of model '" + model_name_ + "'");
-  }
-  std::map<std::string, std::string> names;
-  for (const ConstantInfo& c : model_.info().constants) names[c.fqn];
-  for (const auto& [internal, fqn] : to_fqn) {
-    auto it = names.find(fqn);
-    if (it == names.end()) continue;  // folded or not updatable
-    if (!it->second.empty()) {
-      return Internal("model '" + model_name_ + "': constant '" + fqn +
-                      "' has two internal names ('" + it->second + "', '" + internal + "')");
-    }
-    it->second = internal;
-  }
-  for (const auto& [fqn, internal] : names) {
-    if (internal.empty()) {
-      return Internal("model '" + model_name_ + "': no internal name for constant '" + fqn + "'");
-    }
-  }
-  internal_names_ = std::move(names);
-  return &internal_names_;
-}
-
 Status ConstantBufferManager::Stage(const std::vector<Tensor>& tensors,
                                     const StageOptions& options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
@@ -262,8 +217,6 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   FindProblems(info.constants, offered, problems);
   if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
 
-  auto names = InternalNames();
-  if (!names.ok()) return FailStage(names.status(), false);
 
   {
     std::lock_guard lock(mu_);
@@ -276,49 +229,24 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   // running request to finish) and points it at the inactive buffer.
   // Replicas (one per device) are staged one after the other.
   for (const auto& replica : model_.replicas()) {
-    // The container copies raw storage bytes without checking dtype or shape
-    // (validated above), from contiguous tensors with storage offset 0 on the
-    // replica's device: ToAten wraps host memory as such (no copy on CPU) and
-    // copies it to an accelerator otherwise, which on CUDA briefly needs a
-    // third copy of the weights on the device.
-    std::unordered_map<std::string, at::Tensor> by_internal_name;
-    for (const Tensor& t : tensors) {
-      auto converted = ToAten(t, replica->info().device);
-      if (!converted.ok()) return FailStage(converted.status(), /*buffer_written=*/true);
-      by_internal_name.emplace((*names)->at(t.name), std::move(converted).value());
-    }
-    torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
     const std::string where = "while staging weights for model '" + model_name_ + "' on " +
                               replica->info().device.ToString();
     // A fold borrows one of the container's model instances for its whole
     // run, so it takes a runner slot from the pool like a request does:
     // otherwise an admitted request would wait inside the container.
     auto fold = [&]() -> Status {
-      return model_.pool().Run([&](size_t) -> Status {
-        try {
-          c10::DeviceGuard on_device(ToC10Device(replica->info().device));
-          runner->run_const_fold(/*use_inactive=*/true);
-          return Status::Ok();
-        } catch (const std::exception& e) {
-          return FromException(e, where);
-        }
-      });
+      return model_.pool()
+          .Run([&](size_t) { return replica->FoldConstants(/*inactive=*/true); })
+          .WithPrefix(where);
     };
-    // After a free, the container's update would crash on the freed folded
-    // constants (see FreeContainerInactive); refolding the aliases of the
-    // active weights recreates them first.
+    // After a free, the inactive buffer must be refolded before it is
+    // written (see Replica::FreeInactive).
     if (inactive_needs_refold_) {
       Status refolded = fold();
       if (!refolded.ok()) return FailStage(refolded, /*buffer_written=*/true);
     }
-    try {
-      // The container allocates on the current device: make it the replica's.
-      c10::DeviceGuard on_device(ToC10Device(replica->info().device));
-      runner->update_constant_buffer(by_internal_name, /*use_inactive=*/true,
-                                     /*validate_full_updates=*/true);
-    } catch (const std::exception& e) {
-      return FailStage(FromException(e, where), /*buffer_written=*/true);
-    }
+    Status written = replica->WriteInactive(tensors);
+    if (!written.ok()) return FailStage(written.WithPrefix(where), /*buffer_written=*/true);
     if (Status folded = fold(); !folded.ok()) return FailStage(folded, /*buffer_written=*/true);
   }  // device copies are dropped here, before reporting
   inactive_needs_refold_ = false;
@@ -353,46 +281,17 @@ Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
   return error;
 }
 
-// free_inactive_constant_buffer() releases the inactive blob and resets the
-// inactive map's constant-folded entries to null handles, but leaves them in
-// the map. The next update of that buffer then dereferences a null handle
-// (ConstantBufferSet::update_array -> aoti_torch_get_data_ptr): a segfault on
-// torch 2.13 for any package compiled with runtime constant folding. The
-// non-folded entries would still point into the freed blob, so refolding
-// first would read freed memory.
-//
-// Work-around: before freeing, point the inactive buffer's non-folded entries
-// at the ACTIVE weights (user_managed update: no copy, no blob). After the
-// free they reference live memory, and the next Stage refolds them (creating
-// valid folded entries) before it writes. The active set cannot change in
-// between: Swap and Rollback need a staged or previous set. Cost: the
-// container leaks one small tensor handle per constant per free in
-// user-managed mode (PyTorch PR 194480), never the weight memory.
+// Frees every replica's inactive buffer; the next Stage refolds before it
+// writes (the AOTInductor work-around behind Replica::FreeInactive).
 Status ConstantBufferManager::FreeContainerInactive() {
-  auto names = InternalNames();
-  if (!names.ok()) return names.status();
   // Serialized with requests as well as writers, per the AOTI notes: a free
   // that races a swap can free the live buffer.
   Status status = model_.pool().RunExclusive([&]() -> Status {
-    try {
-      for (const auto& replica : model_.replicas()) {
-        c10::DeviceGuard on_device(ToC10Device(replica->info().device));
-        torch::inductor::AOTIModelContainerRunner* runner = replica->runner();
-        if (!inactive_needs_refold_) {  // else: already aliased and freed
-          std::unordered_map<std::string, at::Tensor> aliases;
-          for (auto& [fqn, tensor] : runner->extract_constants_map(/*use_inactive=*/false)) {
-            auto it = (*names)->find(fqn);
-            if (it != (*names)->end()) aliases.emplace(it->second, tensor);
-          }
-          runner->update_constant_buffer(aliases, /*use_inactive=*/true,
-                                         /*validate_full_updates=*/true, /*user_managed=*/true);
-        }
-        runner->free_inactive_constant_buffer();
-      }
-      inactive_needs_refold_ = true;
-    } catch (const std::exception& e) {
-      return FromException(e, "freeing the inactive weights of model '" + model_name_ + "'");
+    for (const auto& replica : model_.replicas()) {
+      PT2_RETURN_IF_ERROR(replica->FreeInactive().WithPrefix(
+          "freeing the inactive weights of model '" + model_name_ + "'"));
     }
+    inactive_needs_refold_ = true;
     return Status::Ok();
   });
   if (status.ok()) {
@@ -459,26 +358,15 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
     // Every replica swaps inside the same exclusive section: no request sees
     // one device on the new weights and another on the old.
     for (const auto& replica : model_.replicas()) {
-      try {
-        c10::DeviceGuard on_device(ToC10Device(replica->info().device));
-        replica->runner()->swap_constant_buffer();
-      } catch (const std::exception& e) {
-        return FromException(e, "swapping the weights of model '" + model_name_ + "' on " +
-                                    replica->info().device.ToString());
-      }
+      PT2_RETURN_IF_ERROR(replica->SwapBuffers().WithPrefix("model '" + model_name_ + "'"));
     }
     model_.SetWeightsVersionLocked(to_version);
     if (fold_after) {
       // Only the compiled-in set may be unfolded (no request ran before the
       // first swap). Fold it here, while requests are paused anyway; on
       // failure the first request folds it instead.
-      try {
-        for (const auto& replica : model_.replicas()) {
-          c10::DeviceGuard on_device(ToC10Device(replica->info().device));
-          replica->runner()->run_const_fold(/*use_inactive=*/false);
-        }
-      } catch (const std::exception&) {
-        fold_after = false;
+      for (const auto& replica : model_.replicas()) {
+        if (!replica->FoldConstants(/*inactive=*/false).ok()) fold_after = false;
       }
     }
     left = SteadyClock::now();

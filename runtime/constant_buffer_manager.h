@@ -212,15 +212,12 @@ class ConstantBufferManager {
   Status FailStage(Status error, bool buffer_written);
   // free_inactive_constant_buffer() inside RunExclusive.
   Status FreeContainerInactive();
-  // FQN -> the container's internal constant name, built on first use.
-  StatusOr<const std::map<std::string, std::string>*> InternalNames();
 
   Model& model_;
   const std::string model_name_;
   const size_t weight_bytes_;  // PackageInfo::constants_nbytes times the replicas
 
   // Written only by the writer-slot holder.
-  std::map<std::string, std::string> internal_names_;
   // The inactive buffer was freed and must be refolded before the next write
   // (see FreeContainerInactive in the .cc).
   bool inactive_needs_refold_ = false;

@@ -2,12 +2,22 @@
 
 #include <set>
 
-#include "runtime/constant_buffer_manager.h"
-#include "runtime/model_package.h"
 #include "devices/cpu_threads.h"
-#include "devices/device_executor.h"
+#include "runtime/constant_buffer_manager.h"
+#include "runtime/local_replica.h"
+#include "runtime/worker_replica.h"
 
 namespace pt2serve {
+
+std::string_view IsolationName(Isolation isolation) {
+  return isolation == Isolation::kProcess ? "process" : "in_process";
+}
+
+std::optional<Isolation> IsolationFromName(std::string_view name) {
+  if (name == "in_process") return Isolation::kInProcess;
+  if (name == "process") return Isolation::kProcess;
+  return std::nullopt;
+}
 
 StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
   if (config.cpu_threads < 0 || config.cpu_threads > kMaxCpuThreads) {
@@ -25,37 +35,38 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
                            std::to_string(config.num_runners) + " on each of " +
                            std::to_string(devices.size()) + ")");
   }
-  std::vector<std::unique_ptr<ModelPackage>> replicas;
+  std::vector<std::unique_ptr<Replica>> replicas;
   for (const std::string& device : devices) {
-    ModelPackage::Options options;
-    options.path = config.path;
-    options.device = device;
-    options.num_runners = config.num_runners;
-    PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
-    if (!replicas.empty() && package->info().device == replicas.front()->info().device) {
-      return InvalidArgument("device list '" + config.device + "' names " +
-                             package->info().device.ToString() + " twice");
+    std::unique_ptr<Replica> replica;
+    if (config.isolation == Isolation::kProcess) {
+      WorkerOptions options;
+      options.model_name = config.name;
+      options.path = config.path;
+      options.device = device;
+      options.num_runners = config.num_runners;
+      options.cpu_threads = config.cpu_threads;
+      PT2_ASSIGN_OR_RETURN(replica, WorkerReplica::Start(std::move(options)));
+    } else {
+      ModelPackage::Options options;
+      options.path = config.path;
+      options.device = device;
+      options.num_runners = config.num_runners;
+      PT2_ASSIGN_OR_RETURN(replica, LocalReplica::Load(options));
     }
-    replicas.push_back(std::move(package));
+    if (!replicas.empty() && replica->info().device == replicas.front()->info().device) {
+      return InvalidArgument("device list '" + config.device + "' names " +
+                             replica->info().device.ToString() + " twice");
+    }
+    replicas.push_back(std::move(replica));
   }
-  // Slot i runs on replica i % D, so the low slots the pool hands out first
-  // alternate between devices and light load spreads too.
-  std::vector<std::unique_ptr<DeviceExecutor>> executors;
-  for (size_t i = 0; i < total; ++i) {
-    PT2_ASSIGN_OR_RETURN(auto executor,
-                         DeviceExecutor::Create(replicas[i % replicas.size()]->info().device));
-    executors.push_back(std::move(executor));
-  }
-  return std::shared_ptr<Model>(new Model(config, std::move(replicas), std::move(executors)));
+  return std::shared_ptr<Model>(new Model(config, std::move(replicas)));
 }
 
-Model::Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> replicas,
-             std::vector<std::unique_ptr<DeviceExecutor>> executors)
+Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas)
     : config_(std::move(config)),
       replicas_(std::move(replicas)),
-      executors_(std::move(executors)),
       pool_(std::make_unique<RunnerPool>(RunnerPoolOptions{
-          executors_.size(), config_.max_queue_size,
+          config_.num_runners * replicas_.size(), config_.max_queue_size,
           [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
       weights_(std::make_unique<ConstantBufferManager>(*this)) {}
@@ -63,8 +74,42 @@ Model::Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> repl
 Model::~Model() {
   weights_.reset();
   pool_.reset();  // joins pool threads: nothing runs once the replicas go
-  executors_.clear();
   replicas_.clear();  // explicitly, in this order: never from a static destructor
+}
+
+void Model::SetAvailabilityListener(std::function<void()> listener) {
+  {
+    std::lock_guard lock(listener_mu_);
+    listener_ = listener;
+  }
+  for (const auto& replica : replicas_) {
+    if (auto* worker = dynamic_cast<WorkerReplica*>(replica.get())) worker->SetListener(listener);
+  }
+}
+
+Availability Model::availability() const {
+  Availability worst = Availability::kServing;
+  for (const auto& replica : replicas_) {
+    const Availability a = replica->availability();
+    if (a == Availability::kFailed) return a;
+    if (a == Availability::kRestarting) worst = a;
+  }
+  return worst;
+}
+
+std::string Model::availability_reason() const {
+  for (const auto& replica : replicas_) {
+    if (replica->availability() != Availability::kServing) {
+      return replica->info().device.ToString() + ": " + replica->availability_reason();
+    }
+  }
+  return "";
+}
+
+uint64_t Model::restarts() const {
+  uint64_t total = 0;
+  for (const auto& replica : replicas_) total += replica->restarts();
+  return total;
 }
 
 const PackageInfo& Model::info() const { return replicas_.front()->info(); }
@@ -149,32 +194,23 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
 }
 
 Status Model::Execute(size_t runner, const std::vector<const Tensor*>& inputs,
-                      const std::vector<int>& output_indices, InferResponse& response) {
-  ModelPackage& replica = *replicas_[runner % replicas_.size()];
-  const PackageInfo& info = replica.info();
-  DeviceExecutor& executor = *executors_[runner];
-  PT2_ASSIGN_OR_RETURN(auto args, executor.Upload(inputs));
+                      const std::vector<int>& output_indices, InferResponse& response,
+                      Deadline deadline) {
+  const size_t count = replicas_.size();
+  Replica& replica = *replicas_[runner % count];
   // Read under the runner slot: swaps happen only with no request inside, so
   // this is the version of the weights this call uses.
   response.weights_version = weights_version();
-  PT2_ASSIGN_OR_RETURN(auto results, executor.RunOn([&](void* stream) {
-                         return replica.Run(args, stream);
-                       }));
-  if (results.size() != info.signature.outputs.size()) {
-    return Internal("model returned " + std::to_string(results.size()) +
-                    " outputs, signature declares " +
-                    std::to_string(info.signature.outputs.size()));
+  Status status = replica.Run(runner / count, inputs, output_indices, response.outputs, deadline);
+  if (!status.ok() && replica.availability() == Availability::kFailed) {
+    std::function<void()> listener;
+    {
+      std::lock_guard lock(listener_mu_);
+      listener = listener_;
+    }
+    if (listener) listener();
   }
-  response.outputs.clear();
-  for (int idx : output_indices) {
-    PT2_ASSIGN_OR_RETURN(Tensor out,
-                         executor.Download(results[idx], info.signature.outputs[idx].name));
-    response.outputs.push_back(std::move(out));
-  }
-  // Requested-away outputs may still be in flight on the stream; the runner
-  // is released only once nothing it queued is pending.
-  if (output_indices.size() < results.size()) PT2_RETURN_IF_ERROR(executor.Synchronize());
-  return Status::Ok();
+  return status;
 }
 
 StatusOr<InferResponse> Model::Infer(const InferRequest& request) {
@@ -183,9 +219,12 @@ StatusOr<InferResponse> Model::Infer(const InferRequest& request) {
   PT2_RETURN_IF_ERROR(Prepare(request, ordered, output_indices));
   InferResponse response;
   response.id = request.id;
+  const Deadline deadline = EffectiveDeadline(request.deadline);
   PT2_RETURN_IF_ERROR(pool_->Run(
-      [&](size_t runner) { return Execute(runner, ordered, output_indices, response); },
-      EffectiveDeadline(request.deadline), &response.timing));
+      [&](size_t runner) {
+        return Execute(runner, ordered, output_indices, response, deadline);
+      },
+      deadline, &response.timing));
   return response;
 }
 
@@ -206,8 +245,8 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
   call->response.id = call->request.id;
   const Deadline deadline = EffectiveDeadline(call->request.deadline);
   return pool_->Submit(
-      [this, call](size_t runner) {
-        return Execute(runner, call->ordered, call->output_indices, call->response);
+      [this, call, deadline](size_t runner) {
+        return Execute(runner, call->ordered, call->output_indices, call->response, deadline);
       },
       deadline,
       [call, done = std::move(done)](const Status& status, const RequestTiming& timing) {

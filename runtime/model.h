@@ -10,22 +10,38 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
 #include "common/tensor.h"
 #include "runtime/package_info.h"
+#include "runtime/replica.h"
 #include "runtime/runner_pool.h"
 
 namespace pt2serve {
 
 class ConstantBufferManager;
-class ModelPackage;
-class DeviceExecutor;
+class Replica;
 
 // Largest ModelConfig::cpu_threads accepted.
 inline constexpr int kMaxCpuThreads = 1024;
+
+// Where a model's container runs; see docs/containment.md.
+enum class Isolation {
+  // In the daemon: fastest. A request that makes a kernel abort the process
+  // (e.g. an out-of-range embedding index on CPU) takes the daemon down.
+  kInProcess,
+  // In a pt2serve-worker child process per replica: a crash fails the
+  // requests inside it and the worker restarts with the same weights; the
+  // daemon and other models are unaffected. Costs an IPC round trip and a
+  // copy of inputs and outputs per request.
+  kProcess,
+};
+std::string_view IsolationName(Isolation isolation);  // "in_process", "process"
+std::optional<Isolation> IsolationFromName(std::string_view name);
 
 struct ModelConfig {
   std::string name;
@@ -45,6 +61,7 @@ struct ModelConfig {
   // process default (OMP_NUM_THREADS, or one per physical core). See
   // devices/cpu_threads.h.
   int cpu_threads = 0;
+  Isolation isolation = Isolation::kInProcess;
 };
 
 struct InferRequest {
@@ -95,31 +112,42 @@ class Model {
   ConstantBufferManager& weights() { return *weights_; }
   RunnerPool& pool() { return *pool_; }
   // One loaded package per device; runner slot i runs on replica
-  // i % replicas().size(). Weight operations apply to every replica.
-  const std::vector<std::unique_ptr<ModelPackage>>& replicas() const { return replicas_; }
+  // i % replicas().size() (its slot i / replicas().size()). Weight
+  // operations apply to every replica.
+  const std::vector<std::unique_ptr<Replica>>& replicas() const { return replicas_; }
+
+  // SERVING unless a replica is restarting its worker or failed for good;
+  // the reason names the replica's problem.
+  Availability availability() const;
+  std::string availability_reason() const;
+  // Worker restarts over all replicas (process isolation).
+  uint64_t restarts() const;
+  // Called after the availability may have changed (a worker died or came
+  // back, an in-process device failed), on the thread that noticed it.
+  // Set once after Load, before requests.
+  void SetAvailabilityListener(std::function<void()> listener);
 
   // Sets the label reported for the active weights. REQUIRES: called inside
   // pool().RunExclusive(), together with the buffer swap it describes.
   void SetWeightsVersionLocked(std::string version);
 
  private:
-  Model(ModelConfig config, std::vector<std::unique_ptr<ModelPackage>> replicas,
-        std::vector<std::unique_ptr<DeviceExecutor>> executors);
+  Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas);
   // Maps named inputs to signature order and validates them; also resolves
   // requested outputs to indices.
   Status Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,
                  std::vector<int>& output_indices) const;
-  // Runs with runner slot `runner` held: device upload, the container call
-  // on that runner's stream, and the copy-out of the outputs.
+  // Runs with runner slot `runner` held, on its replica.
   Status Execute(size_t runner, const std::vector<const Tensor*>& inputs,
-                 const std::vector<int>& output_indices, InferResponse& response);
+                 const std::vector<int>& output_indices, InferResponse& response,
+                 Deadline deadline);
   Deadline EffectiveDeadline(Deadline requested) const;
 
   const ModelConfig config_;
-  std::vector<std::unique_ptr<ModelPackage>> replicas_;  // one per device
-  // One per runner slot; slot i is used only by the request holding runner i.
-  std::vector<std::unique_ptr<DeviceExecutor>> executors_;
+  std::vector<std::unique_ptr<Replica>> replicas_;  // one per device
   std::unique_ptr<RunnerPool> pool_;  // destroyed before replicas_
+  std::mutex listener_mu_;
+  std::function<void()> listener_;  // guarded by listener_mu_
   mutable std::mutex version_mu_;
   std::string weights_version_;  // guarded by version_mu_
   // Constructed last, destroyed first (it uses replicas_ and pool_).

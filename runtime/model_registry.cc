@@ -19,6 +19,7 @@ std::string_view ModelStateName(ModelState state) {
     case ModelState::kUnloading: return "UNLOADING";
     case ModelState::kFailed: return "FAILED";
     case ModelState::kUnloaded: return "UNLOADED";
+    case ModelState::kRestarting: return "RESTARTING";
   }
   return "UNKNOWN";
 }
@@ -44,7 +45,35 @@ void ModelHandle::Reset() {
   entry_.reset();
 }
 
-ModelRegistry::~ModelRegistry() { UnloadAll(); }
+ModelRegistry::~ModelRegistry() {
+  UnloadAll();
+  // Models still held after the drain timeout must not call back into a
+  // destroyed registry.
+  std::lock_guard lock(mu_);
+  for (const auto& [name, entry] : entries_) {
+    std::lock_guard elock(entry->mu);
+    if (entry->model) entry->model->SetAvailabilityListener(nullptr);
+  }
+}
+
+ModelStatus ModelRegistry::SnapshotLocked(const Entry& entry) {
+  ModelStatus status = entry.status;
+  if (entry.model) status.restarts = entry.model->restarts();
+  if (status.state == ModelState::kReady && entry.model) {
+    switch (entry.model->availability()) {
+      case Availability::kServing: break;
+      case Availability::kRestarting:
+        status.state = ModelState::kRestarting;
+        status.reason = entry.model->availability_reason();
+        break;
+      case Availability::kFailed:
+        status.state = ModelState::kFailed;
+        status.reason = entry.model->availability_reason();
+        break;
+    }
+  }
+  return status;
+}
 
 void ModelRegistry::AddObserver(Observer observer) {
   std::lock_guard lock(observers_mu_);
@@ -101,6 +130,21 @@ Status ModelRegistry::Load(const ModelConfig& config) {
     if (loaded.ok()) {
       entry->model = std::move(loaded).value();
       entry->status.state = ModelState::kReady;
+      // Runs on the thread that saw the change (a worker's supervisor, a
+      // request): report the state it now derives to the observers.
+      std::weak_ptr<Entry> weak = entry;
+      entry->model->SetAvailabilityListener([this, weak] {
+        auto e = weak.lock();
+        if (!e) return;
+        ModelStatus now;
+        {
+          std::lock_guard lock(e->mu);
+          if (e->status.state != ModelState::kReady) return;  // unloading reports itself
+          now = SnapshotLocked(*e);
+        }
+        now.availability_change = true;
+        Notify(now);
+      });
     } else {
       entry->status.state = ModelState::kFailed;
       entry->status.reason = loaded.status().ToString();
@@ -174,10 +218,10 @@ StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name) const {
   auto entry = Find(name);
   if (!entry) return NotFound("model '" + name + "' is not loaded");
   std::lock_guard elock(entry->mu);
-  if (entry->status.state != ModelState::kReady) {
-    std::string msg = "model '" + name + "' is " +
-                      std::string(ModelStateName(entry->status.state));
-    if (!entry->status.reason.empty()) msg += ": " + entry->status.reason;
+  const ModelStatus status = SnapshotLocked(*entry);
+  if (status.state != ModelState::kReady && status.state != ModelState::kRestarting) {
+    std::string msg = "model '" + name + "' is " + std::string(ModelStateName(status.state));
+    if (!status.reason.empty()) msg += ": " + status.reason;
     return Unavailable(std::move(msg));
   }
   ++entry->active;
@@ -190,7 +234,7 @@ StatusOr<ModelStatus> ModelRegistry::GetStatus(const std::string& name) const {
   auto entry = Find(name);
   if (!entry) return NotFound("model '" + name + "' is not loaded");
   std::lock_guard elock(entry->mu);
-  return entry->status;
+  return SnapshotLocked(*entry);
 }
 
 std::vector<ModelStatus> ModelRegistry::List() const {
@@ -202,7 +246,7 @@ std::vector<ModelStatus> ModelRegistry::List() const {
   std::vector<ModelStatus> out;
   for (const auto& entry : entries) {
     std::lock_guard elock(entry->mu);
-    out.push_back(entry->status);
+    out.push_back(SnapshotLocked(*entry));
   }
   return out;
 }

@@ -1,7 +1,12 @@
 // ModelRegistry: the set of served models, by name, with their lifecycle.
 //
 // States: LOADING -> READY -> UNLOADING -> (removed); LOADING -> FAILED (with
-// a reason, kept until the next load of that name or an unload). A request
+// a reason, kept until the next load of that name or an unload). A READY
+// model whose worker process died reports RESTARTING (requests wait for it)
+// and READY again once its worker is back; one that cannot serve any more
+// (a poisoned in-process device context, a worker that fails to restart)
+// reports FAILED with the reason and refuses requests. Those two are read
+// from the model (Model::availability), not stored. A request
 // holds a ModelHandle for its whole duration; Unload() waits until every
 // handle to the model is gone, so a model is never destroyed under a request.
 // A failed load never affects other models.
@@ -26,7 +31,7 @@
 namespace pt2serve {
 
 // kUnloaded is only reported to observers: the entry is gone by then.
-enum class ModelState { kLoading, kReady, kUnloading, kFailed, kUnloaded };
+enum class ModelState { kLoading, kReady, kUnloading, kFailed, kUnloaded, kRestarting };
 std::string_view ModelStateName(ModelState state);  // "LOADING", "READY", ...
 
 struct ModelStatus {
@@ -36,6 +41,12 @@ struct ModelStatus {
   ModelConfig config;
   std::chrono::system_clock::time_point since;  // when it entered `state`
   std::chrono::nanoseconds load_duration{0};    // for READY/FAILED
+  // Worker restarts of a process-isolated model so far.
+  uint64_t restarts = 0;
+  // Set in notifications of a loaded model's own availability changes
+  // (RESTARTING, READY again, FAILED at run time) rather than a load or an
+  // unload.
+  bool availability_change = false;
 };
 
 class ModelRegistry;
@@ -87,8 +98,9 @@ class ModelRegistry {
                 std::chrono::milliseconds drain_timeout = std::chrono::seconds(30));
   void UnloadAll(std::chrono::milliseconds drain_timeout = std::chrono::seconds(30));
 
-  // A handle to a READY model: NOT_FOUND when unknown, UNAVAILABLE while it
-  // is loading, unloading or failed (the message says which).
+  // A handle to a READY (or RESTARTING) model: NOT_FOUND when unknown,
+  // UNAVAILABLE while it is loading, unloading or failed (the message says
+  // which).
   StatusOr<ModelHandle> Get(const std::string& name) const;
 
   StatusOr<ModelStatus> GetStatus(const std::string& name) const;
@@ -102,6 +114,9 @@ class ModelRegistry {
   using Entry = ModelHandle::Entry;
   void Notify(const ModelStatus& status);
   std::shared_ptr<Entry> Find(const std::string& name) const;
+  // The entry's status with the model's availability folded in.
+  // REQUIRES: entry.mu held.
+  static ModelStatus SnapshotLocked(const Entry& entry);
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> entries_;  // guarded by mu_

@@ -9,6 +9,7 @@
 #   scripts/cuda_host_check.sh all
 #   scripts/cuda_host_check.sh latency   # 1-stream latency and its floors, CPU and CUDA mlp
 #   scripts/cuda_host_check.sh quick-latency  # build, ctest + cuda_test, latency (< 10 min)
+#   scripts/cuda_host_check.sh containment    # build, ctest + cuda_test, isolation cost
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -152,6 +153,25 @@ do_latency() {
   return $rc
 }
 
+# Per-request cost of isolation: process (docs/containment.md), in-process
+# Model::Infer, mlp and tiny_lm, CPU and CUDA packages.
+do_containment_bench() {
+  [[ -x $BUILD/server/pt2serve ]] || do_build || return 1
+  model_dirs
+  local rc=0 dir model isolation
+  for dir in "$CPU_DIR" "$CUDA_DIR"; do
+    for model in mlp tiny_lm; do
+      for isolation in in_process process; do
+        timeout 60 "$BUILD/tools/bench/inproc_bench" "$dir/$model.pt2" --runners 2 --batch 1 \
+          --streams 1,4 --seconds 2 --warmup 0.5 --isolation "$isolation" \
+          --label "$isolation$([[ $dir == *-cuda ]] && echo ' cuda')" --no-header \
+          2>>"$LOGS/containment-bench.log" | tee -a "$OUT/containment-bench.md" || rc=1
+      done
+    done
+  done
+  return $rc
+}
+
 rc=0
 case $STAGE in
   build) do_build || rc=1 ;;
@@ -166,13 +186,31 @@ case $STAGE in
       PYTEST_ONLY=1 do_test || rc=1
     fi ;;
   latency) do_latency || rc=1 ;;
+  containment)  # build; cuda_test, the CPU worker tests, the poison case; isolation cost
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      ctest --test-dir "$BUILD" -R "make_fixture" >/dev/null 2>&1
+      log "cuda_test"
+      PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR timeout 200 "$BUILD/tests/cuda_test" -r compact \
+        >"$OUT/cuda_test.log" 2>&1 || rc=1
+      grep -E "Passed|Failed|passed all|failed|warning|answered|served again" "$OUT/cuda_test.log" \
+        | tail -n 14 | tee -a "$OUT/steps.log"
+      log "runtime_test (CPU packages of this host's torch, worker process cases)"
+      PT2SERVE_MODEL_DIR=$CPU_DIR PT2SERVE_FIXTURE_DIR=$BUILD/fixtures timeout 200 \
+        "$BUILD/tests/runtime_test" "*worker*,*isolation*,*restart*,*kernel error*" -r compact \
+        >"$OUT/runtime_worker.log" 2>&1 || rc=1
+      tail -n 3 "$OUT/runtime_worker.log" | tee -a "$OUT/steps.log"
+      do_containment_bench || rc=1
+    fi ;;
   quick-latency)
     do_build || rc=1
     if [[ $rc == 0 ]]; then
       SKIP_PYTEST=1 do_test || rc=1
       do_latency || rc=1
     fi ;;
-  *) echo "usage: $0 build|test|bench|all|quick-all|latency|quick-latency|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|bench|all|quick-all|latency|quick-latency|containment|fetch" >&2
+     exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc

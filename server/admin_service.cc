@@ -114,7 +114,15 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
                                             " (0 = the process default), got " +
                                             std::to_string(request->cpu_threads())));
   }
+  const auto isolation = request->isolation().empty()
+                             ? std::optional<Isolation>(Isolation::kInProcess)
+                             : IsolationFromName(request->isolation());
+  if (!isolation) {
+    return FinishUnary(ctx, InvalidArgument("isolation must be 'in_process' or 'process', got '" +
+                                            request->isolation().substr(0, 64) + "'"));
+  }
   ModelConfig config = repository_.defaults();
+  config.isolation = *isolation;
   config.name = request->name();
   config.path = request->package_path();
   if (!request->device().empty()) config.device = request->device();

@@ -14,6 +14,7 @@ pt2serve::v1::ModelState ToProtoState(ModelState state) {
     case ModelState::kUnloading:
     case ModelState::kUnloaded: return pt2serve::v1::UNLOADING;
     case ModelState::kFailed: return pt2serve::v1::FAILED;
+    case ModelState::kRestarting: return pt2serve::v1::RESTARTING;
   }
   return pt2serve::v1::MODEL_STATE_UNSPECIFIED;
 }
@@ -96,6 +97,8 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
   response->set_num_runners(static_cast<int32_t>(status->config.num_runners));
   response->set_max_queue_size(static_cast<int32_t>(status->config.max_queue_size));
   response->set_cpu_threads(status->config.cpu_threads);
+  response->set_isolation(std::string(IsolationName(status->config.isolation)));
+  response->set_restarts(static_cast<int64_t>(status->restarts));
   response->set_package_path(status->config.path);
   auto handle = registry_.Get(request->name());
   if (handle.ok()) {

@@ -49,6 +49,7 @@ StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
       else if (key == "timeout_ms") entry.timeout_ms = std::stoi(value);
       else if (key == "cpu_threads") entry.cpu_threads = std::stoi(value);
       else if (key == "device") entry.device = value;
+      else if (key == "isolation") entry.isolation = value;
       else if (key == "version") entry.weights_version = value;
       else return InvalidArgument("--model '" + flag + "': unknown option '" + key + "'");
     } catch (const std::exception&) {
@@ -75,7 +76,7 @@ int main(int argc, char** argv) {
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");
   app.add_option("-m,--model", model_flags,
-                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,cpu_threads=N,"
+                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,cpu_threads=N,isolation=in_process|process,"
                  "version=L] "
                  "(repeatable; adds to the config's models)");
   app.add_option("--inference-address", inference_address, "host:port for inference (KServe v2 + pt2serve.v1)");

@@ -71,9 +71,12 @@ class StateCollector : public prometheus::Collectable {
                            MetricType::Counter);
     auto expired = Family("pt2serve_queue_expired_total",
                           "Requests whose deadline passed while queued", MetricType::Counter);
+    auto restarts = Family("pt2serve_model_restarts_total",
+                           "Worker process restarts of a model with isolation: process",
+                           MetricType::Counter);
     for (const ModelStatus& s : registry_.List()) {
       for (auto st : {ModelState::kLoading, ModelState::kReady, ModelState::kUnloading,
-                      ModelState::kFailed}) {
+                      ModelState::kFailed, ModelState::kRestarting}) {
         state.metric.push_back(Gauge({{"model", s.name}, {"state", std::string(ModelStateName(st))}},
                                      s.state == st ? 1 : 0));
       }
@@ -87,6 +90,7 @@ class StateCollector : public prometheus::Collectable {
           Gauge({{"model", s.name}, {"version", (*handle)->weights_version()}}, 1));
       rejected.metric.push_back(Count({{"model", s.name}}, stats.rejected));
       expired.metric.push_back(Count({{"model", s.name}}, stats.expired));
+      restarts.metric.push_back(Count({{"model", s.name}}, s.restarts));
     }
     auto memory = Family("pt2serve_device_memory_bytes",
                          "Accelerator memory held by the caching allocator, by device",
@@ -95,7 +99,7 @@ class StateCollector : public prometheus::Collectable {
       memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "allocated"}}, m.allocated));
       memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "reserved"}}, m.reserved));
     }
-    return {state, in_flight, queued, runners, version, rejected, expired, memory};
+    return {state, in_flight, queued, runners, version, rejected, expired, restarts, memory};
   }
 
  private:

@@ -81,6 +81,8 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   c.max_queue_size = static_cast<size_t>(entry.max_queue_size);
   c.default_timeout = std::chrono::milliseconds(entry.timeout_ms);
   c.cpu_threads = entry.cpu_threads;
+  // ValidateServerConfig accepted only known names.
+  c.isolation = IsolationFromName(entry.isolation).value_or(Isolation::kInProcess);
   c.initial_weights_version = entry.weights_version;
   return c;
 }
@@ -166,6 +168,17 @@ void Server::LoadConfiguredModels() {
 void Server::OnStateChange(const ModelStatus& status) {
   auto log = Logger("registry");
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(status.load_duration).count();
+  if (status.availability_change) {
+    // A loaded model's own change: its worker died, came back, or it failed.
+    if (status.state == ModelState::kReady) {
+      log->info("model '{}' READY again ({} worker restart(s) so far)", status.name,
+                status.restarts);
+    } else {
+      log->error("model '{}' {}: {}", status.name, ModelStateName(status.state), status.reason);
+    }
+    UpdateHealth();
+    return;
+  }
   switch (status.state) {
     case ModelState::kFailed:
       log->error("model '{}' FAILED after {} ms: {}", status.name, ms, status.reason);

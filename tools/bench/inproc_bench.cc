@@ -8,7 +8,7 @@
 // costs.
 //
 //   inproc_bench PACKAGE.pt2 --runners 2 --batch 1 --streams 1,2,4,8,16
-//       --seconds 5 --warmup 1 [--json out.jsonl]
+//       --seconds 5 --warmup 1 [--isolation process] [--json out.jsonl]
 //
 // Leaves LibTorch's intra-op thread count alone, as the daemon does.
 // Exit status 1 when any request failed.
@@ -41,6 +41,12 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--queue", config.max_queue_size, "Max queued requests")->capture_default_str();
   app.add_option("--device", config.device, "auto, cpu, cuda:N, ...")->capture_default_str();
+  std::string isolation = "in_process";
+  app.add_option("--isolation", isolation,
+                 "in_process, or process (the model in a pt2serve-worker: what containment "
+                 "costs per request)")
+      ->check(CLI::IsMember({"in_process", "process"}))
+      ->capture_default_str();
   app.add_option("--batch", batch, "Leading (batch) dim for dynamic inputs")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -73,6 +79,7 @@ int Main(int argc, char** argv) {
     if (const auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
   }
   config.name = name;
+  config.isolation = *IsolationFromName(isolation);
   auto model = Model::Load(config);
   if (!model.ok()) {
     std::fprintf(stderr, "inproc_bench: %s\n", model.status().ToString().c_str());

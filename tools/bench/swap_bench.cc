@@ -49,6 +49,7 @@
 #include "devices/tensor_convert.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
+#include "runtime/local_replica.h"
 #include "runtime/model_package.h"
 #include "tools/bench/bench_util.h"
 
@@ -197,7 +198,8 @@ struct WeightSets {
 StatusOr<WeightSets> MakeWeightSets(Model& model) {
   WeightSets w;
   try {
-    auto constants = model.replicas().front()->runner()->extract_constants_map(/*use_inactive=*/false);
+    auto& local = dynamic_cast<LocalReplica&>(*model.replicas().front());
+    auto constants = local.package().runner()->extract_constants_map(/*use_inactive=*/false);
     for (const ConstantInfo& c : model.info().constants) {
       auto it = constants.find(c.fqn);
       if (it == constants.end()) return Internal("constant '" + c.fqn + "' not extractable");

@@ -116,6 +116,31 @@ class TwoIO(nn.Module):
         return summed, scores
 
 
+class TinyLM(nn.Module):
+    """A one-block transformer over a 100-token vocabulary: embedding, layer norm, single-head
+    attention, LM head. Token ids outside [0, 100) make the generated CPU kernel's bounds check
+    throw inside an OpenMP parallel region, which aborts the process (the containment tests'
+    poison request)."""
+
+    def __init__(self, vocab: int = 100, dim: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab)
+        self.scale = dim ** -0.5
+        with torch.no_grad():  # seeded, so that swapping weights visibly changes the output
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.normal_(0.0, 0.2)
+
+    def forward(self, tokens):
+        h = self.emb(tokens)  # [B, 16, dim]
+        q, k, v = self.qkv(self.norm(h)).chunk(3, -1)
+        attn = torch.softmax((q @ k.transpose(1, 2)) * self.scale, -1) @ v
+        return self.head(h + self.out(attn))  # [B, 16, vocab]
+
+
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -127,6 +152,8 @@ ZOO: dict[str, ZooModel] = {
             (TensorSpec("x", torch.float32, (-1, 8)), TensorSpec("ids", torch.int64, (-1, 4), high=32)),
             ("sum", "scores"),
         ),
+        ZooModel("tiny_lm", TinyLM, (TensorSpec("tokens", torch.int64, (-1, 16), high=100),),
+                 ("logits",)),
         # fp16 compiles and runs on CPU with inductor in torch 2.13, so no bfloat16 fallback.
         ZooModel("half", lambda: MLP(torch.float16), (TensorSpec("x", torch.float16, (-1, 16)),), ("y",)),
         ZooModel("big_mlp", BigMLP, (TensorSpec("x", torch.float32, (-1, 4096)),), ("y",),

@@ -229,7 +229,7 @@ int ModelsList(const Globals& g) {
 }
 
 struct LoadArgs {
-  std::string name, package_path, device;
+  std::string name, package_path, device, isolation;
   int runners = 0, queue = 0, cpu_threads = 0;
 };
 
@@ -243,6 +243,7 @@ int ModelsLoad(const Globals& g, const LoadArgs& a) {
   request.set_num_runners(a.runners);
   request.set_max_queue_size(a.queue);
   request.set_cpu_threads(a.cpu_threads);
+  request.set_isolation(a.isolation);
   v1::LoadModelResponse response;
   if (Outcome o = client->LoadModel(request, &response); !o.ok()) return Report(o, g);
   if (g.json) {
@@ -451,6 +452,10 @@ int Main(int argc, char** argv) {
   load_cmd->add_option("--cpu-threads", load.cpu_threads,
                        "Intra-op threads per runner for CPU work (default: the process's)")
       ->check(CLI::Range(0, 1024));
+  load_cmd->add_option("--isolation", load.isolation,
+                       "in_process (default) or process: run the model in a worker process "
+                       "that is restarted if a request crashes it")
+      ->check(CLI::IsMember({"in_process", "process"}));
   load_cmd->callback([&] { action = [&] { return ModelsLoad(g, load); }; });
 
   std::string unload_name;
