@@ -13,6 +13,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "tools/pt2ctl/admin_client.h"
+#include "tools/pt2ctl/fleet_rollout.h"
 #include "tools/pt2ctl/outcome.h"
 #include "tools/pt2ctl/progress_bar.h"
 #include "tools/pt2ctl/table.h"
@@ -273,4 +274,38 @@ TEST_CASE("an address nobody listens on is unreachable (exit 3)", "[pt2ctl]") {
   const Outcome outcome = client.GetStatus("m", &status);
   CHECK(static_cast<int>(outcome.exit_code()) == 3);
   CHECK(outcome.code() == "UNAVAILABLE");
+}
+
+TEST_CASE("fleet rollout: commit skew, headless resolution, JSON", "[pt2ctl][fleet]") {
+  CHECK(FleetRollout::SkewMs({}) == 0);
+  CHECK(FleetRollout::SkewMs({5'000'000}) == 0);
+  CHECK(FleetRollout::SkewMs({1'000'000, 0, 1'002'500, 1'001'000}) == Approx(2.5));
+
+  auto local = FleetRollout::ResolveHeadless("127.0.0.1:8003");
+  REQUIRE(local.ok());
+  CHECK(*local == std::vector<std::string>{"127.0.0.1:8003"});
+  auto v6 = FleetRollout::ResolveHeadless("::1:9000");
+  REQUIRE(v6.ok());
+  CHECK(*v6 == std::vector<std::string>{"[::1]:9000"});
+  CHECK(FleetRollout::ResolveHeadless("no-port").status().code() == StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveHeadless("name:").status().code() == StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveHeadless("no-such-host.invalid:8003").status().code() ==
+        StatusCode::kNotFound);
+
+  FleetResult result;
+  result.result = "aborted";
+  result.sha256 = "ab";
+  ReplicaReport r;
+  r.endpoint = "10.0.0.1:8003";
+  r.before = "initial";
+  r.stage = "failed";
+  r.error = "stage: \"quoted\"";
+  result.replicas.push_back(r);
+  const std::string json = FleetRollout::Json(result, "mlp", "v2");
+  CHECK_THAT(json, Catch::StartsWith("{\"model\":\"mlp\",\"version\":\"v2\",\"result\":\"aborted\""));
+  CHECK_THAT(json, Catch::Contains("\"error\":\"stage: \\\"quoted\\\"\""));
+  const std::string table = FleetRollout::Table(result);
+  CHECK_THAT(table, Catch::StartsWith("REPLICA"));
+  CHECK_THAT(table, Catch::Contains("10.0.0.1:8003  initial  failed"));
+  CHECK_FALSE(result.ok());
 }
