@@ -115,7 +115,8 @@ Status Server::BuildListeners() {
 
   kserve_ = std::make_unique<KServeService>(
       *registry_, *core_, *stats_, *repository_,
-      KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port});
+      KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port,
+                    [this] { return ServingState(); }});
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;
@@ -247,6 +248,12 @@ void Server::UpdateHealth() {
     health->SetServingStatus(
         s.name, s.state == ModelState::kReady && !pending.contains(s.name) && serving);
   }
+}
+
+bool Server::ServingState() const {
+  if (draining_) return false;
+  std::lock_guard lock(pending_mu_);
+  return weights_pending_.empty();
 }
 
 void Server::BeginDrain() {

@@ -80,6 +80,9 @@ class Server {
   Status ApplyStartupWeights(const ModelEntry& entry);
   void OnStateChange(const ModelStatus& status);
   void UpdateHealth();
+  // Readiness beyond "every model READY": not draining, start-up weights
+  // live. Any thread.
+  bool ServingState() const;
 
   ServerConfig config_;
   std::unique_ptr<ModelRegistry> registry_;

@@ -18,15 +18,13 @@ import re
 import shutil
 import subprocess
 
+from pathlib import Path
+
+import helm_python as helm
 import numpy as np
-import pytest
 import yaml
 
 from conftest import BUILD_DIR, DAEMON, free_port, wait_for
-
-helm = pytest.importorskip("helm_python")
-
-from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PT2CTL = BUILD_DIR / "tools" / "pt2ctl" / "pt2ctl"

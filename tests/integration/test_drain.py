@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import kserve_request
+from conftest import _kserve_probe, kserve_request
 
 LAG_S = 0.6          # endpoint-removal propagation lag the clients see
 CLIENTS = 4
@@ -31,6 +31,10 @@ def health(url: str, service: str = "") -> str:
             return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
         except grpc.RpcError as e:
             return f"ERROR {e.code().name}"
+
+
+def kserve_ready(url: str) -> bool | None:
+    return _kserve_probe(url, ready=True)
 
 
 def run_termination(daemon, refs, lag_s: float) -> dict:
@@ -128,6 +132,7 @@ def test_second_signal_ends_drain_delay(daemon_factory, model_dir):
         time.sleep(0.02)
     assert health(d.url) == "NOT_SERVING"
     assert health(d.url, "mlp") == "NOT_SERVING"
+    assert kserve_ready(d.url) is False, "KServe ServerReady must agree with the health service"
     t0 = time.monotonic()
     d.proc.send_signal(2)
     assert d.proc.wait(timeout=20) == 0
@@ -173,4 +178,5 @@ def test_startup_weights_flag(daemon_factory, model_dir, refs, tmp_path):
         time.sleep(0.05)
     assert "checksum mismatch" in bad.stderr_text()
     assert health(bad.url) == "NOT_SERVING" and health(bad.url, "mlp") == "NOT_SERVING"
+    assert kserve_ready(bad.url) is False
     assert health(bad.url, "liveness") == "SERVING"

@@ -239,6 +239,7 @@ void FleetRollout::Abort(const RolloutSpec& spec, FleetResult* result) {
       // Unreachable (killed, stopped): it serves what it served; a set it
       // may still stage later is never committed by this rollout.
       r.commit = "abort failed";
+      r.after.clear();  // unknown
       if (r.error.empty()) r.error = "abort: " + ErrorText(o);
       return;
     }
