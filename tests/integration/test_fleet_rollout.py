@@ -374,7 +374,13 @@ def test_retrying_a_half_done_commit_converges(fleet, weights_v2, refs):
 def test_rollout_refuses_bad_input(fleet, weights_v2, tmp_path):
     endpoints = [d.admin_url for d in fleet]
     p = pt2ctl("weights", "rollout", "mlp", str(weights_v2), "--version", "v2")
-    assert p.returncode == 2 and "--endpoints or --headless" in p.stderr
+    assert p.returncode == 2 and "rollout needs --endpoints, --headless or --dns-srv" in p.stderr
+    p = pt2ctl("weights", "rollout", "mlp", str(weights_v2), "--version", "v2", "--dns-srv",
+               "_grpc-admin._tcp.no-such-service.invalid")
+    assert p.returncode == 2 and "--dns-srv '_grpc-admin._tcp.no-such-service.invalid'" in p.stderr
+    p = pt2ctl("weights", "rollout", "mlp", str(weights_v2), "--version", "v2", "--endpoints",
+               endpoints[0], "--headless", "x:1")
+    assert p.returncode == 2 and "give one of" in p.stderr
     p = pt2ctl("weights", "rollout", "mlp", str(weights_v2), "--version", "v2", "--endpoints",
                f"{endpoints[0]},{endpoints[0]}")
     assert p.returncode == 2 and "listed twice" in p.stderr

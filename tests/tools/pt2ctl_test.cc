@@ -309,3 +309,53 @@ TEST_CASE("fleet rollout: commit skew, headless resolution, JSON", "[pt2ctl][fle
   CHECK_THAT(table, Catch::Contains("10.0.0.1:8003  initial  failed"));
   CHECK_FALSE(result.ok());
 }
+
+// A DNS response with the given SRV answers (port, target), as a resolver returns it.
+std::vector<unsigned char> SrvResponse(const std::vector<std::pair<int, std::string>>& answers) {
+  std::vector<unsigned char> m = {0x12, 0x34, 0x81, 0x80, 0, 1, 0,
+                                  static_cast<unsigned char>(answers.size()), 0, 0, 0, 0};
+  auto name = [&](const std::string& dotted) {
+    std::string label;
+    for (size_t i = 0; i <= dotted.size(); ++i) {
+      if (i == dotted.size() || dotted[i] == '.') {
+        m.push_back(static_cast<unsigned char>(label.size()));
+        m.insert(m.end(), label.begin(), label.end());
+        label.clear();
+      } else {
+        label += dotted[i];
+      }
+    }
+    m.push_back(0);
+  };
+  name("_grpc-admin._tcp.demo-admin.ns.svc");
+  m.insert(m.end(), {0, 33, 0, 1});  // QTYPE SRV, QCLASS IN
+  for (const auto& [port, target] : answers) {
+    m.insert(m.end(), {0xC0, 0x0C, 0, 33, 0, 1, 0, 0, 0, 30});  // name ptr, SRV, IN, TTL 30
+    const size_t rdlength_at = m.size();
+    m.insert(m.end(), {0, 0, 0, 0, 0, 100, static_cast<unsigned char>(port >> 8),
+                       static_cast<unsigned char>(port & 0xFF)});
+    name(target);
+    const size_t rdlength = m.size() - rdlength_at - 2;
+    m[rdlength_at] = static_cast<unsigned char>(rdlength >> 8);
+    m[rdlength_at + 1] = static_cast<unsigned char>(rdlength & 0xFF);
+  }
+  return m;
+}
+
+TEST_CASE("fleet rollout: SRV answers become endpoints", "[pt2ctl][fleet]") {
+  const auto m = SrvResponse({{8003, "10-0-0-2.demo-admin.ns.svc.cluster.local"},
+                              {8003, "10-0-0-1.demo-admin.ns.svc.cluster.local"},
+                              {8003, "10-0-0-1.demo-admin.ns.svc.cluster.local"}});
+  auto endpoints = FleetRollout::ParseSrvAnswer(m.data(), static_cast<int>(m.size()));
+  REQUIRE(endpoints.ok());
+  CHECK(*endpoints == std::vector<std::string>{"10-0-0-1.demo-admin.ns.svc.cluster.local:8003",
+                                               "10-0-0-2.demo-admin.ns.svc.cluster.local:8003"});
+  const auto empty = SrvResponse({});
+  auto none = FleetRollout::ParseSrvAnswer(empty.data(), static_cast<int>(empty.size()));
+  REQUIRE(none.ok());
+  CHECK(none->empty());
+  CHECK(FleetRollout::ParseSrvAnswer(m.data(), 5).status().code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveSrv("_x._tcp.no-such-service.invalid").status().code() ==
+        StatusCode::kNotFound);
+}

@@ -1,6 +1,8 @@
 #include "tools/pt2ctl/fleet_rollout.h"
 
+#include <arpa/nameser.h>
 #include <netdb.h>
+#include <resolv.h>
 #include <sys/socket.h>
 
 #include <arpa/inet.h>
@@ -319,6 +321,40 @@ StatusOr<std::vector<std::string>> FleetRollout::ResolveHeadless(const std::stri
   freeaddrinfo(found);
   if (endpoints.empty()) return NotFound("--headless '" + name_and_port + "' has no addresses");
   return std::vector<std::string>(endpoints.begin(), endpoints.end());
+}
+
+StatusOr<std::vector<std::string>> FleetRollout::ParseSrvAnswer(const unsigned char* message,
+                                                                int length) {
+  ns_msg msg;
+  if (ns_initparse(message, length, &msg) < 0) return InvalidArgument("malformed DNS answer");
+  std::set<std::string> endpoints;
+  for (int i = 0; i < ns_msg_count(msg, ns_s_an); ++i) {
+    ns_rr rr;
+    if (ns_parserr(&msg, ns_s_an, i, &rr) < 0) return InvalidArgument("malformed DNS record");
+    if (ns_rr_type(rr) != ns_t_srv || ns_rr_rdlen(rr) < 7) continue;
+    const unsigned char* rdata = ns_rr_rdata(rr);
+    const unsigned port = (rdata[4] << 8) | rdata[5];
+    char target[NS_MAXDNAME];
+    if (dn_expand(ns_msg_base(msg), ns_msg_end(msg), rdata + 6, target, sizeof(target)) < 0) {
+      return InvalidArgument("malformed SRV target");
+    }
+    std::string host = target;
+    if (!host.empty() && host.back() == '.') host.pop_back();
+    if (!host.empty() && port != 0) endpoints.insert(host + ":" + std::to_string(port));
+  }
+  return std::vector<std::string>(endpoints.begin(), endpoints.end());
+}
+
+StatusOr<std::vector<std::string>> FleetRollout::ResolveSrv(const std::string& name) {
+  unsigned char answer[NS_PACKETSZ * 16];
+  struct __res_state state{};
+  if (res_ninit(&state) != 0) return Unavailable("--dns-srv: cannot initialise the resolver");
+  const int length = res_nquery(&state, name.c_str(), ns_c_in, ns_t_srv, answer, sizeof(answer));
+  res_nclose(&state);
+  if (length < 0) return NotFound("--dns-srv '" + name + "': no SRV records");
+  PT2_ASSIGN_OR_RETURN(auto endpoints, ParseSrvAnswer(answer, length));
+  if (endpoints.empty()) return NotFound("--dns-srv '" + name + "': no SRV records");
+  return endpoints;
 }
 
 double FleetRollout::SkewMs(const std::vector<int64_t>& times_us) {

@@ -95,6 +95,13 @@ class FleetRollout {
   // "host:port" for every address `name` resolves to (IPv6 bracketed),
   // sorted and de-duplicated. NOT_FOUND when it resolves to none.
   static StatusOr<std::vector<std::string>> ResolveHeadless(const std::string& name_and_port);
+  // "target:port" for every SRV record of `name` (e.g.
+  // _grpc-admin._tcp.NAME-admin.NS.svc.cluster.local: one per ready pod of a
+  // headless Service), sorted and de-duplicated. NOT_FOUND when there is none.
+  static StatusOr<std::vector<std::string>> ResolveSrv(const std::string& name);
+  // The SRV answers of one DNS response message (what ResolveSrv parses).
+  static StatusOr<std::vector<std::string>> ParseSrvAnswer(const unsigned char* message,
+                                                           int length);
   // Latest minus earliest of the non-zero times, in ms (0 for fewer than 2).
   static double SkewMs(const std::vector<int64_t>& times_us);
   // Human-readable table and the --json object.

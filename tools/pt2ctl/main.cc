@@ -8,7 +8,8 @@
 //   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
 //   pt2ctl weights swap MODEL [--expect VERSION]
 //   pt2ctl weights rollback MODEL [--endpoints A,B,... | --headless NAME:PORT]
-//   pt2ctl weights rollout MODEL FILE --version V (--endpoints A,B,... | --headless NAME:PORT)
+//   pt2ctl weights rollout MODEL FILE --version V
+//       (--endpoints A,B,... | --headless NAME:PORT | --dns-srv SRVNAME)
 //       [--server-side] [--sha256 H] [--stage-timeout S] [--commit-timeout S]
 //   pt2ctl weights free-inactive MODEL
 //   pt2ctl weights status MODEL
@@ -432,21 +433,28 @@ int Check(const Globals& g, const std::string& model) {
 struct FleetArgs {
   std::vector<std::string> endpoints;
   std::string headless;
+  std::string dns_srv;
   double stage_timeout_s = 600;
   double commit_timeout_s = 30;
   int commit_attempts = 3;
 };
 
-bool HasFleet(const FleetArgs& f) { return !f.endpoints.empty() || !f.headless.empty(); }
+bool HasFleet(const FleetArgs& f) {
+  return !f.endpoints.empty() || !f.headless.empty() || !f.dns_srv.empty();
+}
 
 // The admin client settings (token, TLS) and the replicas; exit 2 if unusable.
 Outcome FleetOptionsFor(const Globals& g, const FleetArgs& f, FleetOptions* out) {
-  if (!f.endpoints.empty() && !f.headless.empty()) {
-    return Outcome::LocalError("give --endpoints or --headless, not both");
+  if (!f.endpoints.empty() + !f.headless.empty() + !f.dns_srv.empty() > 1) {
+    return Outcome::LocalError("give one of --endpoints, --headless, --dns-srv");
   }
   if (Outcome made = MakeClientOptions(g, kDefaultTimeoutS, &out->client); !made.ok()) return made;
   if (Outcome token = ResolveToken(g, &out->client.token); !token.ok()) return token;
-  if (!f.headless.empty()) {
+  if (!f.dns_srv.empty()) {
+    auto resolved = FleetRollout::ResolveSrv(f.dns_srv);
+    if (!resolved.ok()) return Outcome::LocalError(resolved.status());
+    out->endpoints = *resolved;
+  } else if (!f.headless.empty()) {
     auto resolved = FleetRollout::ResolveHeadless(f.headless);
     if (!resolved.ok()) return Outcome::LocalError(resolved.status());
     out->endpoints = *resolved;
@@ -499,7 +507,9 @@ int PrintFleet(const Globals& g, const FleetResult& r, const std::string& model,
 }
 
 int WeightsRollout(const Globals& g, const RolloutSpec& spec, const FleetArgs& f) {
-  if (!HasFleet(f)) return Report(Outcome::LocalError("rollout needs --endpoints or --headless"), g);
+  if (!HasFleet(f)) {
+    return Report(Outcome::LocalError("rollout needs --endpoints, --headless or --dns-srv"), g);
+  }
   if (!spec.server_side && !spec.sha256.empty()) {
     return Report(Outcome::LocalError("--sha256 is only for --server-side (streamed pushes "
                                       "compute it)"), g);
@@ -523,6 +533,8 @@ void AddFleetOptions(CLI::App* cmd, FleetArgs* f, bool rollout) {
       ->delimiter(',');
   cmd->add_option("--headless", f->headless,
                   "NAME:PORT of a headless Service: every address NAME resolves to");
+  cmd->add_option("--dns-srv", f->dns_srv,
+                  "SRV name (e.g. _grpc-admin._tcp.SVC.NS.svc.cluster.local): every target:port");
   if (!rollout) return;
   cmd->add_option("--stage-timeout", f->stage_timeout_s,
                   "Seconds each replica may take to stage before the rollout aborts")
