@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -140,14 +141,19 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
   const std::string p = "server";
   PT2_RETURN_IF_ERROR(CheckMap(s, p,
       {"inference_address", "admin_address", "metrics_address", "model_repository",
-       "max_message_bytes", "drain_timeout_ms", "allow_repository_admin_on_inference_port",
-       "admin_auth", "tls"}));
+       "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
+       "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
+       "tls"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "model_repository", p, &c->model_repository));
   PT2_RETURN_IF_ERROR(ReadInt64(s, "max_message_bytes", p, &c->max_message_bytes));
+  PT2_RETURN_IF_ERROR(ReadInt(s, "drain_delay_ms", p, &c->drain_delay_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_timeout_ms", p, &c->drain_timeout_ms));
+  PT2_RETURN_IF_ERROR(ReadInt(s, "max_connection_age_ms", p, &c->max_connection_age_ms));
+  PT2_RETURN_IF_ERROR(
+      ReadInt(s, "max_connection_age_grace_ms", p, &c->max_connection_age_grace_ms));
   PT2_RETURN_IF_ERROR(ReadBool(s, "allow_repository_admin_on_inference_port", p,
                                &c->allow_repository_admin_on_inference_port));
 
@@ -181,7 +187,8 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     if (!m.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(m)));
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
                                         "max_queue_size", "timeout_ms", "cpu_threads",
-                                        "weights_version", "isolation"}));
+                                        "weights_version", "weights_file", "weights_sha256",
+                                        "isolation"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -191,6 +198,8 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
     PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e.cpu_threads));
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
+    PT2_RETURN_IF_ERROR(ReadString(m, "weights_file", p, &e.weights_file));
+    PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e.weights_sha256));
     PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e.isolation));
     c->models.push_back(std::move(e));
   }
@@ -212,7 +221,10 @@ void ResolvePaths(std::string_view base_dir, ServerConfig* c) {
     Resolve(base, &t->key_file);
     Resolve(base, &t->client_ca_file);
   }
-  for (ModelEntry& m : c->models) Resolve(base, &m.path);
+  for (ModelEntry& m : c->models) {
+    Resolve(base, &m.path);
+    Resolve(base, &m.weights_file);
+  }
 }
 
 // ---- Validation helpers: return a problem description, "" when fine. ----
@@ -385,6 +397,18 @@ Status ValidateServerConfig(const ServerConfig& c) {
     return Error("server.drain_timeout_ms",
                  "must be >= 0, got " + std::to_string(c.drain_timeout_ms));
   }
+  if (c.drain_delay_ms < 0 || c.drain_delay_ms > kMaxDrainDelayMs) {
+    return Error("server.drain_delay_ms", "must be in 0.." + std::to_string(kMaxDrainDelayMs) +
+                                              ", got " + std::to_string(c.drain_delay_ms));
+  }
+  if (c.max_connection_age_ms < 0) {
+    return Error("server.max_connection_age_ms",
+                 "must be >= 0 (0 = unlimited), got " + std::to_string(c.max_connection_age_ms));
+  }
+  if (c.max_connection_age_grace_ms < 0) {
+    return Error("server.max_connection_age_grace_ms",
+                 "must be >= 0, got " + std::to_string(c.max_connection_age_grace_ms));
+  }
   if (!c.admin_token_env.empty() &&
       !(IsEnvStart(c.admin_token_env[0]) && AllOf(c.admin_token_env, IsEnvChar))) {
     return Error("server.admin_auth.token_env",
@@ -435,6 +459,21 @@ Status ValidateServerConfig(const ServerConfig& c) {
                                            std::to_string(m.cpu_threads));
     }
     if (m.weights_version.empty()) return Error(p + ".weights_version", "must not be empty");
+    if (!m.weights_file.empty() && m.weights_version == "initial") {
+      return Error(p + ".weights_version",
+                   "must name the version of weights_file '" + m.weights_file +
+                       "' ('initial' is the package's compiled-in weights)");
+    }
+    if (m.weights_file.empty() && !m.weights_sha256.empty()) {
+      return Error(p + ".weights_sha256", "is set but weights_file is not");
+    }
+    if (!m.weights_sha256.empty() &&
+        (m.weights_sha256.size() != 64 || !AllOf(m.weights_sha256, [](char ch) {
+          return std::isxdigit(static_cast<unsigned char>(ch)) != 0;
+        }))) {
+      return Error(p + ".weights_sha256",
+                   "'" + m.weights_sha256 + "' is not a hex SHA-256 (64 hex digits)");
+    }
     if (m.isolation != "in_process" && m.isolation != "process") {
       return Error(p + ".isolation", "must be 'in_process' or 'process', got '" + m.isolation + "'");
     }

@@ -32,8 +32,18 @@ struct ModelEntry {
   int timeout_ms = 0;                 // default request deadline; 0 = none
   int cpu_threads = 0;                // intra-op threads per runner; 0 = process default
   std::string isolation = "in_process";  // in_process | process (see docs/containment.md)
+  // Label of the weights served. With weights_file, the label of that file's
+  // weights (then not "initial").
   std::string weights_version = "initial";
+  // A .safetensors file staged and swapped in before the model reports READY
+  // on the health service ("" = the package's compiled-in weights). How a pod
+  // that restarts or scales out starts on the fleet's rolled-out version.
+  std::string weights_file{};
+  std::string weights_sha256{};  // optional hex SHA-256 of weights_file's bytes
 };
+
+// Upper bound of ServerConfig::drain_delay_ms (10 minutes).
+inline constexpr int kMaxDrainDelayMs = 600'000;
 
 struct ServerConfig {
   std::string inference_address = "127.0.0.1:8001";
@@ -45,7 +55,15 @@ struct ServerConfig {
   // to; "" disables admin loads.
   std::string model_repository;
   int64_t max_message_bytes = 64 << 20;  // 1..INT32_MAX (gRPC takes an int)
-  int drain_timeout_ms = 30000;          // >= 0
+  // On SIGTERM: health turns NOT_SERVING at once, but requests are still
+  // served for this long (0..kMaxDrainDelayMs), so load balancers and
+  // Kubernetes endpoints stop sending before connections close.
+  int drain_delay_ms = 0;
+  int drain_timeout_ms = 30000;          // >= 0; then in-flight requests may finish
+  // gRPC GOAWAY after a connection's age (0 = unlimited), so clients reconnect
+  // and rebalance after scale-out; the grace lets in-flight RPCs finish.
+  int max_connection_age_ms = 0;
+  int max_connection_age_grace_ms = 30000;
   // Serve KServe RepositoryModelLoad/Unload on the inference port too.
   bool allow_repository_admin_on_inference_port = false;
   // Bearer token for the admin listener; see ResolveAdminToken().

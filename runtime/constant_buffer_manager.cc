@@ -301,10 +301,25 @@ Status ConstantBufferManager::FreeContainerInactive() {
   return status;
 }
 
-StatusOr<SwapResult> ConstantBufferManager::Swap(std::string_view expected_version) {
+StatusOr<SwapResult> ConstantBufferManager::Swap(std::string_view expected_version,
+                                                 std::string_view expected_active) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   {
     std::lock_guard lock(mu_);
+    if (!expected_version.empty() && active_.info.version == expected_version) {
+      SwapResult result;
+      result.already_active = true;
+      result.active_version = active_.info.version;
+      if (inactive_state_ == InactiveState::kPrevious) {
+        result.previous_version = inactive_.info.version;
+      }
+      return result;
+    }
+    if (!expected_active.empty() && active_.info.version != expected_active) {
+      return FailedPrecondition("model '" + model_name_ + "' has version '" +
+                                active_.info.version + "' active, expected '" +
+                                std::string(expected_active) + "'");
+    }
     if (inactive_state_ == InactiveState::kPrevious) {
       return FailedPrecondition("no weights are staged for model '" + model_name_ +
                                 "' (the inactive buffer holds the previous weights '" +

@@ -121,6 +121,8 @@ struct SwapResult {
   std::chrono::nanoseconds swap_time{0};
   // Time spent waiting for in-flight requests to finish before that.
   std::chrono::nanoseconds wait_time{0};
+  // Swap(V) found V already active and changed nothing.
+  bool already_active = false;
 };
 
 class ConstantBufferManager {
@@ -162,7 +164,14 @@ class ConstantBufferManager {
   // FAILED_PRECONDITION when nothing is staged, or when `expected_version` is
   // non-empty and differs from the staged version. UNAVAILABLE when the
   // model is shutting down.
-  StatusOr<SwapResult> Swap(std::string_view expected_version = "");
+  //
+  // Compare-and-swap, safe to retry: when `expected_version` is non-empty and
+  // already ACTIVE, it succeeds without swapping (already_active, nothing
+  // changes: a retried commit never flips back). Otherwise, when
+  // `expected_active` is non-empty, the swap happens only if the ACTIVE
+  // version is that one (FAILED_PRECONDITION "... active, expected ...").
+  StatusOr<SwapResult> Swap(std::string_view expected_version = "",
+                            std::string_view expected_active = "");
 
   // Swaps ACTIVE and PREVIOUS: the rolled-back-from set becomes PREVIOUS, so
   // a second Rollback() returns to it. FAILED_PRECONDITION when no previous

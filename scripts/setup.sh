@@ -53,6 +53,17 @@ VENV_PY=$ROOT/.venv/bin/python
 # wrapper .venv/bin/perf_analyzer. Never fails set-up: on error it warns and the test skips.
 scripts/get_perf_analyzer.sh || log "WARNING: scripts/get_perf_analyzer.sh failed; perf_analyzer test will skip"
 
+# --- 2c. checkov (chart policy lint, tests/deploy) in a venv of its own -------------------
+# Its pins would downgrade packages of .venv (networkx, packaging), so it never shares it.
+CHECKOV_VENV=${PT2SERVE_CHECKOV_VENV:-$HOME/.cache/pt2serve/checkov-venv}
+checkov_hash=$(sha256sum deploy/helm/requirements-checkov.txt | cut -c1-16)
+if [[ "$(cat "$CHECKOV_VENV/.requirements-hash" 2>/dev/null)" != "$checkov_hash" ]]; then
+  log "installing checkov into $CHECKOV_VENV"
+  "$PY" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip install -q -r deploy/helm/requirements-checkov.txt >&2
+  echo "$checkov_hash" > "$CHECKOV_VENV/.requirements-hash"
+fi
+
 # --- 3. Test packages (cached by torch version + exporter source) ---------------
 MODEL_DIR=$("$VENV_PY" tools/export/export_model.py zoo | tail -n 1)
 [[ -f "$MODEL_DIR/mlp.pt2" ]] || { log "zoo export failed"; exit 1; }
@@ -73,6 +84,7 @@ export PT2SERVE_ROOT="$ROOT"
 export PT2SERVE_MODEL_DIR="$MODEL_DIR"
 export PT2SERVE_BUILD_DIR="$ROOT/build"
 export PT2SERVE_FIXTURE_DIR="$ROOT/build/fixtures"
+export PT2SERVE_CHECKOV="$CHECKOV_VENV/bin/checkov"
 export PATH="$ROOT/.venv/bin:$ROOT/build/server:$ROOT/build/tools/pt2ctl:\$PATH"
 ENV
 log "ready (models: $MODEL_DIR)"

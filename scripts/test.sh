@@ -13,6 +13,6 @@ ctest --test-dir build --output-on-failure --timeout 300 -j "$(nproc)" || status
 
 echo "== pytest (integration tests) =="
 # -rfEs: list failures, errors and skips with reasons in the summary.
-python -m pytest -q -rfEs tests/python tests/integration tests/proto || status=1
+python -m pytest -q -rfEs tests/python tests/integration tests/proto tests/deploy || status=1
 
 exit $status

@@ -192,6 +192,7 @@ AdminService::UpdateConstantBuffer(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ctx,
                                                  const std::string& model,
                                                  const std::string& expected_version,
+                                                 const std::string& expected_active,
                                                  pt2serve::v1::SwapResponse* response,
                                                  bool rollback) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
@@ -200,18 +201,27 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   // A swap waits for in-flight requests (about one inference): off the gRPC thread.
-  RunInBackground([reactor, response, shared, model, expected_version, rollback] {
+  RunInBackground([this, reactor, response, shared, model, expected_version, expected_active,
+                   rollback] {
     auto& weights = (*shared)->weights();
-    auto result = rollback ? weights.Rollback() : weights.Swap(expected_version);
+    auto result = rollback ? weights.Rollback() : weights.Swap(expected_version, expected_active);
     if (result.ok()) {
       response->set_model(model);
       response->set_active_version(result->active_version);
       response->set_previous_version(result->previous_version);
       response->set_swap_time_us(Micros(result->swap_time));
-      Logger("admin")->info("model '{}': {} -> weights '{}' active (was '{}'; drain {} us, swap {} us)",
-                            model, rollback ? "rollback" : "swap", result->active_version,
-                            result->previous_version, Micros(result->wait_time),
-                            Micros(result->swap_time));
+      response->set_already_active(result->already_active);
+      if (result->already_active) {
+        Logger("admin")->info("model '{}': swap to '{}': already active, nothing changed", model,
+                              result->active_version);
+      } else {
+        Logger("admin")->info(
+            "model '{}': {} -> weights '{}' active (was '{}'; drain {} us, swap {} us)", model,
+            rollback ? "rollback" : "swap", result->active_version, result->previous_version,
+            Micros(result->wait_time), Micros(result->swap_time));
+      }
+    } else {
+      RecordError(model, rollback ? "rollback" : "swap", result.status());
     }
     reactor->Finish(ToGrpcStatus(result.status()));
   });
@@ -221,13 +231,14 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminService::SwapConstantBuffer(grpc::CallbackServerContext* ctx,
                                                            const pt2serve::v1::SwapRequest* request,
                                                            pt2serve::v1::SwapResponse* response) {
-  return SwapLike(ctx, request->model(), request->expected_version(), response, false);
+  return SwapLike(ctx, request->model(), request->expected_version(),
+                  request->expected_active_version(), response, false);
 }
 
 grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* ctx,
                                                  const pt2serve::v1::RollbackRequest* request,
                                                  pt2serve::v1::SwapResponse* response) {
-  return SwapLike(ctx, request->model(), "", response, true);
+  return SwapLike(ctx, request->model(), "", "", response, true);
 }
 
 grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
@@ -238,12 +249,14 @@ grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
-  RunInBackground([reactor, response, shared, model = request->model()] {
+  RunInBackground([this, reactor, response, shared, model = request->model()] {
     auto freed = (*shared)->weights().FreeInactive();
     if (freed.ok()) {
       response->set_model(model);
       response->set_freed_bytes(*freed);
       Logger("admin")->info("model '{}': inactive weights freed ({} bytes)", model, *freed);
+    } else {
+      RecordError(model, "free-inactive", freed.status());
     }
     reactor->Finish(ToGrpcStatus(freed.status()));
   });
@@ -261,7 +274,24 @@ grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
   FillBuffer(st.active, pt2serve::v1::ACTIVE, response->mutable_active());
   FillBuffer(st.inactive, ToProto(st.inactive_state), response->mutable_inactive());
   response->set_bytes_in_use(st.bytes_in_use);
+  {
+    std::lock_guard lock(errors_mu_);
+    if (auto it = last_errors_.find(request->model()); it != last_errors_.end()) {
+      response->set_last_error(it->second.text);
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          it->second.at.time_since_epoch()).count();
+      response->mutable_last_error_at()->set_seconds(ns / 1'000'000'000);
+      response->mutable_last_error_at()->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+    }
+  }
   return FinishUnary(ctx, Status::Ok());
+}
+
+void AdminService::RecordError(const std::string& model, std::string_view operation,
+                               const Status& error) {
+  std::lock_guard lock(errors_mu_);
+  last_errors_[model] = {std::string(operation) + ": " + error.ToString(),
+                         std::chrono::system_clock::now()};
 }
 
 }  // namespace pt2serve::server

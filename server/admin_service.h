@@ -3,11 +3,13 @@
 // ("authorization: Bearer <token>"); anything else is UNAUTHENTICATED.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "pt2serve/v1/admin.grpc.pb.h"
 #include "runtime/model_registry.h"
@@ -58,7 +60,15 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   // Runs a swap-like operation on `model` off the gRPC thread.
   grpc::ServerUnaryReactor* SwapLike(grpc::CallbackServerContext* ctx, const std::string& model,
                                      const std::string& expected_version,
+                                     const std::string& expected_active,
                                      pt2serve::v1::SwapResponse* response, bool rollback);
+  // Remembers a failed weight operation for GetConstantBufferStatus.last_error.
+  void RecordError(const std::string& model, std::string_view operation, const Status& error);
+
+  struct LastError {
+    std::string text;
+    std::chrono::system_clock::time_point at;
+  };
   Status Authenticate(grpc::CallbackServerContext* ctx) const;
   // Runs `work` on its own thread (it blocks: loads, drains); the destructor
   // waits for it, so it never outlives the registry.
@@ -74,6 +84,9 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   // Live UpdateConstantBuffer streams by model; removed in the reactor's
   // OnDone. Guarded by uploads_mu_ (never held while taking a guard's mutex).
   std::multimap<std::string, std::shared_ptr<UploadGuard>> uploads_;
+  std::mutex errors_mu_;
+  // Last failed weight operation per model name. Guarded by errors_mu_.
+  std::map<std::string, LastError> last_errors_;
 };
 
 }  // namespace pt2serve::server

@@ -85,7 +85,8 @@ grpc::ServerUnaryReactor* KServeService::ServerLive(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KServeService::ServerReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ServerReadyRequest*,
                                                      inference::ServerReadyResponse* response) {
-  response->set_ready(registry_.AllReady());
+  response->set_ready(registry_.AllReady() &&
+                      (!options_.server_ready || options_.server_ready()));
   return FinishUnary(ctx, Status::Ok());
 }
 

@@ -3,6 +3,7 @@
 // ModelStatistics, RepositoryIndex, RepositoryModelLoad/Unload.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "kserve/grpc_service.grpc.pb.h"
@@ -18,6 +19,10 @@ struct KServeOptions {
   // RepositoryModelLoad/Unload are admin operations: PERMISSION_DENIED on
   // the inference port unless this is set.
   bool allow_repository_admin = false;
+  // Extra readiness condition for ServerReady (the daemon: not draining, start-up
+  // weights live), on top of every model being READY. Unset = none. Must be
+  // callable from any thread.
+  std::function<bool()> server_ready;
 };
 
 // Shared by ModelInfer and ModelStreamInfer: the runtime request for a KServe

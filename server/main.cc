@@ -5,16 +5,21 @@
 //   pt2serve --config config/pt2serve.example.yaml
 //   pt2serve --model mlp=/path/mlp.pt2 --model other=/p/o.pt2:runners=4,device=cpu
 //
-// Flags override the config file. SIGTERM/SIGINT: stop accepting, drain
-// in-flight requests (drain_timeout_ms), unload models, exit 0.
+// Flags override the config file. SIGTERM/SIGINT: health turns NOT_SERVING at
+// once while requests are still served for drain_delay_ms (a second signal
+// cuts that short), then stop accepting, drain in-flight requests
+// (drain_timeout_ms), unload models, exit 0.
 #include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "config/server_config.h"
 #include "server/logging.h"
@@ -59,6 +64,53 @@ StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
   return entry;
 }
 
+// Parses "NAME=FILE[:version=V,sha256=H]" onto the config's model NAME
+// (ModelEntry::weights_file). An empty FILE (and version) means "the package's
+// own weights", so a Kubernetes pod can always pass the flag with values from
+// a ConfigMap that may not name a version yet.
+Status ApplyInitialWeightsFlag(const std::string& flag, ServerConfig* config) {
+  const auto eq = flag.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return InvalidArgument("--initial-weights '" + flag +
+                           "': expected NAME=FILE[:version=V,sha256=H]");
+  }
+  const std::string name = flag.substr(0, eq);
+  const std::string rest = flag.substr(eq + 1);
+  const auto colon = rest.find(':');
+  const std::string file = rest.substr(0, colon);
+  std::string version, sha256;
+  if (colon != std::string::npos) {
+    std::stringstream options(rest.substr(colon + 1));
+    for (std::string kv; std::getline(options, kv, ',');) {
+      const auto e = kv.find('=');
+      const std::string key = kv.substr(0, e);
+      const std::string value = e == std::string::npos ? "" : kv.substr(e + 1);
+      if (key == "version") version = value;
+      else if (key == "sha256") sha256 = value;
+      else return InvalidArgument("--initial-weights '" + flag + "': unknown option '" + key + "'");
+    }
+  }
+  if (file.empty()) {
+    if (!version.empty()) {
+      return InvalidArgument("--initial-weights '" + flag + "': version '" + version +
+                             "' given without a file");
+    }
+    return Status::Ok();
+  }
+  if (version.empty()) {
+    return InvalidArgument("--initial-weights '" + flag + "': FILE needs :version=V");
+  }
+  for (ModelEntry& entry : config->models) {
+    if (entry.name != name) continue;
+    entry.weights_file = file;
+    entry.weights_version = version;
+    entry.weights_sha256 = sha256;
+    return Status::Ok();
+  }
+  return InvalidArgument("--initial-weights '" + flag + "': no model named '" + name +
+                         "' in the config");
+}
+
 int Fail(const Status& status) {
   std::fprintf(stderr, "pt2serve: %s\n", status.ToString().c_str());
   return 2;
@@ -72,7 +124,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> model_flags;
   std::optional<std::string> inference_address, admin_address, metrics_address, repository,
       log_level, log_format, token_file, token_env;
-  std::optional<int> drain_ms;
+  std::optional<int> drain_ms, drain_delay_ms, max_connection_age_ms, max_connection_age_grace_ms;
+  std::vector<std::string> initial_weights;
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");
   app.add_option("-m,--model", model_flags,
@@ -86,6 +139,15 @@ int main(int argc, char** argv) {
   app.add_option("--admin-token-file", token_file, "File holding the admin bearer token");
   app.add_option("--admin-token-env", token_env, "Environment variable holding the admin bearer token");
   app.add_option("--drain-timeout-ms", drain_ms, "How long shutdown waits for in-flight requests");
+  app.add_option("--drain-delay-ms", drain_delay_ms,
+                 "After SIGTERM: report NOT_SERVING but keep serving this long before closing");
+  app.add_option("--max-connection-age-ms", max_connection_age_ms,
+                 "Send GOAWAY to inference connections older than this (0 = never)");
+  app.add_option("--max-connection-age-grace-ms", max_connection_age_grace_ms,
+                 "Time an aged connection gets for its in-flight RPCs");
+  app.add_option("--initial-weights", initial_weights,
+                 "NAME=FILE[:version=V,sha256=H]: serve these weights from the start "
+                 "(an empty FILE keeps the package's; repeatable)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off");
   app.add_option("--log-format", log_format, "text|json");
   app.add_flag("--access-log", access_log, "Log one line per request");
@@ -105,6 +167,11 @@ int main(int argc, char** argv) {
   if (token_file) config.admin_token_file = *token_file;
   if (token_env) config.admin_token_env = *token_env;
   if (drain_ms) config.drain_timeout_ms = *drain_ms;
+  if (drain_delay_ms) config.drain_delay_ms = *drain_delay_ms;
+  if (max_connection_age_ms) config.max_connection_age_ms = *max_connection_age_ms;
+  if (max_connection_age_grace_ms) {
+    config.max_connection_age_grace_ms = *max_connection_age_grace_ms;
+  }
   if (log_level) config.log_level = *log_level;
   if (log_format) config.log_format = *log_format;
   if (access_log) config.access_log = true;
@@ -119,6 +186,11 @@ int main(int argc, char** argv) {
     demo.name = "mlp";
     demo.path = PT2SERVE_DEMO_MODEL;
     config.models.push_back(demo);
+  }
+  for (const auto& flag : initial_weights) {
+    if (Status applied = ApplyInitialWeightsFlag(flag, &config); !applied.ok()) {
+      return Fail(applied);
+    }
   }
   if (Status valid = ValidateServerConfig(config); !valid.ok()) return Fail(valid);
   if (Status logs = server::ConfigureLogging(config.log_level, config.log_format); !logs.ok()) {
@@ -137,6 +209,13 @@ int main(int argc, char** argv) {
   int signal = 0;
   sigwait(&signals, &signal);
   server::Logger("server")->info("received {}", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (config.drain_delay_ms > 0) {
+    (*server)->BeginDrain();
+    const timespec delay{config.drain_delay_ms / 1000, (config.drain_delay_ms % 1000) * 1'000'000L};
+    if (sigtimedwait(&signals, nullptr, &delay) > 0) {
+      server::Logger("server")->info("second signal: ending the drain delay early");
+    }
+  }
   (*server)->Shutdown();
   server->reset();
   return 0;

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "runtime/constant_buffer_manager.h"
+#include "runtime/model.h"
 #include "server/admin_service.h"
 #include "server/inference_core.h"
 #include "server/inference_service.h"
@@ -83,7 +85,9 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   c.cpu_threads = entry.cpu_threads;
   // ValidateServerConfig accepted only known names.
   c.isolation = IsolationFromName(entry.isolation).value_or(Isolation::kInProcess);
-  c.initial_weights_version = entry.weights_version;
+  // With a weights_file, weights_version names that file's weights
+  // (ApplyStartupWeights); the package's own are then "initial".
+  c.initial_weights_version = entry.weights_file.empty() ? entry.weights_version : "initial";
   return c;
 }
 
@@ -113,7 +117,8 @@ Status Server::BuildListeners() {
 
   kserve_ = std::make_unique<KServeService>(
       *registry_, *core_, *stats_, *repository_,
-      KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port});
+      KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port,
+                    [this] { return ServingState(); }});
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;
@@ -121,6 +126,12 @@ Status Server::BuildListeners() {
     // No SO_REUSEPORT: a second daemon on the same address must fail to
     // start, not silently share the port with this one.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    if (config_.max_connection_age_ms > 0) {
+      // GOAWAY after this age, so clients reconnect and rebalance after scale-out.
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, config_.max_connection_age_ms);
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                 config_.max_connection_age_grace_ms);
+    }
     builder.AddListeningPort(config_.inference_address, creds, &inference_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
@@ -159,10 +170,41 @@ Status Server::BuildListeners() {
 }
 
 void Server::LoadConfiguredModels() {
+  {
+    std::lock_guard lock(pending_mu_);
+    for (const auto& entry : config_.models) {
+      if (!entry.weights_file.empty()) weights_pending_.insert(entry.name);
+    }
+  }
   for (const auto& entry : config_.models) {
     // Failures are logged and reported through the registry (FAILED + reason).
-    (void)registry_->Load(ToModelConfig(entry));
+    if (!registry_->Load(ToModelConfig(entry)).ok() || entry.weights_file.empty()) continue;
+    if (Status applied = ApplyStartupWeights(entry); !applied.ok()) {
+      Logger("registry")->error("model '{}' stays NOT_SERVING: its start-up weights '{}' ({}) "
+                                "could not be made live: {}", entry.name, entry.weights_version,
+                                entry.weights_file, applied.ToString());
+      continue;
+    }
+    {
+      std::lock_guard lock(pending_mu_);
+      weights_pending_.erase(entry.name);
+    }
+    UpdateHealth();
   }
+}
+
+Status Server::ApplyStartupWeights(const ModelEntry& entry) {
+  PT2_ASSIGN_OR_RETURN(ModelHandle handle, registry_->Get(entry.name));
+  StageOptions options;
+  options.version = entry.weights_version;
+  options.sha256 = entry.weights_sha256;
+  PT2_RETURN_IF_ERROR(handle->weights().StageFromFile(entry.weights_file, options));
+  PT2_ASSIGN_OR_RETURN(SwapResult swapped, handle->weights().Swap(entry.weights_version));
+  // The compiled-in set is not needed again: give its memory back.
+  (void)handle->weights().FreeInactive();
+  Logger("registry")->info("model '{}' serves start-up weights '{}' from {}", entry.name,
+                           swapped.active_version, entry.weights_file);
+  return Status::Ok();
 }
 
 void Server::OnStateChange(const ModelStatus& status) {
@@ -204,13 +246,34 @@ void Server::UpdateHealth() {
   if (!inference_server_) return;
   auto* health = inference_server_->GetHealthCheckService();
   if (!health) return;
-  const bool ready = registry_->AllReady() && !shut_down_;
+  std::set<std::string> pending;
+  {
+    std::lock_guard lock(pending_mu_);
+    pending = weights_pending_;
+  }
+  const bool serving = !shut_down_ && !draining_;
+  const bool ready = registry_->AllReady() && pending.empty() && serving;
   health->SetServingStatus("", ready);
   health->SetServingStatus("inference.GRPCInferenceService", ready);
   health->SetServingStatus("pt2serve.v1.Inference", ready);
+  health->SetServingStatus(std::string(kLivenessService), !shut_down_);
   for (const auto& s : registry_->List()) {
-    health->SetServingStatus(s.name, s.state == ModelState::kReady && !shut_down_);
+    health->SetServingStatus(
+        s.name, s.state == ModelState::kReady && !pending.contains(s.name) && serving);
   }
+}
+
+bool Server::ServingState() const {
+  if (draining_) return false;
+  std::lock_guard lock(pending_mu_);
+  return weights_pending_.empty();
+}
+
+void Server::BeginDrain() {
+  if (draining_.exchange(true)) return;
+  Logger("server")->info("draining: health NOT_SERVING, still serving requests for {} ms",
+                         config_.drain_delay_ms);
+  UpdateHealth();
 }
 
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }

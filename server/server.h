@@ -4,13 +4,27 @@
 // pt2serve.v1 + health + reflection; admin: pt2serve.v1.Admin behind a
 // bearer token), metrics and statistics. Start() binds every listener, then
 // loads the configured models; the server reports ready (ServerReady,
-// grpc.health.v1 "") only once every configured model is READY.
+// grpc.health.v1 "") only once every configured model is READY and runs the
+// weights its config names (ModelEntry::weights_file).
+//
+// Health services: "" and the API names (readiness: all models ready, not
+// draining), one per model name, and "liveness", SERVING from start until
+// Shutdown() (also while draining), for liveness probes that must not
+// restart a pod that is loading or draining.
+//
+// Termination: BeginDrain() (SIGTERM) turns readiness NOT_SERVING at once
+// while requests are still served; Shutdown() after the drain delay closes
+// the listeners and drains in-flight requests.
 //
 // Thread-safety: Start/Shutdown from one thread; accessors from any.
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <string_view>
 
 #include "common/status.h"
 #include "config/server_config.h"
@@ -21,6 +35,9 @@ class Server;
 }
 
 namespace pt2serve::server {
+
+// grpc.health.v1 service that stays SERVING from start until Shutdown().
+inline constexpr std::string_view kLivenessService = "liveness";
 
 class Metrics;
 class StatsTable;
@@ -39,6 +56,11 @@ class Server {
   // Shuts down if still running.
   ~Server();
 
+  // Reports NOT_SERVING on every readiness health service (and ServerReady
+  // false) while still serving requests, so endpoints are removed before the
+  // listeners close. Idempotent; Shutdown() still has to follow.
+  void BeginDrain();
+
   // Stops accepting requests, lets in-flight ones finish (up to the
   // configured drain timeout), then unloads every model. Idempotent.
   void Shutdown();
@@ -53,8 +75,14 @@ class Server {
   Server() = default;
   Status BuildListeners();
   void LoadConfiguredModels();
+  // Stages entry.weights_file and swaps it in; the model stays not ready on
+  // the health service until this succeeded (for ever if it failed).
+  Status ApplyStartupWeights(const ModelEntry& entry);
   void OnStateChange(const ModelStatus& status);
   void UpdateHealth();
+  // Readiness beyond "every model READY": not draining, start-up weights
+  // live. Any thread.
+  bool ServingState() const;
 
   ServerConfig config_;
   std::unique_ptr<ModelRegistry> registry_;
@@ -70,6 +98,10 @@ class Server {
   int inference_port_ = 0;
   int admin_port_ = 0;
   bool shut_down_ = false;
+  std::atomic<bool> draining_{false};
+  // Models whose start-up weights are not (yet) live; they report not ready.
+  mutable std::mutex pending_mu_;
+  std::set<std::string> weights_pending_;  // guarded by pending_mu_
 };
 
 // Maps a config entry onto the runtime's model options.

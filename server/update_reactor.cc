@@ -30,6 +30,7 @@ void UpdateReactor::FinishLocked(const grpc::Status& status) {
 void UpdateReactor::FailLocked(const Status& status) {
   Logger("admin")->warn("weight update of model '{}' rejected: {}", model_name_,
                         status.ToString());
+  if (!model_name_.empty()) service_.RecordError(model_name_, "update", status);
   FinishLocked(ToGrpcStatus(status));
 }
 

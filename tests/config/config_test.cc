@@ -168,6 +168,35 @@ TEST_CASE("wrong types are errors") {
   ExpectError(Model("    num_runners: two\n"), {"models[0].num_runners", "integer"});
 }
 
+TEST_CASE("drain delay, connection age and start-up weights") {
+  auto config = Parse(
+      "server:\n  drain_delay_ms: 10000\n  max_connection_age_ms: 300000\n"
+      "  max_connection_age_grace_ms: 5000\n" +
+      Model("    weights_file: w/v2.safetensors\n    weights_version: v2\n"
+            "    weights_sha256: " + std::string(64, 'a') + "\n"));
+  REQUIRE(config.ok());
+  CHECK(config->drain_delay_ms == 10000);
+  CHECK(config->max_connection_age_ms == 300000);
+  CHECK(config->max_connection_age_grace_ms == 5000);
+  CHECK(config->models[0].weights_file == "w/v2.safetensors");
+  CHECK(config->models[0].weights_sha256 == std::string(64, 'a'));
+  ServerConfig defaults;
+  CHECK(defaults.drain_delay_ms == 0);
+  CHECK(defaults.max_connection_age_ms == 0);
+
+  ExpectError("server: {drain_delay_ms: -1}\n", {"server.drain_delay_ms", "0..600000", "got -1"});
+  ExpectError("server: {drain_delay_ms: 600001}\n", {"server.drain_delay_ms", "got 600001"});
+  ExpectError("server: {max_connection_age_ms: -1}\n", {"server.max_connection_age_ms", ">= 0"});
+  ExpectError("server: {max_connection_age_grace_ms: -2}\n",
+              {"server.max_connection_age_grace_ms", ">= 0"});
+  ExpectError(Model("    weights_file: w.safetensors\n"),
+              {"models[0].weights_version", "must name the version of weights_file"});
+  ExpectError(Model("    weights_sha256: abc\n"), {"models[0].weights_sha256", "weights_file"});
+  ExpectError(Model("    weights_file: w.safetensors\n    weights_version: v\n"
+                    "    weights_sha256: xyz\n"),
+              {"models[0].weights_sha256", "'xyz'", "64 hex digits"});
+}
+
 TEST_CASE("malformed YAML reports the position") {
   ExpectError("server: {inference_address: 'x\n", {"invalid YAML"});
   ExpectError("models:\n  - name: a\n   path: b\n", {"test.yaml:3:", "invalid YAML"});

@@ -553,3 +553,36 @@ TEST_CASE("bytes_in_use follows the inactive buffer", "[constant_buffer]") {
   CHECK(s.inactive.bytes == 0);
   CHECK(s.active.version == "seed7");
 }
+
+TEST_CASE("Swap is a compare-and-swap that is safe to retry", "[constant_buffer]") {
+  auto model = LoadMlp();
+  ConstantBufferManager& weights = model->weights();
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  REQUIRE(weights.Stage(WeightsFile("mlp.seed7.weights.safetensors"), Version("seed7")).ok());
+
+  // The active version is not the one the caller saw: nothing changes.
+  ExpectError(weights.Swap("seed7", "other"), StatusCode::kFailedPrecondition,
+              "'initial' active, expected 'other'");
+  CHECK(weights.status().inactive_state == InactiveState::kStaged);
+  ExpectServes(*model, initial, "initial");
+
+  auto swapped = weights.Swap("seed7", "initial");
+  REQUIRE(swapped.ok());
+  CHECK_FALSE(swapped->already_active);
+  CHECK(swapped->active_version == "seed7");
+  ExpectServes(*model, seed7, "seed7");
+
+  // A retried commit (its reply was lost): succeeds, does not flip back to 'initial'.
+  for (const char* expected_active : {"initial", "", "seed7"}) {
+    auto again = weights.Swap("seed7", expected_active);
+    REQUIRE(again.ok());
+    CHECK(again->already_active);
+    CHECK(again->active_version == "seed7");
+    CHECK(again->previous_version == "initial");
+    ExpectServes(*model, seed7, "seed7");
+  }
+  CHECK(weights.status().inactive_state == InactiveState::kPrevious);
+  // Without a version there is nothing to compare: the old rule (nothing staged) applies.
+  ExpectError(weights.Swap(), StatusCode::kFailedPrecondition, "Rollback restores them");
+}

@@ -13,6 +13,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "tools/pt2ctl/admin_client.h"
+#include "tools/pt2ctl/fleet_rollout.h"
 #include "tools/pt2ctl/outcome.h"
 #include "tools/pt2ctl/progress_bar.h"
 #include "tools/pt2ctl/table.h"
@@ -273,4 +274,88 @@ TEST_CASE("an address nobody listens on is unreachable (exit 3)", "[pt2ctl]") {
   const Outcome outcome = client.GetStatus("m", &status);
   CHECK(static_cast<int>(outcome.exit_code()) == 3);
   CHECK(outcome.code() == "UNAVAILABLE");
+}
+
+TEST_CASE("fleet rollout: commit skew, headless resolution, JSON", "[pt2ctl][fleet]") {
+  CHECK(FleetRollout::SkewMs({}) == 0);
+  CHECK(FleetRollout::SkewMs({5'000'000}) == 0);
+  CHECK(FleetRollout::SkewMs({1'000'000, 0, 1'002'500, 1'001'000}) == Approx(2.5));
+
+  auto local = FleetRollout::ResolveHeadless("127.0.0.1:8003");
+  REQUIRE(local.ok());
+  CHECK(*local == std::vector<std::string>{"127.0.0.1:8003"});
+  auto v6 = FleetRollout::ResolveHeadless("::1:9000");
+  REQUIRE(v6.ok());
+  CHECK(*v6 == std::vector<std::string>{"[::1]:9000"});
+  CHECK(FleetRollout::ResolveHeadless("no-port").status().code() == StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveHeadless("name:").status().code() == StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveHeadless("no-such-host.invalid:8003").status().code() ==
+        StatusCode::kNotFound);
+
+  FleetResult result;
+  result.result = "aborted";
+  result.sha256 = "ab";
+  ReplicaReport r;
+  r.endpoint = "10.0.0.1:8003";
+  r.before = "initial";
+  r.stage = "failed";
+  r.error = "stage: \"quoted\"";
+  result.replicas.push_back(r);
+  const std::string json = FleetRollout::Json(result, "mlp", "v2");
+  CHECK_THAT(json, Catch::StartsWith("{\"model\":\"mlp\",\"version\":\"v2\",\"result\":\"aborted\""));
+  CHECK_THAT(json, Catch::Contains("\"error\":\"stage: \\\"quoted\\\"\""));
+  const std::string table = FleetRollout::Table(result);
+  CHECK_THAT(table, Catch::StartsWith("REPLICA"));
+  CHECK_THAT(table, Catch::Contains("10.0.0.1:8003  initial  failed"));
+  CHECK_FALSE(result.ok());
+}
+
+// A DNS response with the given SRV answers (port, target), as a resolver returns it.
+std::vector<unsigned char> SrvResponse(const std::vector<std::pair<int, std::string>>& answers) {
+  std::vector<unsigned char> m = {0x12, 0x34, 0x81, 0x80, 0, 1, 0,
+                                  static_cast<unsigned char>(answers.size()), 0, 0, 0, 0};
+  auto name = [&](const std::string& dotted) {
+    std::string label;
+    for (size_t i = 0; i <= dotted.size(); ++i) {
+      if (i == dotted.size() || dotted[i] == '.') {
+        m.push_back(static_cast<unsigned char>(label.size()));
+        m.insert(m.end(), label.begin(), label.end());
+        label.clear();
+      } else {
+        label += dotted[i];
+      }
+    }
+    m.push_back(0);
+  };
+  name("_grpc-admin._tcp.demo-admin.ns.svc");
+  m.insert(m.end(), {0, 33, 0, 1});  // QTYPE SRV, QCLASS IN
+  for (const auto& [port, target] : answers) {
+    m.insert(m.end(), {0xC0, 0x0C, 0, 33, 0, 1, 0, 0, 0, 30});  // name ptr, SRV, IN, TTL 30
+    const size_t rdlength_at = m.size();
+    m.insert(m.end(), {0, 0, 0, 0, 0, 100, static_cast<unsigned char>(port >> 8),
+                       static_cast<unsigned char>(port & 0xFF)});
+    name(target);
+    const size_t rdlength = m.size() - rdlength_at - 2;
+    m[rdlength_at] = static_cast<unsigned char>(rdlength >> 8);
+    m[rdlength_at + 1] = static_cast<unsigned char>(rdlength & 0xFF);
+  }
+  return m;
+}
+
+TEST_CASE("fleet rollout: SRV answers become endpoints", "[pt2ctl][fleet]") {
+  const auto m = SrvResponse({{8003, "10-0-0-2.demo-admin.ns.svc.cluster.local"},
+                              {8003, "10-0-0-1.demo-admin.ns.svc.cluster.local"},
+                              {8003, "10-0-0-1.demo-admin.ns.svc.cluster.local"}});
+  auto endpoints = FleetRollout::ParseSrvAnswer(m.data(), static_cast<int>(m.size()));
+  REQUIRE(endpoints.ok());
+  CHECK(*endpoints == std::vector<std::string>{"10-0-0-1.demo-admin.ns.svc.cluster.local:8003",
+                                               "10-0-0-2.demo-admin.ns.svc.cluster.local:8003"});
+  const auto empty = SrvResponse({});
+  auto none = FleetRollout::ParseSrvAnswer(empty.data(), static_cast<int>(empty.size()));
+  REQUIRE(none.ok());
+  CHECK(none->empty());
+  CHECK(FleetRollout::ParseSrvAnswer(m.data(), 5).status().code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(FleetRollout::ResolveSrv("_x._tcp.no-such-service.invalid").status().code() ==
+        StatusCode::kNotFound);
 }

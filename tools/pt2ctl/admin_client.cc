@@ -17,8 +17,11 @@ std::shared_ptr<grpc::ChannelCredentials> Credentials(const std::string& ca,
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(
-    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials,
+    const std::string& tls_server_name = "") {
   grpc::ChannelArguments args;
+  // Replicas dialled by IP (a headless Service) present the Service's name.
+  if (!tls_server_name.empty()) args.SetSslTargetNameOverride(tls_server_name);
   // Responses are small; requests are bounded by the chunk size. Lift the
   // 4 MiB receive default anyway so large ListModels never fail locally.
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -36,7 +39,8 @@ AdminClient::AdminClient(ClientOptions options)
     : options_(std::move(options)),
       admin_channel_(MakeChannel(options_.admin_address,
                                  Credentials(options_.tls_ca, options_.tls_cert,
-                                             options_.tls_key))),
+                                             options_.tls_key),
+                                 options_.tls_ca.empty() ? "" : options_.tls_server_name)),
       inference_channel_(MakeChannel(options_.inference_address,
                                      Credentials(options_.inference_tls_ca,
                                                  options_.inference_tls_cert,
@@ -93,10 +97,12 @@ Outcome AdminClient::UnloadModel(const std::string& name) {
 }
 
 Outcome AdminClient::Swap(const std::string& model, const std::string& expected_version,
-                          pt2serve::v1::SwapResponse* response) {
+                          pt2serve::v1::SwapResponse* response,
+                          const std::string& expected_active) {
   pt2serve::v1::SwapRequest request;
   request.set_model(model);
   request.set_expected_version(expected_version);
+  request.set_expected_active_version(expected_active);
   auto ctx = NewAdminContext();
   return AdminOutcome(admin_stub_->SwapConstantBuffer(ctx.get(), request, response));
 }

@@ -36,6 +36,9 @@ struct ClientOptions {
   // (mTLS). The inference channel (`models list`) has its own set, since the
   // server configures its two listeners separately.
   std::string tls_ca, tls_cert, tls_key;
+  // With tls_ca: the name the admin server's certificate must carry, when the
+  // address is an IP (replicas found through a headless Service). "" = host.
+  std::string tls_server_name;
   std::string inference_tls_ca, inference_tls_cert, inference_tls_key;
 };
 
@@ -49,8 +52,9 @@ class AdminClient {
   Outcome LoadModel(const pt2serve::v1::LoadModelRequest& request,
                     pt2serve::v1::LoadModelResponse* response);
   Outcome UnloadModel(const std::string& name);
+  // Compare-and-swap when `expected_active` is set (SwapRequest).
   Outcome Swap(const std::string& model, const std::string& expected_version,
-               pt2serve::v1::SwapResponse* response);
+               pt2serve::v1::SwapResponse* response, const std::string& expected_active = "");
   Outcome Rollback(const std::string& model, pt2serve::v1::SwapResponse* response);
   Outcome FreeInactive(const std::string& model, pt2serve::v1::FreeInactiveResponse* response);
   Outcome GetStatus(const std::string& model, pt2serve::v1::ConstantBufferStatus* response);
@@ -62,6 +66,11 @@ class AdminClient {
   Outcome AdminOutcome(const grpc::Status& status) const;
 
   const ClientOptions& options() const { return options_; }
+  // The inference channel (ServerCheck) and the classification of its calls.
+  std::shared_ptr<grpc::Channel> inference_channel() const { return inference_channel_; }
+  Outcome InferenceOutcome(const grpc::Status& status) const {
+    return Classify(status, *inference_channel_, options_.inference_address);
+  }
 
  private:
   std::unique_ptr<grpc::ClientContext> NewContext(bool with_token) const;

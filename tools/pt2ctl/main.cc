@@ -1,12 +1,16 @@
 // pt2ctl: command-line client for a running pt2serve daemon.
 //
+//   pt2ctl check [--model M]          (ready + one inference; the chart's helm test)
 //   pt2ctl models list
 //   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
 //       [--cpu-threads N]
 //   pt2ctl models unload NAME
 //   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
 //   pt2ctl weights swap MODEL [--expect VERSION]
-//   pt2ctl weights rollback MODEL
+//   pt2ctl weights rollback MODEL [--endpoints A,B,... | --headless NAME:PORT]
+//   pt2ctl weights rollout MODEL FILE --version V
+//       (--endpoints A,B,... | --headless NAME:PORT | --dns-srv SRVNAME)
+//       [--server-side] [--sha256 H] [--stage-timeout S] [--commit-timeout S]
 //   pt2ctl weights free-inactive MODEL
 //   pt2ctl weights status MODEL
 //
@@ -15,6 +19,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,8 +31,10 @@
 #include <tuple>
 
 #include "tools/pt2ctl/admin_client.h"
+#include "tools/pt2ctl/fleet_rollout.h"
 #include "tools/pt2ctl/outcome.h"
 #include "tools/pt2ctl/progress_bar.h"
+#include "tools/pt2ctl/server_check.h"
 #include "tools/pt2ctl/table.h"
 #include "tools/pt2ctl/weight_pusher.h"
 
@@ -58,6 +65,7 @@ struct Globals {
   std::string token;
   std::string token_file;
   std::string tls_ca, tls_cert, tls_key;  // files, admin channel
+  std::string tls_server_name;            // admin certificate name for IP endpoints
   std::string inference_tls_ca, inference_tls_cert, inference_tls_key;  // files
   bool json = false;
   std::optional<double> timeout_s;
@@ -181,6 +189,7 @@ Outcome ReadPemFlag(const std::string& flag, const std::string& path, std::strin
 Outcome MakeClientOptions(const Globals& g, double default_timeout_s, ClientOptions* o) {
   o->admin_address = g.admin_address;
   o->inference_address = g.address;
+  o->tls_server_name = g.tls_server_name;
   const double seconds = g.timeout_s.value_or(default_timeout_s);
   o->timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * 1000)));
   for (auto [flag, path, out] :
@@ -396,7 +405,150 @@ int WeightsStatus(const Globals& g, const std::string& model) {
   add("active", response.active());
   add("inactive", response.inactive());
   std::fputs(table.ToString().c_str(), stdout);
+  if (!response.last_error().empty()) {
+    std::printf("last error (%s): %s\n", FormatTime(response.last_error_at()).c_str(),
+                response.last_error().c_str());
+  }
   return 0;
+}
+
+int Check(const Globals& g, const std::string& model) {
+  ClientOptions options;
+  if (Outcome made = MakeClientOptions(g, kDefaultTimeoutS, &options); !made.ok()) {
+    return Report(made, g);
+  }
+  CheckReport report;
+  if (Outcome o = CheckServer(options, model, &report); !o.ok()) return Report(o, g);
+  if (g.json) {
+    std::printf("{\"ready\":true,\"model\":\"%s\",\"weights_version\":\"%s\",\"outputs\":%zu,"
+                "\"infer_ms\":%.3f}\n", JsonEscape(model).c_str(),
+                JsonEscape(report.weights_version).c_str(), report.outputs, report.infer_ms);
+  } else {
+    std::printf("%s ready; %s answered one inference (%zu output(s), weights '%s', %.1f ms)\n",
+                g.address.c_str(), model.c_str(), report.outputs, report.weights_version.c_str(),
+                report.infer_ms);
+  }
+  return 0;
+}
+
+struct FleetArgs {
+  std::vector<std::string> endpoints;
+  std::string headless;
+  std::string dns_srv;
+  double stage_timeout_s = 600;
+  double commit_timeout_s = 30;
+  int commit_attempts = 3;
+};
+
+bool HasFleet(const FleetArgs& f) {
+  return !f.endpoints.empty() || !f.headless.empty() || !f.dns_srv.empty();
+}
+
+// The admin client settings (token, TLS) and the replicas; exit 2 if unusable.
+Outcome FleetOptionsFor(const Globals& g, const FleetArgs& f, FleetOptions* out) {
+  if (!f.endpoints.empty() + !f.headless.empty() + !f.dns_srv.empty() > 1) {
+    return Outcome::LocalError("give one of --endpoints, --headless, --dns-srv");
+  }
+  if (Outcome made = MakeClientOptions(g, kDefaultTimeoutS, &out->client); !made.ok()) return made;
+  if (Outcome token = ResolveToken(g, &out->client.token); !token.ok()) return token;
+  if (!f.dns_srv.empty()) {
+    auto resolved = FleetRollout::ResolveSrv(f.dns_srv);
+    if (!resolved.ok()) return Outcome::LocalError(resolved.status());
+    out->endpoints = *resolved;
+  } else if (!f.headless.empty()) {
+    auto resolved = FleetRollout::ResolveHeadless(f.headless);
+    if (!resolved.ok()) return Outcome::LocalError(resolved.status());
+    out->endpoints = *resolved;
+  } else {
+    out->endpoints = f.endpoints;
+  }
+  std::vector<std::string> sorted = out->endpoints;
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return Outcome::LocalError("an endpoint is listed twice");
+  }
+  auto ms = [](double s) { return std::chrono::milliseconds(std::llround(s * 1000)); };
+  out->stage_timeout = ms(f.stage_timeout_s);
+  out->commit_timeout = ms(f.commit_timeout_s);
+  out->inspect_timeout = ms(g.timeout_s.value_or(10));
+  out->commit_attempts = f.commit_attempts;
+  if (!g.json) {
+    out->progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  }
+  return Outcome();
+}
+
+int PrintFleet(const Globals& g, const FleetResult& r, const std::string& model,
+               const std::string& version, bool rollback) {
+  if (g.json) {
+    std::printf("%s\n", FleetRollout::Json(r, model, version).c_str());
+  } else {
+    std::fputs(FleetRollout::Table(r).c_str(), stdout);
+    const size_t n = r.replicas.size();
+    if (rollback) {
+      std::printf("%s: %s on %zu replica(s) in %.2f s; skew %.1f ms\n", model.c_str(),
+                  r.result.c_str(), n, r.seconds, r.commit_skew_ms);
+    } else if (r.result == "committed") {
+      std::printf("%s: '%s' (sha256 %s) active on all %zu replica(s) in %.2f s; commit skew "
+                  "%.1f ms\n", model.c_str(), version.c_str(), r.sha256.substr(0, 12).c_str(), n,
+                  r.seconds, r.commit_skew_ms);
+    } else if (r.result == "aborted") {
+      std::printf("%s: rollout of '%s' ABORTED: no replica changed what it serves\n",
+                  model.c_str(), version.c_str());
+    } else {
+      std::printf("%s: rollout of '%s' PARTIAL: some replicas serve it, others do not; run the "
+                  "same rollout again (it converges) or `weights rollback --endpoints`\n",
+                  model.c_str(), version.c_str());
+    }
+  }
+  if (!r.ok()) {
+    std::fprintf(stderr, "pt2ctl: %s %s\n", rollback ? "rollback" : "rollout", r.result.c_str());
+  }
+  return r.ok() ? 0 : static_cast<int>(ExitCode::kRefused);
+}
+
+int WeightsRollout(const Globals& g, const RolloutSpec& spec, const FleetArgs& f) {
+  if (!HasFleet(f)) {
+    return Report(Outcome::LocalError("rollout needs --endpoints, --headless or --dns-srv"), g);
+  }
+  if (!spec.server_side && !spec.sha256.empty()) {
+    return Report(Outcome::LocalError("--sha256 is only for --server-side (streamed pushes "
+                                      "compute it)"), g);
+  }
+  FleetOptions options;
+  if (Outcome o = FleetOptionsFor(g, f, &options); !o.ok()) return Report(o, g);
+  FleetRollout rollout(std::move(options));
+  return PrintFleet(g, rollout.Rollout(spec), spec.model, spec.version, false);
+}
+
+int FleetRollback(const Globals& g, const std::string& model, const FleetArgs& f) {
+  FleetOptions options;
+  if (Outcome o = FleetOptionsFor(g, f, &options); !o.ok()) return Report(o, g);
+  FleetRollout rollout(std::move(options));
+  return PrintFleet(g, rollout.Rollback(model), model, "", true);
+}
+
+// --endpoints / --headless (and the timeouts of a rollout).
+void AddFleetOptions(CLI::App* cmd, FleetArgs* f, bool rollout) {
+  cmd->add_option("--endpoints", f->endpoints, "Admin addresses of every replica (A,B,...)")
+      ->delimiter(',');
+  cmd->add_option("--headless", f->headless,
+                  "NAME:PORT of a headless Service: every address NAME resolves to");
+  cmd->add_option("--dns-srv", f->dns_srv,
+                  "SRV name (e.g. _grpc-admin._tcp.SVC.NS.svc.cluster.local): every target:port");
+  if (!rollout) return;
+  cmd->add_option("--stage-timeout", f->stage_timeout_s,
+                  "Seconds each replica may take to stage before the rollout aborts")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--commit-timeout", f->commit_timeout_s, "Seconds each commit may take")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--commit-attempts", f->commit_attempts,
+                  "Tries per replica when a commit's connection fails (compare-and-swap: "
+                  "retries never flip back)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
 }
 
 int Main(int argc, char** argv) {
@@ -418,6 +570,10 @@ int Main(int argc, char** argv) {
       ->needs("--tls-ca");
   app.add_option("--tls-key", g.tls_key, "Client private key for mTLS (PEM file)")
       ->needs("--tls-cert");
+  app.add_option("--tls-server-name", g.tls_server_name,
+                 "Name the admin certificate must carry when the address is an IP "
+                 "(replicas of a headless Service)")
+      ->needs("--tls-ca");
   app.add_option("--inference-tls-ca", g.inference_tls_ca,
                  "Use TLS to the inference API (`models list`), trusting this CA (PEM file)");
   app.add_option("--inference-tls-cert", g.inference_tls_cert,
@@ -432,6 +588,13 @@ int Main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
 
   std::function<int()> action;
+
+  std::string check_model = "mlp";
+  auto* check_cmd = app.add_subcommand(
+      "check", "Check that the server is ready and MODEL answers one inference (KServe v2)");
+  check_cmd->add_option("--model", check_model, "Model to run one inference on")
+      ->capture_default_str();
+  check_cmd->callback([&] { action = [&] { return Check(g, check_model); }; });
 
   auto* models = app.add_subcommand("models", "List, load and unload models");
   models->require_subcommand(1);
@@ -492,9 +655,45 @@ int Main(int argc, char** argv) {
   swap_cmd->add_option("--expect", expect, "Fail unless the staged version is this");
   swap_cmd->callback([&] { action = [&] { return WeightsSwap(g, model, expect, false); }; });
 
-  auto* rollback_cmd = weights->add_subcommand("rollback", "Swap back to the PREVIOUS weights");
+  FleetArgs rollback_fleet;
+  auto* rollback_cmd = weights->add_subcommand(
+      "rollback", "Swap back to the PREVIOUS weights (on every replica with --endpoints)");
   rollback_cmd->add_option("model", model, "Model name")->required();
-  rollback_cmd->callback([&] { action = [&] { return WeightsSwap(g, model, "", true); }; });
+  AddFleetOptions(rollback_cmd, &rollback_fleet, false);
+  rollback_cmd->callback([&] {
+    action = [&] {
+      return HasFleet(rollback_fleet) ? FleetRollback(g, model, rollback_fleet)
+                                      : WeightsSwap(g, model, "", true);
+    };
+  });
+
+  RolloutSpec rollout;
+  FleetArgs rollout_fleet;
+  double rollout_chunk_mib = 2;
+  auto* rollout_cmd = weights->add_subcommand(
+      "rollout",
+      "Stage FILE on every replica, verify the same sha256, commit on all at once; abort on "
+      "all if any replica fails");
+  rollout_cmd->add_option("model", rollout.model, "Model name")->required();
+  rollout_cmd->add_option("file", rollout.file,
+                          "Local .safetensors file (with --server-side: path relative to each "
+                          "server's model repository)")
+      ->required();
+  rollout_cmd->add_option("--version", rollout.version, "Version label to roll out")->required();
+  rollout_cmd->add_flag("--server-side", rollout.server_side,
+                        "Every server reads FILE from its model repository (no upload)");
+  rollout_cmd->add_option("--sha256", rollout.sha256,
+                          "With --server-side: SHA-256 of FILE (default: of a local copy)");
+  rollout_cmd->add_option("--chunk-size-mb", rollout_chunk_mib, "Chunk size in MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6, 64.0));
+  AddFleetOptions(rollout_cmd, &rollout_fleet, true);
+  rollout_cmd->callback([&] {
+    action = [&] {
+      rollout.chunk_bytes = std::max<uint64_t>(1, std::llround(rollout_chunk_mib * (1 << 20)));
+      return WeightsRollout(g, rollout, rollout_fleet);
+    };
+  });
 
   auto* free_cmd = weights->add_subcommand(
       "free-inactive", "Release the inactive buffer (no rollback afterwards)");

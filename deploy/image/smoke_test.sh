@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Runs the built image with runc and checks it end to end:
+#   host network namespace (no bridge, no traffic off 127.0.0.1), read-only root filesystem with
+#   a tmpfs /tmp, all capabilities dropped, no-new-privileges, UID 65532 from the image;
+#   waits for grpc.health.v1 SERVING on 127.0.0.1, runs one KServe v2 inference on the demo
+#   model and compares it with the exporter's reference output, sends SIGTERM and expects exit 0.
+#
+# Usage: deploy/image/smoke_test.sh [OCI_LAYOUT:TAG]   (default: what build.sh built last)
+# Needs root, runc and umoci (Debian), and .venv (grpcio, tritonclient).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+IMAGE=${1:-$ROOT/build/image/oci:$(sed -n 's/.*kVersion\[\] = "\(.*\)";/\1/p' server/version.h)}
+WORK=$(mktemp -d /tmp/pt2serve-smoke.XXXXXX)
+ID=pt2serve-smoke-$$
+PY=$ROOT/.venv/bin/python
+source "$ROOT/build/env.sh" 2>/dev/null || true
+MODEL_DIR=${PT2SERVE_MODEL_DIR:?run scripts/setup.sh first (build/env.sh)}
+log() { echo "[smoke] $*" >&2; }
+RUNC_PID=
+cleanup() {
+  runc kill "$ID" KILL 2>/dev/null || true
+  [[ -n $RUNC_PID ]] && wait "$RUNC_PID" 2>/dev/null || true
+  runc delete --force "$ID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+START=$(date +%s.%N)
+
+umoci unpack --image "$IMAGE" "$WORK/bundle" >/dev/null
+read -r PORT MPORT < <("$PY" -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+mkdir -p "$WORK/etc"
+cat > "$WORK/etc/config.yaml" <<YAML
+server:
+  inference_address: "127.0.0.1:$PORT"
+  metrics_address: "127.0.0.1:$MPORT"
+  admin_address: ""
+  drain_delay_ms: 500
+  drain_timeout_ms: 5000
+models:
+  - name: mlp
+    path: /usr/share/pt2serve/models/mlp.pt2
+YAML
+# The runtime spec umoci derived from the image config, hardened and on the host network.
+"$PY" - "$WORK/bundle/config.json" "$WORK/etc" <<'PYEOF'
+import json, sys
+path, etc = sys.argv[1], sys.argv[2]
+spec = json.load(open(path))
+spec["root"]["readonly"] = True
+spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/tmp"]
+spec["mounts"] += [
+    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "nodev", "mode=1777", "size=1g"]},
+    {"destination": "/etc/pt2serve", "type": "bind", "source": etc, "options": ["rbind", "ro"]},
+]
+p = spec["process"]
+p["terminal"] = False
+p["noNewPrivileges"] = True
+p["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+assert p["user"]["uid"] == 65532 and p["user"]["gid"] == 65532, p["user"]
+assert p["args"] == ["/usr/bin/pt2serve", "--config", "/etc/pt2serve/config.yaml"], p["args"]
+json.dump(spec, open(path, "w"), indent=1)
+PYEOF
+
+log "runc run $ID (127.0.0.1:$PORT)"
+runc run --bundle "$WORK/bundle" "$ID" < /dev/null > "$WORK/stdout.log" 2> "$WORK/stderr.log" &
+RUNC_PID=$!
+
+"$PY" - "$PORT" "$MODEL_DIR/mlp.reference.safetensors" <<'PYEOF' || { log "FAILED; container stderr:"; tail -n 40 "$WORK/stderr.log" >&2; exit 1; }
+import sys, time
+import grpc, numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+port = sys.argv[1]
+url = f"127.0.0.1:{port}"
+deadline = time.monotonic() + 60
+status = None
+while time.monotonic() < deadline:
+    try:
+        with grpc.insecure_channel(url) as ch:
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            break
+    except grpc.RpcError:
+        pass
+    time.sleep(0.2)
+assert status == health_pb2.HealthCheckResponse.SERVING, f"not SERVING after 60 s ({status})"
+print(f"[smoke] grpc.health.v1 SERVING after {60 - (deadline - time.monotonic()):.1f} s", file=sys.stderr)
+import tritonclient.grpc as tc
+from safetensors.numpy import load_file
+ref = load_file(sys.argv[2])
+c = tc.InferenceServerClient(url)
+x = tc.InferInput("x", list(ref["input.x"].shape), "FP32")
+x.set_data_from_numpy(ref["input.x"])
+r = c.infer("mlp", [x])
+np.testing.assert_allclose(r.as_numpy("y"), ref["output.y"], rtol=1e-4, atol=1e-5)
+print(f"[smoke] KServe inference on mlp matches the reference "
+      f"(weights '{r.get_response().parameters['weights_version'].string_param}')", file=sys.stderr)
+PYEOF
+
+runc kill "$ID" TERM
+set +e
+wait "$RUNC_PID"
+CODE=$?
+set -e
+RUNC_PID=
+if [[ $CODE -ne 0 ]]; then
+  log "FAILED: exit code $CODE after SIGTERM"; tail -n 20 "$WORK/stderr.log" >&2; exit 1
+fi
+grep -q "shutdown complete" "$WORK/stderr.log" || { log "FAILED: no 'shutdown complete' in the log"; exit 1; }
+printf '[smoke] SIGTERM -> exit 0 (drained); smoke test passed in %.1f s\n' \
+  "$(echo "$(date +%s.%N) - $START" | bc)" >&2
