@@ -170,6 +170,61 @@ Status ReadLogging(const YAML::Node& l, ServerConfig* c) {
   return ReadBool(l, "access_log", p, &c->access_log);
 }
 
+// One declared input or output: {name, dtype, shape}.
+Status ReadTensorSpec(const YAML::Node& n, const std::string& p, TensorSpec* out) {
+  if (!n.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(n)));
+  PT2_RETURN_IF_ERROR(CheckMap(n, p, {"name", "dtype", "shape"}));
+  for (const char* key : {"name", "dtype", "shape"}) {
+    if (!Has(n, key)) return Error(Child(p, key), "is required");
+  }
+  PT2_RETURN_IF_ERROR(ReadString(n, "name", p, &out->name));
+  std::string dtype;
+  PT2_RETURN_IF_ERROR(ReadString(n, "dtype", p, &dtype));
+  auto parsed = DTypeFromName(dtype);
+  if (!parsed) return Error(Child(p, "dtype"), "unknown dtype '" + dtype + "'");
+  out->dtype = *parsed;
+  const YAML::Node shape = Get(n, "shape");
+  if (!shape.IsSequence()) {
+    return Error(Child(p, "shape"), "expected a list of dims (-1 = dynamic)");
+  }
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t d = 0;
+    if (!shape[i].IsScalar() || !YAML::convert<int64_t>::decode(shape[i], d) || d < -1) {
+      return Error(Child(p, "shape") + "[" + std::to_string(i) + "]",
+                   "expected an integer >= -1 (-1 = dynamic)");
+    }
+    out->shape.push_back(d);
+  }
+  return Status::Ok();
+}
+
+// `inputs` + `outputs` (+ optional `max_batch_size`) of a model entry.
+Status ReadDeclaredSignature(const YAML::Node& m, const std::string& p,
+                             std::optional<Signature>* out) {
+  const bool any = Has(m, "inputs") || Has(m, "outputs") || Has(m, "max_batch_size");
+  if (!any) return Status::Ok();
+  if (!Has(m, "inputs") || !Has(m, "outputs")) {
+    return Error(p, "a declared signature needs both 'inputs' and 'outputs'");
+  }
+  Signature sig;
+  for (const char* key : {"inputs", "outputs"}) {
+    const YAML::Node list = Get(m, key);
+    const std::string lp = Child(p, key);
+    if (!list.IsSequence() || list.size() == 0) return Error(lp, "expected a non-empty list");
+    for (size_t i = 0; i < list.size(); ++i) {
+      TensorSpec spec;
+      PT2_RETURN_IF_ERROR(ReadTensorSpec(list[i], lp + "[" + std::to_string(i) + "]", &spec));
+      (std::string_view(key) == "inputs" ? sig.inputs : sig.outputs).push_back(std::move(spec));
+    }
+  }
+  PT2_RETURN_IF_ERROR(ReadInt64(m, "max_batch_size", p, &sig.max_batch_size));
+  if (sig.max_batch_size < 0 || sig.max_batch_size > INT32_MAX) {
+    return Error(Child(p, "max_batch_size"), "must be in 0..2147483647");
+  }
+  *out = std::move(sig);
+  return Status::Ok();
+}
+
 Status ReadModels(const YAML::Node& list, ServerConfig* c) {
   if (!list || list.IsNull()) return Status::Ok();
   if (!list.IsSequence()) {
@@ -181,7 +236,8 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     if (!m.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(m)));
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
                                         "max_queue_size", "timeout_ms", "cpu_threads",
-                                        "weights_version"}));
+                                        "weights_version", "inputs", "outputs",
+                                        "max_batch_size"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -191,6 +247,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
     PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e.cpu_threads));
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
+    PT2_RETURN_IF_ERROR(ReadDeclaredSignature(m, p, &e.signature));
     c->models.push_back(std::move(e));
   }
   return Status::Ok();

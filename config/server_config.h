@@ -8,11 +8,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/status.h"
+#include "common/tensor.h"
 
 namespace pt2serve {
 
@@ -32,6 +34,9 @@ struct ModelEntry {
   int timeout_ms = 0;                 // default request deadline; 0 = none
   int cpu_threads = 0;                // intra-op threads per runner; 0 = process default
   std::string weights_version = "initial";
+  // Declared inputs/outputs (keys `inputs`, `outputs`, `max_batch_size`),
+  // checked against the package at load; unset = the package's own.
+  std::optional<Signature> signature = std::nullopt;
 };
 
 struct ServerConfig {

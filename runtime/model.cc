@@ -31,6 +31,7 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
     options.path = config.path;
     options.device = device;
     options.num_runners = config.num_runners;
+    options.declared_signature = config.signature;
     PT2_ASSIGN_OR_RETURN(auto package, ModelPackage::Load(options));
     if (!replicas.empty() && package->info().device == replicas.front()->info().device) {
       return InvalidArgument("device list '" + config.device + "' names " +
@@ -117,6 +118,7 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
                              sig.inputs[i].name + "'");
     }
   }
+  PT2_RETURN_IF_ERROR(CheckSharedDims(sig, ordered));
   if (sig.max_batch_size > 0) {
     const int64_t batch = ordered[0]->shape.empty() ? 0 : ordered[0]->shape[0];
     for (const Tensor* t : ordered) {

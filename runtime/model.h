@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,9 @@ struct ModelConfig {
   // process default (OMP_NUM_THREADS, or one per physical core). See
   // devices/cpu_threads.h.
   int cpu_threads = 0;
+  // Inputs/outputs declared by the config (names, dtypes, shapes, max
+  // batch); checked against the package at load. Unset: the package's own.
+  std::optional<Signature> signature = std::nullopt;
 };
 
 struct InferRequest {

@@ -82,6 +82,7 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   c.default_timeout = std::chrono::milliseconds(entry.timeout_ms);
   c.cpu_threads = entry.cpu_threads;
   c.initial_weights_version = entry.weights_version;
+  c.signature = entry.signature;
   return c;
 }
 

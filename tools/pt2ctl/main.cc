@@ -4,6 +4,7 @@
 //   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
 //       [--cpu-threads N]
 //   pt2ctl models unload NAME
+//   pt2ctl models inspect PACKAGE.pt2     (local, no server)
 //   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
 //   pt2ctl weights swap MODEL [--expect VERSION]
 //   pt2ctl weights rollback MODEL
@@ -26,6 +27,7 @@
 #include <tuple>
 
 #include "tools/pt2ctl/admin_client.h"
+#include "tools/pt2ctl/inspect.h"
 #include "tools/pt2ctl/outcome.h"
 #include "tools/pt2ctl/progress_bar.h"
 #include "tools/pt2ctl/table.h"
@@ -398,6 +400,19 @@ int WeightsStatus(const Globals& g, const std::string& model) {
   return 0;
 }
 
+int ModelsInspect(const Globals& g, const std::string& path) {
+  auto desc = DescribePackage(path);
+  if (!desc.ok()) {
+    return Report(Outcome::LocalError("cannot inspect " + path + ": " + desc.status().message()), g);
+  }
+  if (g.json) {
+    std::printf("%s\n", InspectJson(*desc).c_str());
+  } else {
+    std::fputs(InspectText(*desc).c_str(), stdout);
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"pt2ctl: control a running pt2serve daemon (models and hot-swappable weights)",
                "pt2ctl"};
@@ -457,6 +472,12 @@ int Main(int argc, char** argv) {
   auto* unload_cmd = models->add_subcommand("unload", "Unload a model (waits for its requests)");
   unload_cmd->add_option("name", unload_name, "Model name")->required();
   unload_cmd->callback([&] { action = [&] { return ModelsUnload(g, unload_name); }; });
+
+  std::string inspect_path;
+  auto* inspect_cmd = models->add_subcommand(
+      "inspect", "Show what a local .pt2 package holds (no server needed)");
+  inspect_cmd->add_option("package", inspect_path, "Path of the .pt2 file")->required();
+  inspect_cmd->callback([&] { action = [&] { return ModelsInspect(g, inspect_path); }; });
 
   auto* weights = app.add_subcommand("weights", "Push, swap, roll back and inspect weights");
   weights->require_subcommand(1);
