@@ -26,6 +26,9 @@ sys.path.insert(0, str(EXPORTER.parent))
 import export_model  # noqa: E402
 from model_zoo import ZOO  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests" / "support"))
+import plain_packages  # noqa: E402
+
 MODELS = [n for n, m in ZOO.items() if not m.bench_only]
 
 
@@ -104,6 +107,11 @@ def test_signature_consistent(model_dir, name):
             assert e["dtype"] == dtype_name(t), e
             assert e["shape"][0] == -1 and t.shape[0] == 3, e  # dynamic batch, reference batch 3
             assert shape_matches(e["shape"], t.shape), (e, t.shape)
+
+    # Dim 0 of every input is the shared batch dim, with its range recorded.
+    for e in sig["inputs"]:
+        assert e["dims"][0] == {"min": 1, "max": zoo.max_batch, "symbol": "batch"}, e
+        assert all(d == {"min": n, "max": n} for d, n in zip(e["dims"][1:], e["shape"][1:])), e
 
     meta = json.loads(package_member(model_dir / f"{name}.pt2", ".wrapper_metadata.json"))
     assert json.loads(meta["pt2serve.signature"]) == sig
@@ -201,9 +209,12 @@ def test_module_command(tmp_path):
                          "--outputs", "y,total", "--name", "tiny", "--max-batch", "64",
                          "--out", str(tmp_path), cwd=Path(__file__).parent)
     assert lines[-1] == str(tmp_path.resolve())
+    batch = {"min": 1, "max": 64, "symbol": "batch"}
     assert read_signature(tmp_path, "tiny") == {
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]},
-                   {"name": "mask", "dtype": "bool", "shape": [-1, 4]}],
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4],
+                    "dims": [batch, {"min": 4, "max": 4}]},
+                   {"name": "mask", "dtype": "bool", "shape": [-1, 4],
+                    "dims": [batch, {"min": 4, "max": 4}]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]},
                     {"name": "total", "dtype": "float32", "shape": [-1]}],
         "max_batch_size": 64,
@@ -212,3 +223,62 @@ def test_module_command(tmp_path):
     assert set(package_constants(tmp_path / "tiny.pt2")) == {"lin.weight", "lin.bias"}
     ref = load_file(str(tmp_path / "tiny.reference.safetensors"))
     assert set(ref) == {"input.x", "input.mask", "output.y", "output.total"}
+
+
+class Block(plain_packages.Block):
+    """Transformer-style block whose mask must be as long as its tokens (for `module` tests)."""
+
+
+def block_export(*texts: str, infer: bool = False):
+    args = [export_model.parse_input_spec(t) for t in texts]
+    specs = [a.spec for a in args]
+    plan = export_model.dim_plan(specs, [a.dim_names for a in args], infer=infer)
+    module = plain_packages.build("block")
+    ep = export_model.export_program(module, export_model.plan_inputs(specs, plan, 2), specs, 64,
+                                     plan)
+    return export_model.signature(ep, ["tokens", "mask"], ["logits", "best", "pooled"], plan)
+
+
+def test_named_dims_are_shared_and_recorded():
+    sig = block_export("tokens:int64:-1,seq", "mask:float32:-1,seq")
+    for e in sig["inputs"]:
+        assert e["shape"] == [-1, -1]
+        assert e["dims"] == [{"min": 1, "max": 64, "symbol": "batch"}, {"min": 1, "symbol": "seq"}]
+    assert sig["max_batch_size"] == 64
+
+
+def test_infer_dims_finds_the_relation():
+    sig = block_export("tokens:int64:-1,-1", "mask:float32:-1,-1", infer=True)
+    tok, mask = (e["dims"][1] for e in sig["inputs"])
+    assert tok["symbol"] == mask["symbol"] and tok["symbol"], sig
+    assert tok["min"] >= 1 and "max" not in tok
+
+
+def test_input_spec_parsing():
+    a = export_model.parse_input_spec("mask:float32:-1,seq,8")
+    assert a.spec.shape == (-1, -1, 8) and a.dim_names == ("", "seq", "")
+    for bad in ("x:float32:", "x:float32:-2", "x:float32:1.5", "x:nope:1", "x:float32"):
+        with pytest.raises(Exception):
+            export_model.parse_input_spec(bad)
+
+
+def test_module_independent_dims_fail_with_a_hint(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPORTER), "module", "--target", "test_exporter:Block",
+                           "--inputs", "tokens:int64:-1,-1", "--inputs", "mask:float32:-1,-1",
+                           "--outputs", "logits,best,pooled", "--out", str(tmp_path)],
+                          cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "give them one name" in proc.stderr and "--infer-dims" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_module_command_named_dims(tmp_path):
+    """The issue's case end to end: a transformer block exports with a named shared dim."""
+    run_exporter("module", "--target", "test_exporter:Block", "--name", "block",
+                 "--inputs", "tokens:int64:-1,seq", "--inputs", "mask:float32:-1,seq",
+                 "--outputs", "logits,best,pooled", "--max-batch", "16", "--out", str(tmp_path),
+                 cwd=Path(__file__).parent)
+    sig = read_signature(tmp_path, "block")
+    assert [e["dims"][1]["symbol"] for e in sig["inputs"]] == ["seq", "seq"]
+    assert sig["max_batch_size"] == 16
+    meta = json.loads(package_member(tmp_path / "block.pt2", ".wrapper_metadata.json"))
+    assert json.loads(meta["pt2serve.signature"]) == sig
