@@ -118,7 +118,6 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
                              sig.inputs[i].name + "'");
     }
   }
-  PT2_RETURN_IF_ERROR(CheckSharedDims(sig, ordered));
   if (sig.max_batch_size > 0) {
     const int64_t batch = ordered[0]->shape.empty() ? 0 : ordered[0]->shape[0];
     for (const Tensor* t : ordered) {
@@ -132,6 +131,7 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
                              std::to_string(sig.max_batch_size));
     }
   }
+  PT2_RETURN_IF_ERROR(CheckSharedDims(sig, ordered));
   output_indices.clear();
   std::set<std::string> seen;
   for (const auto& name : request.outputs) {

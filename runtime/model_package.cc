@@ -154,13 +154,17 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
     // outputs' dtypes and shapes by running the model once or twice.
     Signature probed = info.signature;
     c10::DeviceGuard on_device(ToC10Device(info.device));
-    PT2_RETURN_IF_ERROR(ProbeOutputs(
-        info.device, [&](const std::vector<at::Tensor>& in) { return pkg->Run(in); }, &probed)
-        .WithPrefix("package " + options.path));
-    if (desc.source == SignatureSource::kDeclared) {
+    Status probe = ProbeOutputs(
+        info.device, [&](const std::vector<at::Tensor>& in) { return pkg->Run(in); }, &probed);
+    if (!probe.ok() && desc.source != SignatureSource::kDeclared) {
+      return probe.WithPrefix("package " + options.path +
+                              " (declare its outputs in the model config to skip this)");
+    }
+    // A model that cannot run on zero inputs keeps its declared outputs unchecked.
+    if (probe.ok() && desc.source == SignatureSource::kDeclared) {
       PT2_RETURN_IF_ERROR(
           CheckDeclaredOutputs(info.signature, probed).WithPrefix("package " + options.path));
-    } else {
+    } else if (probe.ok()) {
       info.signature = std::move(probed);
     }
   }

@@ -322,3 +322,27 @@ def test_pt2ctl_models_inspect(plain_dir, tmp_path):
     p = subprocess.run([str(PT2CTL), "models", "inspect", str(bad)], capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 2 and "not a .pt2 package" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not PT2CTL.is_file(), reason="pt2ctl not built")
+def test_pt2ctl_load_declared_and_weights_status(daemon, client):
+    p = run_ctl(daemon, "models", "load", "block_ctl", "block.pt2",
+                "--input", "ids:int64:-1,-1", "--input", "m:float32:-1,-1",
+                "--output", "logits:float32:-1,-1,4", "--output", "best:int64:-1,-1",
+                "--output", "pooled:float32:-1,-1", "--max-batch", "2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    md = client.get_model_metadata("block_ctl")
+    assert [t.name for t in md.inputs] == ["ids", "m"]
+    assert client.get_model_config("block_ctl").config.max_batch_size == 2
+    p = run_ctl(daemon, "models", "load", "block_bad", "block.pt2",
+                "--input", "ids:int64:-1,-1", "--input", "m:float32:-1",
+                "--output", "logits:float32:-1,-1,4", "--output", "best:int64:-1,-1",
+                "--output", "pooled:float32:-1,-1")
+    assert p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "rank 2" in p.stderr, p.stderr
+    p = run_ctl(daemon, "models", "load", "x", "block.pt2", "--input", "ids:int65:-1")
+    assert p.returncode == 2 and "unknown dtype 'int65'" in p.stderr, p.stderr
+
+    p = run_ctl(daemon, "weights", "status", "mlp")
+    assert p.returncode == 0, p.stderr
+    assert "updatable constants (3, " in p.stdout and "fc1.bias, fc1.weight, fc2.weight" in p.stdout
+    assert "compiled without runtime constant folding" in p.stdout, p.stdout
