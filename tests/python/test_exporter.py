@@ -191,42 +191,15 @@ def test_zoo_second_run_is_cached(model_dir):
     assert {p: p.stat().st_mtime_ns for p in model_dir.iterdir()} == mtimes
 
 
-class TinyUserModule(torch.nn.Module):
-    """Target of the `module` subcommand test (imported by the exporter as test_exporter:...)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-
-    def forward(self, x, mask):
-        y = torch.where(mask, self.lin(x), 0.0)
-        return y, y.sum(-1)
-
-
-def test_module_command(tmp_path):
-    lines = run_exporter("module", "--target", "test_exporter:TinyUserModule",
-                         "--inputs", "x:float32:-1,4", "--inputs", "mask:bool:-1,4",
-                         "--outputs", "y,total", "--name", "tiny", "--max-batch", "64",
-                         "--out", str(tmp_path), cwd=Path(__file__).parent)
-    assert lines[-1] == str(tmp_path.resolve())
-    batch = {"min": 1, "max": 64, "symbol": "batch"}
-    assert read_signature(tmp_path, "tiny") == {
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4],
-                    "dims": [batch, {"min": 4, "max": 4}]},
-                   {"name": "mask", "dtype": "bool", "shape": [-1, 4],
-                    "dims": [batch, {"min": 4, "max": 4}]}],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]},
-                    {"name": "total", "dtype": "float32", "shape": [-1]}],
-        "max_batch_size": 64,
-    }
-    assert set(load_file(str(tmp_path / "tiny.weights.safetensors"))) == {"lin.weight", "lin.bias"}
-    assert set(package_constants(tmp_path / "tiny.pt2")) == {"lin.weight", "lin.bias"}
-    ref = load_file(str(tmp_path / "tiny.reference.safetensors"))
-    assert set(ref) == {"input.x", "input.mask", "output.y", "output.total"}
-
-
 class Block(plain_packages.Block):
     """Transformer-style block whose mask must be as long as its tokens (for `module` tests)."""
+
+
+class BoolMaskBlock(Block):
+    """The same block taking its mask as bool (the exporter's `module` test target)."""
+
+    def forward(self, tokens, mask):
+        return super().forward(tokens, mask.float())
 
 
 def block_export(*texts: str, infer: bool = False):
@@ -271,14 +244,27 @@ def test_module_independent_dims_fail_with_a_hint(tmp_path):
     assert "give them one name" in proc.stderr and "--infer-dims" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_module_command_named_dims(tmp_path):
-    """The issue's case end to end: a transformer block exports with a named shared dim."""
-    run_exporter("module", "--target", "test_exporter:Block", "--name", "block",
-                 "--inputs", "tokens:int64:-1,seq", "--inputs", "mask:float32:-1,seq",
-                 "--outputs", "logits,best,pooled", "--max-batch", "16", "--out", str(tmp_path),
-                 cwd=Path(__file__).parent)
-    sig = read_signature(tmp_path, "block")
-    assert [e["dims"][1]["symbol"] for e in sig["inputs"]] == ["seq", "seq"]
-    assert sig["max_batch_size"] == 16
-    meta = json.loads(package_member(tmp_path / "block.pt2", ".wrapper_metadata.json"))
-    assert json.loads(meta["pt2serve.signature"]) == sig
+def test_module_command(tmp_path):
+    """The issue's case end to end: a transformer block whose bool mask must be as long as its
+    int64 tokens exports with a named shared dim; ranges and symbols land in the signature."""
+    lines = run_exporter("module", "--target", "test_exporter:BoolMaskBlock", "--name", "block",
+                         "--inputs", "tokens:int64:-1,seq", "--inputs", "mask:bool:-1,seq",
+                         "--outputs", "logits,best,pooled", "--max-batch", "16",
+                         "--out", str(tmp_path), cwd=Path(__file__).parent)
+    assert lines[-1] == str(tmp_path.resolve())
+    dims = [{"min": 1, "max": 16, "symbol": "batch"}, {"min": 1, "symbol": "seq"}]
+    assert read_signature(tmp_path, "block") == {
+        "inputs": [{"name": "tokens", "dtype": "int64", "shape": [-1, -1], "dims": dims},
+                   {"name": "mask", "dtype": "bool", "shape": [-1, -1], "dims": dims}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, -1, 4]},
+                    {"name": "best", "dtype": "int64", "shape": [-1, -1]},
+                    {"name": "pooled", "dtype": "float32", "shape": [-1, -1]}],
+        "max_batch_size": 16,
+    }
+    params = set(BoolMaskBlock().state_dict())
+    assert set(load_file(str(tmp_path / "block.weights.safetensors"))) == params
+    assert set(package_constants(tmp_path / "block.pt2")) == params
+    ref = load_file(str(tmp_path / "block.reference.safetensors"))
+    assert set(ref) == {"input.tokens", "input.mask", "output.logits", "output.best",
+                        "output.pooled"}
+    assert ref["input.tokens"].shape == ref["input.mask"].shape
