@@ -173,7 +173,7 @@ Status ReadLogging(const YAML::Node& l, ServerConfig* c) {
 // One declared input or output: {name, dtype, shape}.
 Status ReadTensorSpec(const YAML::Node& n, const std::string& p, TensorSpec* out) {
   if (!n.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(n)));
-  PT2_RETURN_IF_ERROR(CheckMap(n, p, {"name", "dtype", "shape"}));
+  PT2_RETURN_IF_ERROR(CheckMap(n, p, {"name", "dtype", "shape", "dims"}));
   for (const char* key : {"name", "dtype", "shape"}) {
     if (!Has(n, key)) return Error(Child(p, key), "is required");
   }
@@ -194,6 +194,23 @@ Status ReadTensorSpec(const YAML::Node& n, const std::string& p, TensorSpec* out
                    "expected an integer >= -1 (-1 = dynamic)");
     }
     out->shape.push_back(d);
+  }
+  // Optional per-dim ranges, e.g. dims: [{min: 1, max: 8}, {}] (narrower than the package's).
+  if (!Has(n, "dims")) return Status::Ok();
+  const YAML::Node dims = Get(n, "dims");
+  const std::string dp = Child(p, "dims");
+  if (!dims.IsSequence() || dims.size() != shape.size()) {
+    return Error(dp, "expected one {min, max} mapping per dim of shape");
+  }
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const std::string ip = dp + "[" + std::to_string(i) + "]";
+    if (!dims[i].IsMap() && !dims[i].IsNull()) return Error(ip, "expected {min, max}");
+    PT2_RETURN_IF_ERROR(CheckMap(dims[i], ip, {"min", "max"}));
+    DimRange r;
+    PT2_RETURN_IF_ERROR(ReadInt64(dims[i], "min", ip, &r.min));
+    PT2_RETURN_IF_ERROR(ReadInt64(dims[i], "max", ip, &r.max));
+    if (r.min < 0 || r.max < r.min) return Error(ip, "needs 0 <= min <= max");
+    out->dims.push_back(r);
   }
   return Status::Ok();
 }

@@ -224,11 +224,10 @@ StatusOr<Signature> ReconcileDeclared(const Signature& declared, const DerivedSi
         }
         continue;
       }
-      const bool declared_range = dr.min != 0 || dr.max != DimRange::kUnbounded;
-      if (!declared_range) {
-        dr.min = pr.min;
-        dr.max = pr.max;
-      } else if (dr.min < pr.min || dr.max > pr.max) {
+      // An unset bound (min 0, max unbounded) is the package's.
+      if (dr.min == 0) dr.min = pr.min;
+      if (dr.max == DimRange::kUnbounded) dr.max = pr.max;
+      if (dr.min < pr.min || dr.max > pr.max) {
         return InvalidArgument(dim + " range is wider than the package's (" +
                                std::to_string(pr.min) + ".." +
                                (pr.max == DimRange::kUnbounded ? std::string("inf")

@@ -33,7 +33,8 @@ StatusOr<DerivedSignature> DeriveSignature(const WrapperFacts& facts);
 // Checks a declared signature (config) against what the package holds:
 // input count, dtypes, ranks, static dims, and dynamic ranges no wider than
 // the package's. `derived` as returned by DeriveSignature. The declared
-// signature keeps its names; missing dim ranges are taken from `derived`.
+// signature keeps its names; unset range bounds (min 0, max unbounded) and
+// shared-dim symbols are taken from `derived`.
 StatusOr<Signature> ReconcileDeclared(const Signature& declared,
                                       const DerivedSignature& derived);
 

@@ -114,6 +114,18 @@ StatusOr<Signature> DeclaredSignature(const pt2serve::v1::LoadModelRequest& requ
     auto dtype = FromProtoDType(in.dtype());
     if (!dtype.ok()) return dtype.status().WithPrefix(std::string(what) + " '" + in.name() + "'");
     TensorSpec spec{in.name(), *dtype, {in.shape().begin(), in.shape().end()}, {}};
+    if (in.dims_size() > 0 && in.dims_size() != in.shape_size()) {
+      return InvalidArgument(std::string(what) + " '" + in.name() +
+                             "': dims needs one entry per dim of shape");
+    }
+    for (const auto& d : in.dims()) {
+      const int64_t max = d.max() < 0 ? DimRange::kUnbounded : d.max();
+      if (d.min() < 0 || max < d.min()) {
+        return InvalidArgument(std::string(what) + " '" + in.name() + "': bad dim range " +
+                               std::to_string(d.min()) + ".." + std::to_string(d.max()));
+      }
+      spec.dims.push_back(DimRange{d.min(), max, d.symbol()});
+    }
     for (int64_t d : spec.shape) {
       if (d < -1) {
         return InvalidArgument(std::string(what) + " '" + in.name() + "': dim " +

@@ -171,6 +171,18 @@ TEST_CASE("declared model signature") {
   ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [1], min: 2}]\n" + out),
               {"models[0].inputs[0]", "min"});
   ExpectError(Model("    inputs: []\n" + out), {"models[0].inputs", "non-empty list"});
+  auto ranged = Parse(Model(
+      "    inputs: [{name: x, dtype: float32, shape: [-1, 4], dims: [{min: 1, max: 8}, {}]}]\n" +
+      out));
+  REQUIRE(ranged.ok());
+  REQUIRE(ranged->models[0].signature->inputs[0].dims.size() == 2);
+  CHECK(ranged->models[0].signature->inputs[0].dims[0].max == 8);
+  CHECK(ranged->models[0].signature->inputs[0].dims[1].max == DimRange::kUnbounded);
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [-1, 4], dims: [{}]}]\n" + out),
+              {"models[0].inputs[0].dims", "one {min, max} mapping per dim"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [-1], dims: [{min: 5, max: 2}]}]\n" +
+                    out),
+              {"models[0].inputs[0].dims[0]", "min <= max"});
   ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [1]}]\n" + out +
                     "    max_batch_size: -1\n"),
               {"models[0].max_batch_size"});

@@ -280,7 +280,25 @@ def test_admin_load_with_declared_signature(daemon, pb, client):
     check_block(infer(client, "block_admin", {"ids": tokens, "m": mask}),
                 ("logits", "best", "pooled"), want)
 
+    # Narrower ranges declared per dim are enforced; wider ones are a load error.
+    narrow = [pb.inference_pb2.TensorSpec(name="ids", dtype=pb.inference_pb2.DT_INT64,
+                                          shape=[-1, -1], dims=[{"min": 1, "max": -1},
+                                                                {"min": 1, "max": 4}]), ins[1]]
+    load(daemon, pb, name="block_narrow", package_path="block.pt2", inputs=narrow, outputs=outs)
+    tokens, mask, want = eager_block(batch=2, seq=4)
+    check_block(infer(client, "block_narrow", {"ids": tokens, "m": mask}),
+                ("logits", "best", "pooled"), want)
+    from tritonclient.utils import InferenceServerException
+    tokens, mask, _ = eager_block(batch=2, seq=5)
+    with pytest.raises(InferenceServerException) as e:
+        infer(client, "block_narrow", {"ids": tokens, "m": mask})
+    assert "input 'ids': dim 1" in e.value.message() and "1..4" in e.value.message()
+    wide = [pb.inference_pb2.TensorSpec(name="ids", dtype=pb.inference_pb2.DT_INT64,
+                                        shape=[-1, -1], dims=[{"min": 1, "max": -1},
+                                                              {"min": 1, "max": 100}]), ins[1]]
+
     contradictions = [
+        (wide, outs, "range is wider than the package's (1..32)"),
         ([spec(pb, "ids", "int32", [-1, -1]), ins[1]], outs, "dtype int32, the package takes int64"),
         ([ins[0], spec(pb, "m", "float32", [-1, -1, 2])], outs, "rank 2"),
         (ins[:1], outs, "1 inputs, the package takes 2"),

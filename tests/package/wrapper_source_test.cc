@@ -162,6 +162,14 @@ TEST_CASE("declared signature is checked against the package", "[package]") {
   bad.inputs[0].dims = {DimRange{1, 128, ""}, DimRange{}};
   CHECK_THAT(ReconcileDeclared(bad, *derived).status().message(),
              Catch::Contains("wider than the package's (1..64)"));
+  auto narrow = declared;
+  narrow.inputs[0].dims = {DimRange{0, 8, ""}, DimRange{}};
+  auto narrowed_dims = ReconcileDeclared(narrow, *derived);
+  REQUIRE(narrowed_dims.ok());
+  CHECK(narrowed_dims->inputs[0].dims[0].min == 1);  // unset bound: the package's
+  CHECK(narrowed_dims->inputs[0].dims[0].max == 8);
+  CHECK(narrowed_dims->inputs[0].dims[1].max == 32);
+  CHECK(narrowed_dims->inputs[0].dims[1].symbol == "s27");
   bad = declared;
   bad.max_batch_size = 100;
   CHECK_THAT(ReconcileDeclared(bad, *derived).status().message(),
