@@ -150,8 +150,8 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
     }
   }
   if (!desc.outputs_known) {
-    // Derived (or declared without a derivable package signature): learn the
-    // outputs' dtypes and shapes by running the model once or twice.
+    // No pt2serve metadata (derived or declared signature): learn the outputs'
+    // dtypes and shapes by running the model once or twice (output_probe.h).
     Signature probed = info.signature;
     c10::DeviceGuard on_device(ToC10Device(info.device));
     Status probe = ProbeOutputs(
