@@ -1,6 +1,7 @@
 #include "common/tensor.h"
 
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
 
 namespace pt2serve {
@@ -41,13 +42,46 @@ StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
   }
   spec.dtype = *dtype;
   for (const auto& d : j["shape"]) spec.shape.push_back(d.get<int64_t>());
+  if (j.contains("dims")) {
+    const auto& dims = j["dims"];
+    if (!dims.is_array() || dims.size() != spec.shape.size()) {
+      return InvalidArgument("tensor '" + spec.name + "': 'dims' needs one entry per dim");
+    }
+    for (const auto& d : dims) {
+      DimRange r;
+      r.min = d.value("min", int64_t{0});
+      r.max = d.contains("max") && !d["max"].is_null() ? d["max"].get<int64_t>()
+                                                        : DimRange::kUnbounded;
+      r.symbol = d.value("symbol", std::string());
+      if (r.min < 0 || r.max < r.min) {
+        return InvalidArgument("tensor '" + spec.name + "': bad dim range " +
+                               std::to_string(r.min) + ".." + std::to_string(r.max));
+      }
+      spec.dims.push_back(std::move(r));
+    }
+  }
   return spec;
 }
 
 nlohmann::json SpecToJson(const TensorSpec& spec) {
-  return {{"name", spec.name},
-          {"dtype", std::string(DTypeName(spec.dtype))},
-          {"shape", spec.shape}};
+  nlohmann::json j = {{"name", spec.name},
+                      {"dtype", std::string(DTypeName(spec.dtype))},
+                      {"shape", spec.shape}};
+  if (!spec.dims.empty()) {
+    j["dims"] = nlohmann::json::array();
+    for (const DimRange& r : spec.dims) {
+      nlohmann::json d = {{"min", r.min}};
+      if (r.max != DimRange::kUnbounded) d["max"] = r.max;
+      if (!r.symbol.empty()) d["symbol"] = r.symbol;
+      j["dims"].push_back(std::move(d));
+    }
+  }
+  return j;
+}
+
+std::string RangeToString(const DimRange& r) {
+  return std::to_string(r.min) + ".." +
+         (r.max == DimRange::kUnbounded ? std::string("inf") : std::to_string(r.max));
 }
 
 }  // namespace
@@ -167,7 +201,18 @@ Status ValidateAgainstSpec(const Tensor& t, const TensorSpec& spec) {
     }
     if (spec.shape[i] >= 0 && t.shape[i] != spec.shape[i]) {
       return InvalidArgument(who + ": expected shape " + ShapeToString(spec.shape) +
-                             ", got " + ShapeToString(t.shape));
+                             ", got " + ShapeToString(t.shape) + " (dim " + std::to_string(i) +
+                             " must be " + std::to_string(spec.shape[i]) + ")");
+    }
+    if (spec.shape[i] < 0 && i < spec.dims.size()) {
+      const DimRange& r = spec.dims[i];
+      if (t.shape[i] < r.min || t.shape[i] > r.max) {
+        return InvalidArgument(who + ": dim " + std::to_string(i) +
+                               (r.symbol.empty() ? "" : " ('" + r.symbol + "')") + " is " +
+                               std::to_string(t.shape[i]) + ", outside the model's range " +
+                               RangeToString(r) + " (got shape " + ShapeToString(t.shape) +
+                               ")");
+      }
     }
   }
   auto size = ByteSize(t.shape, t.dtype);
@@ -178,6 +223,32 @@ Status ValidateAgainstSpec(const Tensor& t, const TensorSpec& spec) {
                            std::string(DTypeName(t.dtype)) + " needs " +
                            std::to_string(expected) + " bytes, got " +
                            std::to_string(t.nbytes));
+  }
+  return Status::Ok();
+}
+
+Status CheckSharedDims(const Signature& sig, const std::vector<const Tensor*>& ordered) {
+  struct First {
+    size_t input;
+    size_t dim;
+  };
+  std::map<std::string, First> first;
+  for (size_t i = 0; i < sig.inputs.size() && i < ordered.size(); ++i) {
+    const TensorSpec& spec = sig.inputs[i];
+    for (size_t d = 0; d < spec.dims.size() && d < spec.shape.size(); ++d) {
+      if (spec.shape[d] >= 0 || spec.dims[d].symbol.empty()) continue;
+      auto [it, inserted] = first.try_emplace(spec.dims[d].symbol, First{i, d});
+      if (inserted) continue;
+      const Tensor& a = *ordered[it->second.input];
+      const Tensor& b = *ordered[i];
+      if (a.shape[it->second.dim] != b.shape[d]) {
+        return InvalidArgument(
+            "inputs must agree on dim '" + spec.dims[d].symbol + "': input '" +
+            sig.inputs[it->second.input].name + "' dim " + std::to_string(it->second.dim) +
+            " is " + std::to_string(a.shape[it->second.dim]) + ", input '" + spec.name +
+            "' dim " + std::to_string(d) + " is " + std::to_string(b.shape[d]));
+      }
+    }
   }
   return Status::Ok();
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -47,11 +48,24 @@ int64_t NumElements(const Shape& shape);
 // shapes must go through this before anything is sized from them).
 StatusOr<uint64_t> ByteSize(const Shape& shape, DType dtype);
 
+// What is known about one dynamic dim (-1 in TensorSpec::shape).
+struct DimRange {
+  static constexpr int64_t kUnbounded = INT64_MAX;
+  int64_t min = 0;
+  int64_t max = kUnbounded;
+  // Dims of a model's inputs that carry the same non-empty symbol must be
+  // equal in a request (e.g. "seq" of token ids and of their mask).
+  std::string symbol;
+};
+
 // One named input or output of a model. Dims of -1 are dynamic.
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kFloat32;
   Shape shape;
+  // Empty, or one entry per dim of `shape`; only dynamic dims' entries are
+  // checked (static dims must equal shape[i]).
+  std::vector<DimRange> dims = {};
 };
 
 struct Signature {
@@ -103,8 +117,14 @@ struct Tensor {
   const T* As() const { return reinterpret_cast<const T*>(data); }
 };
 
-// Checks `t` against `spec`: dtype, rank, fixed dims, and that nbytes equals
-// the element count times the element size. Messages name the tensor.
+// Checks `t` against `spec`: dtype, rank, fixed dims, the ranges of dynamic
+// dims, and that nbytes equals the element count times the element size.
+// Messages name the tensor and the dim.
 Status ValidateAgainstSpec(const Tensor& t, const TensorSpec& spec);
+
+// Checks that the request's inputs agree on every dim symbol the signature
+// shares between inputs (TensorSpec::dims[i].symbol). `ordered[i]` is the
+// tensor for sig.inputs[i]; each already passed ValidateAgainstSpec.
+Status CheckSharedDims(const Signature& sig, const std::vector<const Tensor*>& ordered);
 
 }  // namespace pt2serve

@@ -176,6 +176,78 @@ Status ReadLogging(const YAML::Node& l, ServerConfig* c) {
   return ReadBool(l, "access_log", p, &c->access_log);
 }
 
+// One declared input or output: {name, dtype, shape}.
+Status ReadTensorSpec(const YAML::Node& n, const std::string& p, TensorSpec* out) {
+  if (!n.IsMap()) return Error(p, "expected a mapping, got " + std::string(KindName(n)));
+  PT2_RETURN_IF_ERROR(CheckMap(n, p, {"name", "dtype", "shape", "dims"}));
+  for (const char* key : {"name", "dtype", "shape"}) {
+    if (!Has(n, key)) return Error(Child(p, key), "is required");
+  }
+  PT2_RETURN_IF_ERROR(ReadString(n, "name", p, &out->name));
+  std::string dtype;
+  PT2_RETURN_IF_ERROR(ReadString(n, "dtype", p, &dtype));
+  auto parsed = DTypeFromName(dtype);
+  if (!parsed) return Error(Child(p, "dtype"), "unknown dtype '" + dtype + "'");
+  out->dtype = *parsed;
+  const YAML::Node shape = Get(n, "shape");
+  if (!shape.IsSequence()) {
+    return Error(Child(p, "shape"), "expected a list of dims (-1 = dynamic)");
+  }
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t d = 0;
+    if (!shape[i].IsScalar() || !YAML::convert<int64_t>::decode(shape[i], d) || d < -1) {
+      return Error(Child(p, "shape") + "[" + std::to_string(i) + "]",
+                   "expected an integer >= -1 (-1 = dynamic)");
+    }
+    out->shape.push_back(d);
+  }
+  // Optional per-dim ranges, e.g. dims: [{min: 1, max: 8}, {}] (narrower than the package's).
+  if (!Has(n, "dims")) return Status::Ok();
+  const YAML::Node dims = Get(n, "dims");
+  const std::string dp = Child(p, "dims");
+  if (!dims.IsSequence() || dims.size() != shape.size()) {
+    return Error(dp, "expected one {min, max} mapping per dim of shape");
+  }
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const std::string ip = dp + "[" + std::to_string(i) + "]";
+    if (!dims[i].IsMap() && !dims[i].IsNull()) return Error(ip, "expected {min, max}");
+    PT2_RETURN_IF_ERROR(CheckMap(dims[i], ip, {"min", "max"}));
+    DimRange r;
+    PT2_RETURN_IF_ERROR(ReadInt64(dims[i], "min", ip, &r.min));
+    PT2_RETURN_IF_ERROR(ReadInt64(dims[i], "max", ip, &r.max));
+    if (r.min < 0 || r.max < r.min) return Error(ip, "needs 0 <= min <= max");
+    out->dims.push_back(r);
+  }
+  return Status::Ok();
+}
+
+// `inputs` + `outputs` (+ optional `max_batch_size`) of a model entry.
+Status ReadDeclaredSignature(const YAML::Node& m, const std::string& p,
+                             std::optional<Signature>* out) {
+  const bool any = Has(m, "inputs") || Has(m, "outputs") || Has(m, "max_batch_size");
+  if (!any) return Status::Ok();
+  if (!Has(m, "inputs") || !Has(m, "outputs")) {
+    return Error(p, "a declared signature needs both 'inputs' and 'outputs'");
+  }
+  Signature sig;
+  for (const char* key : {"inputs", "outputs"}) {
+    const YAML::Node list = Get(m, key);
+    const std::string lp = Child(p, key);
+    if (!list.IsSequence() || list.size() == 0) return Error(lp, "expected a non-empty list");
+    for (size_t i = 0; i < list.size(); ++i) {
+      TensorSpec spec;
+      PT2_RETURN_IF_ERROR(ReadTensorSpec(list[i], lp + "[" + std::to_string(i) + "]", &spec));
+      (std::string_view(key) == "inputs" ? sig.inputs : sig.outputs).push_back(std::move(spec));
+    }
+  }
+  PT2_RETURN_IF_ERROR(ReadInt64(m, "max_batch_size", p, &sig.max_batch_size));
+  if (sig.max_batch_size < 0 || sig.max_batch_size > INT32_MAX) {
+    return Error(Child(p, "max_batch_size"), "must be in 0..2147483647");
+  }
+  *out = std::move(sig);
+  return Status::Ok();
+}
+
 Status ReadModels(const YAML::Node& list, ServerConfig* c) {
   if (!list || list.IsNull()) return Status::Ok();
   if (!list.IsSequence()) {
@@ -188,7 +260,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
                                         "max_queue_size", "timeout_ms", "cpu_threads",
                                         "weights_version", "weights_file", "weights_sha256",
-                                        "isolation"}));
+                                        "isolation", "inputs", "outputs", "max_batch_size"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -201,6 +273,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_file", p, &e.weights_file));
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e.weights_sha256));
     PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e.isolation));
+    PT2_RETURN_IF_ERROR(ReadDeclaredSignature(m, p, &e.signature));
     c->models.push_back(std::move(e));
   }
   return Status::Ok();

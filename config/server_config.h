@@ -8,11 +8,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/status.h"
+#include "common/tensor.h"
 
 namespace pt2serve {
 
@@ -40,6 +42,9 @@ struct ModelEntry {
   // that restarts or scales out starts on the fleet's rolled-out version.
   std::string weights_file{};
   std::string weights_sha256{};  // optional hex SHA-256 of weights_file's bytes
+  // Declared inputs/outputs (keys `inputs`, `outputs`, `max_batch_size`),
+  // checked against the package at load; unset = the package's own.
+  std::optional<Signature> signature = std::nullopt;
 };
 
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).

@@ -52,7 +52,8 @@ void FindProblems(const std::vector<ConstantInfo>& constants, const std::vector<
   for (const Offered& o : offered) {
     auto it = by_fqn.find(o.name);
     if (it == by_fqn.end()) {
-      problems.push_back("unknown " + Quoted(o.name));
+      problems.push_back("unknown " + Quoted(o.name) +
+                         " (not an updatable constant of this package; GetModel lists them)");
       continue;
     }
     if (count[o.name] > 1) {

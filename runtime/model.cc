@@ -45,12 +45,14 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
       options.device = device;
       options.num_runners = config.num_runners;
       options.cpu_threads = config.cpu_threads;
+      options.declared_signature = config.signature;
       PT2_ASSIGN_OR_RETURN(replica, WorkerReplica::Start(std::move(options)));
     } else {
       ModelPackage::Options options;
       options.path = config.path;
       options.device = device;
       options.num_runners = config.num_runners;
+      options.declared_signature = config.signature;
       PT2_ASSIGN_OR_RETURN(replica, LocalReplica::Load(options));
     }
     if (!replicas.empty() && replica->info().device == replicas.front()->info().device) {
@@ -175,6 +177,7 @@ Status Model::Prepare(const InferRequest& request, std::vector<const Tensor*>& o
                              std::to_string(sig.max_batch_size));
     }
   }
+  PT2_RETURN_IF_ERROR(CheckSharedDims(sig, ordered));
   output_indices.clear();
   std::set<std::string> seen;
   for (const auto& name : request.outputs) {

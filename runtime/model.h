@@ -62,6 +62,9 @@ struct ModelConfig {
   // devices/cpu_threads.h.
   int cpu_threads = 0;
   Isolation isolation = Isolation::kInProcess;
+  // Inputs/outputs declared by the config (names, dtypes, shapes, max
+  // batch); checked against the package at load. Unset: the package's own.
+  std::optional<Signature> signature = std::nullopt;
 };
 
 struct InferRequest {

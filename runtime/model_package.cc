@@ -11,11 +11,11 @@
 
 #include "devices/cpu_isa.h"
 #include "devices/tensor_convert.h"
+#include "package/package_description.h"
+#include "runtime/output_probe.h"
 
 namespace pt2serve {
 namespace {
-
-constexpr char kSignatureKey[] = "pt2serve.signature";
 
 // Loader construction is not thread-safe (a static JSON parse buffer inside
 // AOTIModelPackageLoader), so every construction in the process takes this.
@@ -81,14 +81,17 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
   PT2_RETURN_IF_ERROR(
       CheckCpuCanRun(meta("AOTI_PLATFORM"), meta("AOTI_MACHINE"), meta("AOTI_CPU_ISA"))
           .WithPrefix("package " + options.path));
-  auto sig = info.metadata.find(kSignatureKey);
-  if (sig == info.metadata.end()) {
-    return InvalidArgument("package " + options.path + " has no '" + kSignatureKey +
-                           "' metadata; export it with tools/export/export_model.py");
-  }
-  PT2_ASSIGN_OR_RETURN(info.signature, Signature::FromJson(sig->second));
   PT2_ASSIGN_OR_RETURN(info.device, ResolveDevice(options.device, info.device_key));
   PT2_RETURN_IF_ERROR(CheckHostSupports(info.device));
+  // The signature: pt2serve metadata, else derived from the package's
+  // wrapper source, or declared by the config (package/package_description.h).
+  PT2_ASSIGN_OR_RETURN(PackageDescription desc,
+                       DescribePackage(options.path, options.declared_signature
+                                                         ? &*options.declared_signature
+                                                         : nullptr));
+  info.signature = desc.signature;
+  info.signature_source = SignatureSourceName(desc.source);
+  if (desc.wrapper) info.runtime_constant_folding = desc.wrapper->runtime_constant_folding;
 
   try {
     std::lock_guard lock(LoaderMutex());
@@ -139,6 +142,32 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
   }
   std::sort(info.constants.begin(), info.constants.end(),
             [](const ConstantInfo& a, const ConstantInfo& b) { return a.fqn < b.fqn; });
+  if (desc.wrapper) {
+    for (const WrapperConstant& c : desc.wrapper->constants) {
+      const bool updatable = std::any_of(info.constants.begin(), info.constants.end(),
+                                         [&](const ConstantInfo& u) { return u.fqn == c.fqn; });
+      if (!updatable) info.folded_constants.push_back(c.fqn.empty() ? c.name : c.fqn);
+    }
+  }
+  if (!desc.outputs_known) {
+    // No pt2serve metadata (derived or declared signature): learn the outputs'
+    // dtypes and shapes by running the model once or twice (output_probe.h).
+    Signature probed = info.signature;
+    c10::DeviceGuard on_device(ToC10Device(info.device));
+    Status probe = ProbeOutputs(
+        info.device, [&](const std::vector<at::Tensor>& in) { return pkg->Run(in); }, &probed);
+    if (!probe.ok() && desc.source != SignatureSource::kDeclared) {
+      return probe.WithPrefix("package " + options.path +
+                              " (declare its outputs in the model config to skip this)");
+    }
+    // A model that cannot run on zero inputs keeps its declared outputs unchecked.
+    if (probe.ok() && desc.source == SignatureSource::kDeclared) {
+      PT2_RETURN_IF_ERROR(
+          CheckDeclaredOutputs(info.signature, probed).WithPrefix("package " + options.path));
+    } else if (probe.ok()) {
+      info.signature = std::move(probed);
+    }
+  }
   return pkg;
 }
 

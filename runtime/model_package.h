@@ -12,6 +12,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,8 @@ class ModelPackage {
     std::string path;
     std::string device = "auto";  // see ResolveDevice()
     size_t num_runners = 1;
+    // Signature declared in the model config; checked against the package.
+    std::optional<Signature> declared_signature;
   };
 
   // Loads the package. Every failure (missing file, not a package, no

@@ -24,6 +24,17 @@ struct PackageInfo {
   std::string device_key;  // the package's AOTI_DEVICE_KEY
   DeviceSpec device;       // where it runs
   Signature signature;
+  // Where `signature` came from: "pt2serve metadata", "derived from the
+  // package" or "declared in the model config" (SignatureSourceName).
+  std::string signature_source;
+  // False for packages compiled without
+  // aot_inductor.use_runtime_constant_folding: parameters inductor folded
+  // into other constants at compile time are then absent from `constants`
+  // and cannot be updated.
+  bool runtime_constant_folding = true;
+  // Constants the container holds that are not updatable (folded results,
+  // tensor constants), by internal name.
+  std::vector<std::string> folded_constants;
   std::map<std::string, std::string> metadata;
   std::vector<ConstantInfo> constants;  // sorted by fqn
   size_t constants_nbytes = 0;

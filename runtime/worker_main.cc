@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,7 @@ struct Args {
   size_t runners = 1;
   int cpu_threads = 0;
   pid_t parent = 0;
+  std::optional<Signature> signature;  // declared in the model config
 };
 
 bool ParseArgs(int argc, char** argv, Args& args) {
@@ -51,6 +53,11 @@ bool ParseArgs(int argc, char** argv, Args& args) {
       else if (key == "--runners") args.runners = std::stoul(value);
       else if (key == "--cpu-threads") args.cpu_threads = std::stoi(value);
       else if (key == "--parent") args.parent = static_cast<pid_t>(std::stol(value));
+      else if (key == "--signature") {
+        auto sig = Signature::FromJson(value);
+        if (!sig.ok()) return false;
+        args.signature = std::move(sig).value();
+      }
       else return false;
     }
   } catch (const std::exception&) {
@@ -190,6 +197,7 @@ int Main(int argc, char** argv) {
   options.path = args.package;
   options.device = args.device;
   options.num_runners = args.runners;
+  options.declared_signature = args.signature;
   auto loaded = LocalReplica::Load(options);
   if (!loaded.ok()) {
     (void)control.Send(json{{"op", "hello"}, {"status", wp::StatusToJson(loaded.status())}});

@@ -35,6 +35,9 @@ nlohmann::json PackageInfoToJson(const PackageInfo& info) {
           {"device_key", info.device_key},
           {"device", info.device.ToString()},
           {"signature", info.signature.ToJson()},
+          {"signature_source", info.signature_source},
+          {"runtime_constant_folding", info.runtime_constant_folding},
+          {"folded_constants", info.folded_constants},
           {"metadata", info.metadata},
           {"constants", constants},
           {"constants_nbytes", info.constants_nbytes}};
@@ -48,6 +51,9 @@ StatusOr<PackageInfo> PackageInfoFromJson(const nlohmann::json& j) {
     PT2_ASSIGN_OR_RETURN(info.device, DeviceSpec::Parse(j.at("device").get<std::string>()));
     PT2_ASSIGN_OR_RETURN(info.signature,
                          Signature::FromJson(j.at("signature").get<std::string>()));
+    info.signature_source = j.at("signature_source").get<std::string>();
+    info.runtime_constant_folding = j.at("runtime_constant_folding").get<bool>();
+    info.folded_constants = j.at("folded_constants").get<std::vector<std::string>>();
     info.metadata = j.at("metadata").get<std::map<std::string, std::string>>();
     for (const auto& c : j.at("constants")) {
       ConstantInfo ci;

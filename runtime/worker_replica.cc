@@ -161,6 +161,10 @@ StatusOr<std::shared_ptr<WorkerReplica::Process>> WorkerReplica::Spawn() {
                                    "--runners", std::to_string(n),
                                    "--cpu-threads", std::to_string(options_.cpu_threads),
                                    "--parent", std::to_string(getpid())};
+  if (options_.declared_signature) {
+    args.push_back("--signature");
+    args.push_back(options_.declared_signature->ToJson());
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

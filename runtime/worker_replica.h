@@ -35,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +52,7 @@ struct WorkerOptions {
   std::string device = "auto";
   size_t num_runners = 1;
   int cpu_threads = 0;      // see ModelConfig::cpu_threads
+  std::optional<Signature> declared_signature;  // see ModelConfig::signature
   std::string executable;   // empty: WorkerExecutable()
 };
 

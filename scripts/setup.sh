@@ -17,7 +17,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libtbb-dev libspdlog-dev prometheus-cpp-dev catch2 libyaml-cpp-dev
-  nlohmann-json3-dev libcli11-dev
+  nlohmann-json3-dev libcli11-dev libzip-dev
 )
 
 # --- 1. Debian packages --------------------------------------------------------
@@ -67,6 +67,9 @@ fi
 # --- 3. Test packages (cached by torch version + exporter source) ---------------
 MODEL_DIR=$("$VENV_PY" tools/export/export_model.py zoo | tail -n 1)
 [[ -f "$MODEL_DIR/mlp.pt2" ]] || { log "zoo export failed"; exit 1; }
+# Packages made by plain aoti_compile_and_package (no pt2serve metadata); own cache key.
+PLAIN_DIR=$("$VENV_PY" tests/support/plain_packages.py | tail -n 1)
+[[ -f "$PLAIN_DIR/block.pt2" ]] || { log "plain package export failed"; exit 1; }
 
 # --- 4. Configure and build ------------------------------------------------------
 TORCH_PREFIX=$("$VENV_PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
@@ -74,7 +77,7 @@ GEN=()
 [[ -f build/CMakeCache.txt ]] || { command -v ninja >/dev/null && GEN=(-G Ninja); }
 cmake -S . -B build "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
-  -DPT2SERVE_MODEL_DIR="$MODEL_DIR" -DPT2SERVE_PYTHON="$VENV_PY" \
+  -DPT2SERVE_MODEL_DIR="$MODEL_DIR" -DPT2SERVE_PLAIN_DIR="$PLAIN_DIR" -DPT2SERVE_PYTHON="$VENV_PY" \
   >/dev/null
 log "building"
 cmake --build build --parallel "${PT2SERVE_BUILD_JOBS:-$(nproc)}" >&2
@@ -85,6 +88,7 @@ export PT2SERVE_MODEL_DIR="$MODEL_DIR"
 export PT2SERVE_BUILD_DIR="$ROOT/build"
 export PT2SERVE_FIXTURE_DIR="$ROOT/build/fixtures"
 export PT2SERVE_CHECKOV="$CHECKOV_VENV/bin/checkov"
+export PT2SERVE_PLAIN_DIR="$PLAIN_DIR"
 export PATH="$ROOT/.venv/bin:$ROOT/build/server:$ROOT/build/tools/pt2ctl:\$PATH"
 ENV
 log "ready (models: $MODEL_DIR)"

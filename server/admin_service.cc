@@ -5,6 +5,7 @@
 #include "server/inference_service.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
+#include "server/tensor_codec.h"
 #include "server/update_reactor.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
@@ -96,6 +97,52 @@ Status AdminService::Authenticate(grpc::CallbackServerContext* ctx) const {
   return Status::Ok();
 }
 
+namespace {
+
+// LoadModelRequest's declared inputs/outputs/max_batch_size as a Signature.
+StatusOr<Signature> DeclaredSignature(const pt2serve::v1::LoadModelRequest& request) {
+  if (request.inputs_size() == 0 || request.outputs_size() == 0) {
+    return InvalidArgument("a declared signature needs both inputs and outputs");
+  }
+  if (request.max_batch_size() < 0) {
+    return InvalidArgument("max_batch_size must not be negative");
+  }
+  Signature sig;
+  auto convert = [](const pt2serve::v1::TensorSpec& in, const char* what,
+                    std::vector<TensorSpec>* out) -> Status {
+    if (in.name().empty()) return InvalidArgument(std::string("a declared ") + what + " has no name");
+    auto dtype = FromProtoDType(in.dtype());
+    if (!dtype.ok()) return dtype.status().WithPrefix(std::string(what) + " '" + in.name() + "'");
+    TensorSpec spec{in.name(), *dtype, {in.shape().begin(), in.shape().end()}, {}};
+    if (in.dims_size() > 0 && in.dims_size() != in.shape_size()) {
+      return InvalidArgument(std::string(what) + " '" + in.name() +
+                             "': dims needs one entry per dim of shape");
+    }
+    for (const auto& d : in.dims()) {
+      const int64_t max = d.max() < 0 ? DimRange::kUnbounded : d.max();
+      if (d.min() < 0 || max < d.min()) {
+        return InvalidArgument(std::string(what) + " '" + in.name() + "': bad dim range " +
+                               std::to_string(d.min()) + ".." + std::to_string(d.max()));
+      }
+      spec.dims.push_back(DimRange{d.min(), max, d.symbol()});
+    }
+    for (int64_t d : spec.shape) {
+      if (d < -1) {
+        return InvalidArgument(std::string(what) + " '" + in.name() + "': dim " +
+                               std::to_string(d) + " (want >= 0, or -1 for dynamic)");
+      }
+    }
+    out->push_back(std::move(spec));
+    return Status::Ok();
+  };
+  for (const auto& in : request.inputs()) PT2_RETURN_IF_ERROR(convert(in, "input", &sig.inputs));
+  for (const auto& o : request.outputs()) PT2_RETURN_IF_ERROR(convert(o, "output", &sig.outputs));
+  sig.max_batch_size = request.max_batch_size();
+  return sig;
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* ctx,
                                                   const pt2serve::v1::LoadModelRequest* request,
                                                   pt2serve::v1::LoadModelResponse* response) {
@@ -131,6 +178,12 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
     config.max_queue_size = static_cast<size_t>(request->max_queue_size());
   }
   config.cpu_threads = request->cpu_threads();
+  if (request->inputs_size() > 0 || request->outputs_size() > 0 ||
+      request->max_batch_size() != 0) {
+    auto declared = DeclaredSignature(*request);
+    if (!declared.ok()) return FinishUnary(ctx, declared.status());
+    config.signature = std::move(*declared);
+  }
   auto* reactor = ctx->DefaultReactor();
   // Loading takes a while (package extraction, dlopen): off the gRPC thread.
   RunInBackground([this, reactor, config, response] {

@@ -23,6 +23,12 @@ void FillSpec(const TensorSpec& spec, pt2serve::v1::TensorSpec* out) {
   out->set_name(spec.name);
   out->set_dtype(ToProtoDType(spec.dtype));
   for (int64_t d : spec.shape) out->add_shape(d);
+  for (const DimRange& r : spec.dims) {
+    auto* dim = out->add_dims();
+    dim->set_min(r.min);
+    dim->set_max(r.max == DimRange::kUnbounded ? -1 : r.max);
+    dim->set_symbol(r.symbol);
+  }
 }
 
 int64_t Micros(std::chrono::nanoseconds d) {
@@ -115,6 +121,9 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
       for (int64_t d : c.shape) spec->add_shape(d);
     }
     response->set_constants_bytes(static_cast<int64_t>(info.constants_nbytes));
+    response->set_signature_source(info.signature_source);
+    response->set_runtime_constant_folding(info.runtime_constant_folding);
+    for (const auto& name : info.folded_constants) response->add_folded_constants(name);
   }
   return FinishUnary(ctx, Status::Ok());
 }

@@ -88,6 +88,7 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   // With a weights_file, weights_version names that file's weights
   // (ApplyStartupWeights); the package's own are then "initial".
   c.initial_weights_version = entry.weights_file.empty() ? entry.weights_version : "initial";
+  c.signature = entry.signature;
   return c;
 }
 

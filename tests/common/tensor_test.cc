@@ -80,3 +80,43 @@ TEST_CASE("Status formats code and message", "[status]") {
   StatusOr<int> bogus = Status::Ok();  // an OK status without a value is an error
   CHECK(bogus.status().code() == StatusCode::kInternal);
 }
+
+TEST_CASE("signature dims: ranges and shared symbols parse, round-trip and are enforced",
+          "[tensor]") {
+  auto sig = Signature::FromJson(
+      R"({"inputs":[{"name":"ids","dtype":"int64","shape":[-1,-1],)"
+      R"("dims":[{"min":1,"max":8,"symbol":"batch"},{"min":1,"max":32,"symbol":"seq"}]},)"
+      R"({"name":"mask","dtype":"float32","shape":[-1,-1],)"
+      R"("dims":[{"min":1,"max":8,"symbol":"batch"},{"min":1,"symbol":"seq"}]}],)"
+      R"("outputs":[{"name":"y","dtype":"float32","shape":[-1]}],"max_batch_size":8})");
+  REQUIRE(sig.ok());
+  CHECK(sig->inputs[0].dims[1].max == 32);
+  CHECK(sig->inputs[1].dims[1].max == DimRange::kUnbounded);
+  auto again = Signature::FromJson(sig->ToJson());
+  REQUIRE(again.ok());
+  CHECK(again->ToJson() == sig->ToJson());
+
+  auto ids = Tensor::FromVector("ids", DType::kInt64, {2, 33}, std::vector<int64_t>(66));
+  Status s = ValidateAgainstSpec(ids, sig->inputs[0]);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(s.message(),
+             Catch::Contains("input 'ids': dim 1 ('seq') is 33, outside the model's range 1..32"));
+  ids = Tensor::FromVector("ids", DType::kInt64, {2, 5}, std::vector<int64_t>(10));
+  CHECK(ValidateAgainstSpec(ids, sig->inputs[0]).ok());
+  auto mask = Tensor::FromVector("mask", DType::kFloat32, {2, 6}, std::vector<float>(12));
+  CHECK(ValidateAgainstSpec(mask, sig->inputs[1]).ok());
+  s = CheckSharedDims(*sig, {&ids, &mask});
+  CHECK_THAT(s.message(), Catch::Contains("inputs must agree on dim 'seq': input 'ids' dim 1 is 5, "
+                                          "input 'mask' dim 1 is 6"));
+  mask = Tensor::FromVector("mask", DType::kFloat32, {2, 5}, std::vector<float>(10));
+  CHECK(CheckSharedDims(*sig, {&ids, &mask}).ok());
+
+  CHECK_FALSE(Signature::FromJson(
+                  R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1],"dims":[]}],)"
+                  R"("outputs":[{"name":"y","dtype":"float32","shape":[1]}]})")
+                  .ok());
+  CHECK_FALSE(Signature::FromJson(
+                  R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1],)"
+                  R"("dims":[{"min":5,"max":2}]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})")
+                  .ok());
+}

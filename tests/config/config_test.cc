@@ -140,6 +140,54 @@ TEST_CASE("model defaults and explicit values") {
   CHECK(config->access_log);
 }
 
+TEST_CASE("declared model signature") {
+  auto config = Parse(Model(
+      "    inputs:\n"
+      "      - {name: tokens, dtype: int64, shape: [-1, -1]}\n"
+      "      - {name: mask, dtype: torch.float32, shape: [-1, 7]}\n"
+      "    outputs: [{name: logits, dtype: float32, shape: [-1, 4]}]\n"
+      "    max_batch_size: 8\n"));
+  INFO(config.status().ToString());
+  REQUIRE(config.ok());
+  const auto& sig = config->models[0].signature;
+  REQUIRE(sig.has_value());
+  REQUIRE(sig->inputs.size() == 2);
+  CHECK(sig->inputs[0].name == "tokens");
+  CHECK(sig->inputs[0].dtype == DType::kInt64);
+  CHECK(sig->inputs[1].shape == Shape{-1, 7});
+  CHECK(sig->outputs[0].name == "logits");
+  CHECK(sig->max_batch_size == 8);
+  CHECK_FALSE(Parse(Model(""))->models[0].signature.has_value());
+
+  const std::string out = "    outputs: [{name: y, dtype: float32, shape: [-1]}]\n";
+  ExpectError(Model(out), {"models[0]", "needs both 'inputs' and 'outputs'"});
+  ExpectError(Model("    max_batch_size: 4\n"), {"needs both"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float31, shape: [1]}]\n" + out),
+              {"models[0].inputs[0].dtype", "unknown dtype 'float31'"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [-2]}]\n" + out),
+              {"models[0].inputs[0].shape[0]"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32}]\n" + out),
+              {"models[0].inputs[0].shape", "is required"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [1], min: 2}]\n" + out),
+              {"models[0].inputs[0]", "min"});
+  ExpectError(Model("    inputs: []\n" + out), {"models[0].inputs", "non-empty list"});
+  auto ranged = Parse(Model(
+      "    inputs: [{name: x, dtype: float32, shape: [-1, 4], dims: [{min: 1, max: 8}, {}]}]\n" +
+      out));
+  REQUIRE(ranged.ok());
+  REQUIRE(ranged->models[0].signature->inputs[0].dims.size() == 2);
+  CHECK(ranged->models[0].signature->inputs[0].dims[0].max == 8);
+  CHECK(ranged->models[0].signature->inputs[0].dims[1].max == DimRange::kUnbounded);
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [-1, 4], dims: [{}]}]\n" + out),
+              {"models[0].inputs[0].dims", "one {min, max} mapping per dim"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [-1], dims: [{min: 5, max: 2}]}]\n" +
+                    out),
+              {"models[0].inputs[0].dims[0]", "min <= max"});
+  ExpectError(Model("    inputs: [{name: x, dtype: float32, shape: [1]}]\n" + out +
+                    "    max_batch_size: -1\n"),
+              {"models[0].max_batch_size"});
+}
+
 TEST_CASE("unknown keys are errors") {
   ExpectError("sever:\n  inference_address: ':1'\n", {"unknown key 'sever'", "server"});
   ExpectError("server:\n  inferance_address: 'x:1'\n",

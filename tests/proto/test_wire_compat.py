@@ -350,7 +350,8 @@ def test_pt2serve_inference_service(pt2serve_v1):
         "DT_INT32": 5, "DT_INT64": 6, "DT_FLOAT16": 7, "DT_BFLOAT16": 8, "DT_FLOAT32": 9,
         "DT_FLOAT64": 10}
     assert dict(inf.ModelState.items()) == {
-        "MODEL_STATE_UNSPECIFIED": 0, "LOADING": 1, "READY": 2, "UNLOADING": 3, "FAILED": 4}
+        "MODEL_STATE_UNSPECIFIED": 0, "LOADING": 1, "READY": 2, "UNLOADING": 3, "FAILED": 4,
+        "RESTARTING": 5}
 
     x = np.arange(6, dtype="<f4").reshape(2, 3)
     req = inf.RunRequest(model="m", request_id="r",
@@ -363,8 +364,15 @@ def test_pt2serve_inference_service(pt2serve_v1):
     fields = {f.name for f in inf.ModelInfo.DESCRIPTOR.fields}
     assert fields == {"name", "state", "reason", "inputs", "outputs", "max_batch_size", "device",
                       "num_runners", "max_queue_size", "weights_version", "package_path",
-                      "constants", "constants_bytes", "cpu_threads"}
+                      "constants", "constants_bytes", "cpu_threads", "signature_source",
+                      "runtime_constant_folding", "folded_constants", "isolation", "restarts"}
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["cpu_threads"].number == 14
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["isolation"].number == 18
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["restarts"].number == 19
+    assert {(f.name, f.number) for f in inf.TensorSpec.DESCRIPTOR.fields} == {
+        ("name", 1), ("dtype", 2), ("shape", 3), ("dims", 4)}
+    assert {(f.name, f.number) for f in inf.DimRange.DESCRIPTOR.fields} == {
+        ("min", 1), ("max", 2), ("symbol", 3)}
     assert {f.name for f in inf.RunResponse.DESCRIPTOR.fields} == {
         "model", "outputs", "request_id", "weights_version", "queue_time_us", "compute_time_us"}
 
@@ -373,7 +381,8 @@ def test_pt2serve_admin_service(pt2serve_v1):
     adm = pt2serve_v1["admin_pb2"]
     assert {(f.name, f.number) for f in adm.LoadModelRequest.DESCRIPTOR.fields} == {
         ("name", 1), ("package_path", 2), ("device", 3), ("num_runners", 4),
-        ("max_queue_size", 5), ("cpu_threads", 6)}
+        ("max_queue_size", 5), ("cpu_threads", 6), ("inputs", 7), ("outputs", 8),
+        ("max_batch_size", 9), ("isolation", 10)}
     p = ".pt2serve.v1."
     assert _methods(adm, "Admin") == {
         "LoadModel": (p + "LoadModelRequest", p + "LoadModelResponse", False, False),

@@ -26,6 +26,9 @@ sys.path.insert(0, str(EXPORTER.parent))
 import export_model  # noqa: E402
 from model_zoo import ZOO  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests" / "support"))
+import plain_packages  # noqa: E402
+
 MODELS = [n for n, m in ZOO.items() if not m.bench_only]
 
 
@@ -105,6 +108,11 @@ def test_signature_consistent(model_dir, name):
             assert e["shape"][0] == -1 and t.shape[0] == 3, e  # dynamic batch, reference batch 3
             assert shape_matches(e["shape"], t.shape), (e, t.shape)
 
+    # Dim 0 of every input is the shared batch dim, with its range recorded.
+    for e in sig["inputs"]:
+        assert e["dims"][0] == {"min": 1, "max": zoo.max_batch, "symbol": "batch"}, e
+        assert all(d == {"min": n, "max": n} for d, n in zip(e["dims"][1:], e["shape"][1:])), e
+
     meta = json.loads(package_member(model_dir / f"{name}.pt2", ".wrapper_metadata.json"))
     assert json.loads(meta["pt2serve.signature"]) == sig
     assert meta["pt2serve.model_name"] == name
@@ -183,32 +191,80 @@ def test_zoo_second_run_is_cached(model_dir):
     assert {p: p.stat().st_mtime_ns for p in model_dir.iterdir()} == mtimes
 
 
-class TinyUserModule(torch.nn.Module):
-    """Target of the `module` subcommand test (imported by the exporter as test_exporter:...)."""
+class Block(plain_packages.Block):
+    """Transformer-style block whose mask must be as long as its tokens (for `module` tests)."""
 
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
 
-    def forward(self, x, mask):
-        y = torch.where(mask, self.lin(x), 0.0)
-        return y, y.sum(-1)
+class BoolMaskBlock(Block):
+    """The same block taking its mask as bool (the exporter's `module` test target)."""
+
+    def forward(self, tokens, mask):
+        return super().forward(tokens, mask.float())
+
+
+def block_export(*texts: str, infer: bool = False):
+    args = [export_model.parse_input_spec(t) for t in texts]
+    specs = [a.spec for a in args]
+    plan = export_model.dim_plan(specs, [a.dim_names for a in args], infer=infer)
+    module = plain_packages.build("block")
+    ep = export_model.export_program(module, export_model.plan_inputs(specs, plan, 2), specs, 64,
+                                     plan)
+    return export_model.signature(ep, ["tokens", "mask"], ["logits", "best", "pooled"], plan)
+
+
+def test_named_dims_are_shared_and_recorded():
+    sig = block_export("tokens:int64:-1,seq", "mask:float32:-1,seq")
+    for e in sig["inputs"]:
+        assert e["shape"] == [-1, -1]
+        assert e["dims"] == [{"min": 1, "max": 64, "symbol": "batch"}, {"min": 1, "symbol": "seq"}]
+    assert sig["max_batch_size"] == 64
+
+
+def test_infer_dims_finds_the_relation():
+    sig = block_export("tokens:int64:-1,-1", "mask:float32:-1,-1", infer=True)
+    tok, mask = (e["dims"][1] for e in sig["inputs"])
+    assert tok["symbol"] == mask["symbol"] and tok["symbol"], sig
+    assert tok["min"] >= 1 and "max" not in tok
+
+
+def test_input_spec_parsing():
+    a = export_model.parse_input_spec("mask:float32:-1,seq,8")
+    assert a.spec.shape == (-1, -1, 8) and a.dim_names == ("", "seq", "")
+    for bad in ("x:float32:", "x:float32:-2", "x:float32:1.5", "x:nope:1", "x:float32"):
+        with pytest.raises(Exception):
+            export_model.parse_input_spec(bad)
+
+
+def test_module_independent_dims_fail_with_a_hint(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPORTER), "module", "--target", "test_exporter:Block",
+                           "--inputs", "tokens:int64:-1,-1", "--inputs", "mask:float32:-1,-1",
+                           "--outputs", "logits,best,pooled", "--out", str(tmp_path)],
+                          cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "give them one name" in proc.stderr and "--infer-dims" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_module_command(tmp_path):
-    lines = run_exporter("module", "--target", "test_exporter:TinyUserModule",
-                         "--inputs", "x:float32:-1,4", "--inputs", "mask:bool:-1,4",
-                         "--outputs", "y,total", "--name", "tiny", "--max-batch", "64",
+    """The issue's case end to end: a transformer block whose bool mask must be as long as its
+    int64 tokens exports with a named shared dim; ranges and symbols land in the signature."""
+    lines = run_exporter("module", "--target", "test_exporter:BoolMaskBlock", "--name", "block",
+                         "--inputs", "tokens:int64:-1,seq", "--inputs", "mask:bool:-1,seq",
+                         "--outputs", "logits,best,pooled", "--max-batch", "16",
                          "--out", str(tmp_path), cwd=Path(__file__).parent)
     assert lines[-1] == str(tmp_path.resolve())
-    assert read_signature(tmp_path, "tiny") == {
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]},
-                   {"name": "mask", "dtype": "bool", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]},
-                    {"name": "total", "dtype": "float32", "shape": [-1]}],
-        "max_batch_size": 64,
+    dims = [{"min": 1, "max": 16, "symbol": "batch"}, {"min": 1, "symbol": "seq"}]
+    assert read_signature(tmp_path, "block") == {
+        "inputs": [{"name": "tokens", "dtype": "int64", "shape": [-1, -1], "dims": dims},
+                   {"name": "mask", "dtype": "bool", "shape": [-1, -1], "dims": dims}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, -1, 4]},
+                    {"name": "best", "dtype": "int64", "shape": [-1, -1]},
+                    {"name": "pooled", "dtype": "float32", "shape": [-1, -1]}],
+        "max_batch_size": 16,
     }
-    assert set(load_file(str(tmp_path / "tiny.weights.safetensors"))) == {"lin.weight", "lin.bias"}
-    assert set(package_constants(tmp_path / "tiny.pt2")) == {"lin.weight", "lin.bias"}
-    ref = load_file(str(tmp_path / "tiny.reference.safetensors"))
-    assert set(ref) == {"input.x", "input.mask", "output.y", "output.total"}
+    params = set(BoolMaskBlock().state_dict())
+    assert set(load_file(str(tmp_path / "block.weights.safetensors"))) == params
+    assert set(package_constants(tmp_path / "block.pt2")) == params
+    ref = load_file(str(tmp_path / "block.reference.safetensors"))
+    assert set(ref) == {"input.tokens", "input.mask", "output.logits", "output.best",
+                        "output.pooled"}
+    assert ref["input.tokens"].shape == ref["input.mask"].shape

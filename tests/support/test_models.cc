@@ -64,6 +64,10 @@ std::string FixturePath(const std::string& file) {
   return DirFromEnv("PT2SERVE_FIXTURE_DIR", PT2SERVE_DEFAULT_FIXTURE_DIR) + "/" + file;
 }
 
+std::string PlainPackagePath(const std::string& name) {
+  return DirFromEnv("PT2SERVE_PLAIN_DIR", PT2SERVE_DEFAULT_PLAIN_DIR) + "/" + name + ".pt2";
+}
+
 std::string PackagePath(const std::string& name) { return ModelDir() + "/" + name + ".pt2"; }
 
 std::string TempDir() {

@@ -19,6 +19,9 @@ std::string ModelDir();
 std::string PackagePath(const std::string& name);
 // <fixture dir>/<file>: broken packages made by make_fixture_packages.py.
 std::string FixturePath(const std::string& file);
+// <plain dir>/<name>.pt2: packages made by plain aoti_compile_and_package
+// (tests/support/plain_packages.py; PT2SERVE_PLAIN_DIR).
+std::string PlainPackagePath(const std::string& name);
 // A fresh writable directory for a test's files.
 std::string TempDir();
 

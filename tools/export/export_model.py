@@ -23,15 +23,18 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
+from torch.utils._sympy.numbers import int_oo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_zoo import DEFAULT_SEED, MAX_BATCH, REFERENCE_BATCH, ZOO, TensorSpec, make_inputs  # noqa: E402
+from model_zoo import (DEFAULT_SEED, MAX_BATCH, REFERENCE_BATCH, REFERENCE_SEED, ZOO,  # noqa: E402
+                       TensorSpec, make_inputs)
 
 DTYPE_NAMES = {
     torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
@@ -55,16 +58,77 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("PT2SERVE_CACHE") or Path.home() / ".cache/pt2serve/models")
 
 
+def dim_plan(specs: list[TensorSpec], dim_names: list[tuple] | None = None,
+             infer: bool = False) -> list[list]:
+    """Per input, per dim: None (static) or the name of its dynamic dim.
+
+    Dim 0 marked -1 is the shared "batch"; a named dim (`seq`) is shared by every input that uses
+    the name; any other -1 gets its own name, or with `infer` is left to torch.export
+    (Dim.AUTO: it finds which dims must be equal, e.g. a mask's length and the tokens').
+    """
+    plan = []
+    for i, s in enumerate(specs):
+        names = (dim_names[i] if dim_names else None) or (None,) * len(s.shape)
+        row = []
+        for d, size in enumerate(s.shape):
+            if names[d]:
+                row.append(names[d])
+            elif size != -1:
+                row.append(None)
+            elif d == 0:
+                row.append("batch")
+            else:
+                row.append(AUTO if infer else f"{s.name}_dim{d}")
+        plan.append(row)
+    return plan
+
+
+AUTO = "<auto>"
+
+
 def export_program(module: torch.nn.Module, inputs: tuple, specs: list[TensorSpec],
-                   max_batch: int) -> ExportedProgram:
-    # Dim 0 marked -1 shares one "batch" symbol across inputs; other -1 dims get their own.
-    batch = Dim("batch", min=1, max=max_batch)
+                   max_batch: int, plan: list[list] | None = None) -> ExportedProgram:
+    plan = plan or dim_plan(specs)
+    dims = {}
+    for row in plan:
+        for name in row:
+            if name and name != AUTO and name not in dims:
+                dims[name] = Dim(name, min=1, max=max_batch) if name == "batch" else Dim(name, min=1)
     dynamic = tuple(
-        {i: batch if i == 0 else Dim(f"{s.name}_dim{i}", min=1) for i, d in enumerate(s.shape) if d == -1}
-        or None
-        for s in specs
+        {d: (Dim.AUTO if name == AUTO else dims[name]) for d, name in enumerate(row) if name} or None
+        for row in plan
     )
     return torch.export.export(module, inputs, dynamic_shapes=dynamic)
+
+
+def plan_inputs(specs: list[TensorSpec], plan: list[list], batch: int,
+                seed: int = REFERENCE_SEED) -> tuple[torch.Tensor, ...]:
+    """Deterministic inputs in which every named dynamic dim has its own size (batch: `batch`).
+
+    Distinct sizes keep torch.export from equating dims only because their example sizes matched;
+    the dims left to Dim.AUTO all get one size (see below).
+    """
+    sizes: dict[str, int] = {"batch": batch}
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s, row in zip(specs, plan):
+        shape = []
+        for size, name in zip(s.shape, row):
+            if name is None:
+                shape.append(size)
+                continue
+            # Dims left to Dim.AUTO share one size: export can only infer that dims must be
+            # equal from an example in which the model runs.
+            if name not in sizes:
+                sizes[name] = batch + 1 + len(sizes)
+            shape.append(sizes[name])
+        if s.dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(s.dtype))
+        elif s.dtype == torch.bool:
+            out.append(torch.randint(0, 2, shape, generator=gen).bool())
+        else:
+            out.append(torch.randint(0, s.high, shape, generator=gen, dtype=s.dtype))
+    return tuple(out)
 
 
 def constant_fqns(ep: ExportedProgram) -> list[str]:
@@ -100,7 +164,30 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES[dtype]
 
 
-def signature(ep: ExportedProgram, input_names: list[str], output_names: list[str]) -> dict:
+def _dim_ranges(ep: ExportedProgram, val, plan_row: list | None) -> list[dict] | None:
+    """Per dim {"min", "max", "symbol"} for an input with a dynamic dim; None if all static."""
+    if all(isinstance(d, int) for d in val.shape):
+        return None
+    out = []
+    for i, d in enumerate(val.shape):
+        if isinstance(d, int):
+            out.append({"min": d, "max": d})
+            continue
+        expr = d.node.expr
+        entry = {"min": 0}
+        rng = ep.range_constraints.get(expr)
+        if rng is not None:
+            entry["min"] = int(rng.lower)
+            if rng.upper != int_oo:
+                entry["max"] = int(rng.upper)
+        name = plan_row[i] if plan_row else None
+        entry["symbol"] = name if name and name != AUTO else str(expr)
+        out.append(entry)
+    return out
+
+
+def signature(ep: ExportedProgram, input_names: list[str], output_names: list[str],
+              plan: list[list] | None = None) -> dict:
     nodes = {n.name: n for n in ep.graph.nodes}
     in_vals = [nodes[s.arg.name].meta["val"] for s in ep.graph_signature.input_specs
                if s.kind == InputKind.USER_INPUT]
@@ -114,8 +201,16 @@ def signature(ep: ExportedProgram, input_names: list[str], output_names: list[st
     if not isinstance(first, int):
         max_batch = int(ep.range_constraints[first.node.expr].upper)
     entry = lambda name, v: {"name": name, "dtype": _dtype_name(v.dtype), "shape": _dims(v)}  # noqa: E731
+
+    def input_entry(i, name, v):
+        e = entry(name, v)
+        ranges = _dim_ranges(ep, v, plan[i] if plan else None)
+        if ranges:
+            e["dims"] = ranges
+        return e
+
     return {
-        "inputs": [entry(n, v) for n, v in zip(input_names, in_vals)],
+        "inputs": [input_entry(i, n, v) for i, (n, v) in enumerate(zip(input_names, in_vals))],
         "outputs": [entry(n, v) for n, v in zip(output_names, out_vals)],
         "max_batch_size": max_batch,
     }
@@ -126,15 +221,23 @@ def is_complete(out_dir: Path, name: str) -> bool:
 
 
 def export_model(module: torch.nn.Module, name: str, specs: list[TensorSpec], output_names: list[str],
-                 out_dir: Path, version: str, max_batch: int = MAX_BATCH, device: str = "cpu") -> float:
+                 out_dir: Path, version: str, max_batch: int = MAX_BATCH, device: str = "cpu",
+                 plan: list[list] | None = None) -> float:
     """Export, compile (for `device`) and write the four artifacts; returns compile seconds.
 
+    `plan` (dim_plan) names dynamic dims; None: -1 at dim 0 is the batch, other -1 independent.
     Reference inputs/outputs and weights are always written as CPU tensors."""
     module.eval().to(device)
-    ref_in = make_inputs(specs, REFERENCE_BATCH)
+    if plan is None:
+        plan = dim_plan(specs)
+        ref_in = make_inputs(specs, REFERENCE_BATCH)
+        example = make_inputs(specs, 2)
+    else:
+        ref_in = plan_inputs(specs, plan, REFERENCE_BATCH)
+        example = plan_inputs(specs, plan, 2, seed=REFERENCE_SEED + 1)
     ref_out = tuple(t.cpu() for t in eager(module, tuple(t.to(device) for t in ref_in)))
-    ep = export_program(module, tuple(t.to(device) for t in make_inputs(specs, 2)), specs, max_batch)
-    sig = signature(ep, [s.name for s in specs], output_names)
+    ep = export_program(module, tuple(t.to(device) for t in example), specs, max_batch, plan)
+    sig = signature(ep, [s.name for s in specs], output_names, plan)
     sig_json = json.dumps(sig, separators=(",", ":"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,16 +314,42 @@ def cmd_zoo(args) -> None:
     print(out_dir, flush=True)  # last line: scripts read the cache dir from it
 
 
-def parse_input_spec(text: str) -> TensorSpec:
-    """'x:float32:-1,16' -> TensorSpec; integer inputs get values in [0, 2) (safe as indices)."""
+@dataclass(frozen=True)
+class InputArg:
+    """One --inputs value: the spec (named dims as -1) and the dim names ("" = unnamed)."""
+    spec: TensorSpec
+    dim_names: tuple[str, ...]
+
+
+def parse_input_spec(text: str) -> InputArg:
+    """'x:float32:-1,16' or 'mask:float32:-1,seq' -> InputArg.
+
+    A dim is a size, -1 (dynamic) or a name: inputs using the same name share that dynamic dim
+    (e.g. token ids and their mask share `seq`). Integer inputs get values in [0, 2) (safe as
+    indices)."""
     try:
         name, dtype, dims = text.split(":")
-        shape = tuple(int(d) for d in dims.split(","))
+        items = dims.split(",")
+        if not name or not all(items):
+            raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad input spec {text!r}, want NAME:DTYPE:D0,D1,...")
+        raise argparse.ArgumentTypeError(f"bad input spec {text!r}, want NAME:DTYPE:D0,D1,... "
+                                         "(each D a size, -1, or a name shared between inputs)")
     if dtype not in DTYPES:
         raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r}; known: {list(DTYPES)}")
-    return TensorSpec(name, DTYPES[dtype], shape, high=2)
+    shape, names = [], []
+    for item in items:
+        if item.lstrip("-").isdigit():
+            if int(item) < -1:
+                raise argparse.ArgumentTypeError(f"bad dim {item!r} in {text!r}")
+            shape.append(int(item))
+            names.append("")
+        elif item.isidentifier():
+            shape.append(-1)
+            names.append(item)
+        else:
+            raise argparse.ArgumentTypeError(f"bad dim {item!r} in {text!r}: a size, -1, or a name")
+    return InputArg(TensorSpec(name, DTYPES[dtype], tuple(shape), high=2), tuple(names))
 
 
 def cmd_module(args) -> None:
@@ -233,8 +362,16 @@ def cmd_module(args) -> None:
     module = cls()
     outputs = [o for group in args.outputs for o in group.split(",") if o]
     name = args.name or cls_name.lower()
-    seconds = export_model(module, name, args.inputs, outputs, Path(args.out), cache_key(),
-                           args.max_batch)
+    specs = [a.spec for a in args.inputs]
+    plan = dim_plan(specs, [a.dim_names for a in args.inputs], infer=args.infer_dims)
+    try:
+        seconds = export_model(module, name, specs, outputs, Path(args.out), cache_key(),
+                               args.max_batch, plan=plan)
+    except Exception as e:  # torch.export raises UserError, AssertionError, RuntimeError...
+        raise SystemExit(f"export failed: {type(e).__name__}: {e}\n\nEvery -1 is its own dynamic "
+                         "dim. If the model needs dims of different inputs to be equal, give "
+                         "them one name (e.g. tokens:int64:-1,seq and mask:float32:-1,seq) or "
+                         "pass --infer-dims.") from e
     print(f"exported {name} (compile {seconds:.1f} s)")
     print(Path(args.out).resolve())
 
@@ -272,7 +409,12 @@ def main(argv=None) -> None:
     mo = sub.add_parser("module", help="export a user module constructed with no arguments")
     mo.add_argument("--target", required=True, help="pkg.module:ClassName (importable from cwd)")
     mo.add_argument("--inputs", action="append", required=True, type=parse_input_spec,
-                    help="NAME:DTYPE:DIMS in forward order, e.g. x:float32:-1,16 (-1 = dynamic); repeat")
+                    help="NAME:DTYPE:DIMS in forward order, e.g. x:float32:-1,16 (-1 = dynamic; "
+                         "a name such as seq = a dynamic dim shared by every input naming it); "
+                         "repeat")
+    mo.add_argument("--infer-dims", action="store_true",
+                    help="let torch.export infer which unnamed -1 dims (other than dim 0) must be "
+                         "equal (Dim.AUTO); the relations found are recorded in the signature")
     mo.add_argument("--outputs", action="append", required=True,
                     help="output names in return order, comma-separated or repeated")
     mo.add_argument("--name", help="model name (default: class name, lower case)")

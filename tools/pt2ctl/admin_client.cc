@@ -82,6 +82,14 @@ Outcome AdminClient::ListModels(pt2serve::v1::ListModelsResponse* response) {
   return Classify(status, *inference_channel_, options_.inference_address);
 }
 
+Outcome AdminClient::GetModel(const std::string& name, pt2serve::v1::ModelInfo* response) {
+  auto ctx = NewContext(false);
+  pt2serve::v1::GetModelRequest request;
+  request.set_name(name);
+  const grpc::Status status = inference_stub_->GetModel(ctx.get(), request, response);
+  return Classify(status, *inference_channel_, options_.inference_address);
+}
+
 Outcome AdminClient::LoadModel(const pt2serve::v1::LoadModelRequest& request,
                                pt2serve::v1::LoadModelResponse* response) {
   auto ctx = NewAdminContext();

@@ -1,7 +1,7 @@
 // AdminClient: pt2ctl's connection to one pt2serve daemon.
 //
 // Wraps the Admin service (admin address, bearer token on every call) and the
-// read-only Inference.ListModels (inference address, no token). Every unary
+// read-only Inference.ListModels/GetModel (inference address, no token). Every unary
 // call gets the configured deadline and returns an Outcome that already
 // tells "the server refused" (exit 1) from "the server is unreachable"
 // (exit 3): a failed call counts as unreachable when its channel is not
@@ -46,8 +46,9 @@ class AdminClient {
  public:
   explicit AdminClient(ClientOptions options);
 
-  // Inference.ListModels on the inference address.
+  // Inference.ListModels / GetModel on the inference address.
   Outcome ListModels(pt2serve::v1::ListModelsResponse* response);
+  Outcome GetModel(const std::string& name, pt2serve::v1::ModelInfo* response);
 
   Outcome LoadModel(const pt2serve::v1::LoadModelRequest& request,
                     pt2serve::v1::LoadModelResponse* response);

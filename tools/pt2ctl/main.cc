@@ -3,8 +3,9 @@
 //   pt2ctl check [--model M]          (ready + one inference; the chart's helm test)
 //   pt2ctl models list
 //   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
-//       [--cpu-threads N]
+//       [--cpu-threads N] [--input N:DTYPE:DIMS ... --output N:DTYPE:DIMS ... [--max-batch N]]
 //   pt2ctl models unload NAME
+//   pt2ctl models inspect PACKAGE.pt2     (local, no server)
 //   pt2ctl weights push MODEL FILE.safetensors [--version L] [--swap] [--server-side]
 //   pt2ctl weights swap MODEL [--expect VERSION]
 //   pt2ctl weights rollback MODEL [--endpoints A,B,... | --headless NAME:PORT]
@@ -29,9 +30,12 @@
 #include <optional>
 #include <sstream>
 #include <tuple>
+#include <vector>
 
+#include "server/tensor_codec.h"
 #include "tools/pt2ctl/admin_client.h"
 #include "tools/pt2ctl/fleet_rollout.h"
+#include "tools/pt2ctl/inspect.h"
 #include "tools/pt2ctl/outcome.h"
 #include "tools/pt2ctl/progress_bar.h"
 #include "tools/pt2ctl/server_check.h"
@@ -239,8 +243,40 @@ int ModelsList(const Globals& g) {
 
 struct LoadArgs {
   std::string name, package_path, device, isolation;
-  int runners = 0, queue = 0, cpu_threads = 0;
+  int runners = 0, queue = 0, cpu_threads = 0, max_batch = 0;
+  std::vector<std::string> inputs, outputs;  // NAME:DTYPE:D0,D1,... (declared signature)
 };
+
+// "tokens:int64:-1,-1" -> TensorSpec; false with `error` set when malformed.
+bool ParseSpec(const std::string& text, v1::TensorSpec* out, std::string* error) {
+  const auto a = text.find(':');
+  const auto b = a == std::string::npos ? a : text.find(':', a + 1);
+  if (b == std::string::npos || a == 0) {
+    *error = "'" + text + "': expected NAME:DTYPE:D0,D1,... (-1 = dynamic)";
+    return false;
+  }
+  out->set_name(text.substr(0, a));
+  auto dtype = DTypeFromName(text.substr(a + 1, b - a - 1));
+  if (!dtype) {
+    *error = "'" + text + "': unknown dtype '" + text.substr(a + 1, b - a - 1) + "'";
+    return false;
+  }
+  out->set_dtype(server::ToProtoDType(*dtype));
+  std::stringstream dims(text.substr(b + 1));
+  std::string item;
+  while (std::getline(dims, item, ',')) {
+    try {
+      size_t used = 0;
+      const long long d = std::stoll(item, &used);
+      if (used != item.size() || d < -1) throw std::invalid_argument(item);
+      out->add_shape(d);
+    } catch (const std::exception&) {
+      *error = "'" + text + "': bad dim '" + item + "' (a size, or -1 for dynamic)";
+      return false;
+    }
+  }
+  return true;
+}
 
 int ModelsLoad(const Globals& g, const LoadArgs& a) {
   std::optional<AdminClient> client;
@@ -253,6 +289,14 @@ int ModelsLoad(const Globals& g, const LoadArgs& a) {
   request.set_max_queue_size(a.queue);
   request.set_cpu_threads(a.cpu_threads);
   request.set_isolation(a.isolation);
+  request.set_max_batch_size(a.max_batch);
+  for (const auto& [texts, field] : {std::pair{&a.inputs, request.mutable_inputs()},
+                                     std::pair{&a.outputs, request.mutable_outputs()}}) {
+    for (const std::string& text : *texts) {
+      std::string error;
+      if (!ParseSpec(text, field->Add(), &error)) return Report(Outcome::LocalError(error), g);
+    }
+  }
   v1::LoadModelResponse response;
   if (Outcome o = client->LoadModel(request, &response); !o.ok()) return Report(o, g);
   if (g.json) {
@@ -408,6 +452,38 @@ int WeightsStatus(const Globals& g, const std::string& model) {
   if (!response.last_error().empty()) {
     std::printf("last error (%s): %s\n", FormatTime(response.last_error_at()).c_str(),
                 response.last_error().c_str());
+  }
+  // Which constants a push may name (Inference.GetModel); informational, so
+  // an unreachable inference address does not fail the command.
+  v1::ModelInfo info;
+  if (Outcome o = client->GetModel(model, &info); !o.ok()) {
+    std::printf("constants: not shown (GetModel on %s failed)\n", g.address.c_str());
+    return 0;
+  }
+  std::string names;
+  for (const auto& c : info.constants()) names += (names.empty() ? "" : ", ") + c.name();
+  std::printf("updatable constants (%d, %s): %s\n", info.constants_size(),
+              FormatBytes(static_cast<uint64_t>(info.constants_bytes())).c_str(),
+              Or(names).c_str());
+  std::string folded;
+  for (const auto& f : info.folded_constants()) folded += (folded.empty() ? "" : ", ") + f;
+  if (!folded.empty()) std::printf("not updatable (folded or tensor constants): %s\n", folded.c_str());
+  if (!info.runtime_constant_folding()) {
+    std::printf("compiled without runtime constant folding: parameters inductor folded at "
+                "compile time are not in the package and cannot be updated\n");
+  }
+  return 0;
+}
+
+int ModelsInspect(const Globals& g, const std::string& path) {
+  auto desc = DescribePackage(path);
+  if (!desc.ok()) {
+    return Report(Outcome::LocalError("cannot inspect " + path + ": " + desc.status().message()), g);
+  }
+  if (g.json) {
+    std::printf("%s\n", InspectJson(*desc).c_str());
+  } else {
+    std::fputs(InspectText(*desc).c_str(), stdout);
   }
   return 0;
 }
@@ -619,12 +695,25 @@ int Main(int argc, char** argv) {
                        "in_process (default) or process: run the model in a worker process "
                        "that is restarted if a request crashes it")
       ->check(CLI::IsMember({"in_process", "process"}));
+  load_cmd->add_option("--input", load.inputs,
+                       "Declared input NAME:DTYPE:D0,D1,... (-1 = dynamic), in the package's "
+                       "order; repeat. Checked against the package");
+  load_cmd->add_option("--output", load.outputs, "Declared output, like --input; repeat");
+  load_cmd->add_option("--max-batch", load.max_batch,
+                       "With --input/--output: largest batch accepted (default: the package's)")
+      ->check(CLI::NonNegativeNumber);
   load_cmd->callback([&] { action = [&] { return ModelsLoad(g, load); }; });
 
   std::string unload_name;
   auto* unload_cmd = models->add_subcommand("unload", "Unload a model (waits for its requests)");
   unload_cmd->add_option("name", unload_name, "Model name")->required();
   unload_cmd->callback([&] { action = [&] { return ModelsUnload(g, unload_name); }; });
+
+  std::string inspect_path;
+  auto* inspect_cmd = models->add_subcommand(
+      "inspect", "Show what a local .pt2 package holds (no server needed)");
+  inspect_cmd->add_option("package", inspect_path, "Path of the .pt2 file")->required();
+  inspect_cmd->callback([&] { action = [&] { return ModelsInspect(g, inspect_path); }; });
 
   auto* weights = app.add_subcommand("weights", "Push, swap, roll back and inspect weights");
   weights->require_subcommand(1);
