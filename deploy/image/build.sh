@@ -44,7 +44,8 @@ log() { echo "[image] $*" >&2; }
 for tool in mmdebstrap umoci skopeo ldd dpkg; do
   command -v $tool >/dev/null || { echo "build.sh: '$tool' missing (apt-get install mmdebstrap umoci skopeo)" >&2; exit 2; }
 done
-BINARIES=("$BUILD/server/pt2serve" "$BUILD/tools/pt2ctl/pt2ctl")
+# pt2serve-worker runs models with isolation: process; the daemon finds it next to itself.
+BINARIES=("$BUILD/server/pt2serve" "$BUILD/server/pt2serve-worker" "$BUILD/tools/pt2ctl/pt2ctl")
 for b in "${BINARIES[@]}"; do [[ -x $b ]] || { echo "build.sh: $b not built" >&2; exit 2; }; done
 source "$BUILD/env.sh" 2>/dev/null || true
 MODEL_DIR=${PT2SERVE_MODEL_DIR:?build/env.sh does not set PT2SERVE_MODEL_DIR: run scripts/setup.sh}
@@ -86,8 +87,10 @@ rm -rf "$ROOTFS"/var/cache/apt "$ROOTFS"/var/lib/apt "$ROOTFS"/var/lib/dpkg "$RO
 
 # --- 2. pt2serve, its LibTorch libraries, the demo model, users, config --------------------
 install -D -m 0755 "$BUILD/server/pt2serve" "$ROOTFS/usr/bin/pt2serve"
+install -D -m 0755 "$BUILD/server/pt2serve-worker" "$ROOTFS/usr/bin/pt2serve-worker"
 install -D -m 0755 "$BUILD/tools/pt2ctl/pt2ctl" "$ROOTFS/usr/bin/pt2ctl"
-strip --strip-unneeded "$ROOTFS/usr/bin/pt2serve" "$ROOTFS/usr/bin/pt2ctl"
+strip --strip-unneeded "$ROOTFS/usr/bin/pt2serve" "$ROOTFS/usr/bin/pt2serve-worker" \
+  "$ROOTFS/usr/bin/pt2ctl"
 mkdir -p "$ROOTFS/usr/lib/pt2serve"
 if [[ $VARIANT == cuda ]]; then
   cp -L "$TORCH_LIB"/*.so* "$ROOTFS/usr/lib/pt2serve/"

@@ -323,7 +323,8 @@ def test_config_and_values_reach_the_pod(rendered):
     config = yaml.safe_load(one(docs, "ConfigMap", "-config")["data"]["config.yaml"])
     assert config["models"][0] == {"name": "mlp", "path": "/usr/share/pt2serve/models/mlp.pt2",
                                    "device": "cuda:0,cuda:1", "num_runners": 4,
-                                   "max_queue_size": 128, "timeout_ms": 2000, "cpu_threads": 2}
+                                   "max_queue_size": 128, "timeout_ms": 2000, "cpu_threads": 2,
+                                   "isolation": "process"}
     tls = rendered["tls"]
     config = yaml.safe_load(one(tls, "ConfigMap", "-config")["data"]["config.yaml"])["server"]
     assert config["tls"]["admin"]["client_ca_file"].endswith("/ca.crt")
@@ -383,6 +384,7 @@ BAD_VALUES = [
     ({"models": []}, "/models"),
     ({"models": [{"name": "bad name", "path": "m.pt2"}]}, "/models/0/name"),
     ({"models": [{"name": "m", "path": "/abs/m.pt2"}]}, "/models/0/path"),
+    ({"models": [{"name": "m", "path": "m.pt2", "isolation": "sandbox"}]}, "/models/0/isolation"),
     ({"models": [{"name": "m", "path": "m.pt2", "numRunners": 0}]}, "/models/0/numRunners"),
     ({"models": [{"name": "m", "path": "m.pt2", "device": "tpu"}]}, "/models/0/device"),
     ({"modelStorage": {"type": "nfs"}}, "/modelStorage/type"),

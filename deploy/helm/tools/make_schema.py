@@ -109,6 +109,8 @@ MODEL = obj({
     "maxQueueSize": integer(0),
     "timeoutMs": integer(0),
     "cpuThreads": integer(0, 1024),
+    # process: a pt2serve-worker child per replica that restarts after a crash (docs/containment.md)
+    "isolation": string(enum=["in_process", "process"]),
 }, required=["name", "path"])
 
 SCHEMA = obj({
