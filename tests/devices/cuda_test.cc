@@ -218,15 +218,23 @@ TEST_CASE("a model placed on every GPU spreads requests and swaps on all", "[cud
 
 namespace {
 
-// tiny_lm's reference request with every token out of its 100-row embedding:
-// on CUDA the generated kernel's bounds check is a device-side assert, which
-// leaves the CUDA context unusable for every later call in that process.
-InferRequest CudaPoisonRequest() {
-  Reference ref = CudaReference("tiny_lm");
+// A request that fails on the device: tiny_lm with every token out of its
+// 100-row embedding (the generated kernel's bounds check), or checked with
+// negative probabilities (its torch._assert_async). On CUDA both are
+// device-side asserts, which leave the CUDA context unusable for every later
+// call in that process.
+InferRequest CudaPoisonRequest(const std::string& name) {
+  Reference ref = CudaReference(name);
   InferRequest request;
   for (const Tensor& t : ref.inputs) {
-    std::vector<int64_t> ids(static_cast<size_t>(NumElements(t.shape)), 1000);
-    request.inputs.push_back(Tensor::FromVector(t.name, DType::kInt64, t.shape, ids));
+    const size_t n = static_cast<size_t>(NumElements(t.shape));
+    if (t.dtype == DType::kInt64) {
+      request.inputs.push_back(
+          Tensor::FromVector(t.name, DType::kInt64, t.shape, std::vector<int64_t>(n, 1000)));
+    } else {
+      request.inputs.push_back(
+          Tensor::FromVector(t.name, DType::kFloat32, t.shape, std::vector<float>(n, -0.5f)));
+    }
   }
   return request;
 }
@@ -234,29 +242,32 @@ InferRequest CudaPoisonRequest() {
 }  // namespace
 
 TEST_CASE("process isolation contains a CUDA device-side assert", "[cuda][containment]") {
-  ModelConfig config;
-  config.name = "tiny_lm";
-  config.path = CudaPackage("tiny_lm");
-  config.device = "cuda:0";
-  config.num_runners = 2;
-  config.isolation = Isolation::kProcess;
-  auto loaded = Model::Load(config);
-  INFO(loaded.status().ToString());
-  REQUIRE(loaded.ok());
-  Model& model = **loaded;
-  const Reference ref = CudaReference("tiny_lm");
-  ExpectAllCorrect(model, ref, /*threads=*/2, /*requests_each=*/20);
+  for (const std::string name : {"tiny_lm", "checked"}) {
+    INFO(name);
+    ModelConfig config;
+    config.name = name;
+    config.path = CudaPackage(name);
+    config.device = "cuda:0";
+    config.num_runners = 2;
+    config.isolation = Isolation::kProcess;
+    auto loaded = Model::Load(config);
+    INFO(loaded.status().ToString());
+    REQUIRE(loaded.ok());
+    Model& model = **loaded;
+    const Reference ref = CudaReference(name);
+    ExpectAllCorrect(model, ref, /*threads=*/2, /*requests_each=*/20);
 
-  const auto start = std::chrono::steady_clock::now();
-  auto poisoned = model.Infer(CudaPoisonRequest());
-  REQUIRE_FALSE(poisoned.ok());
-  WARN("poison request answered: " << poisoned.status().ToString());
-  CHECK_THAT(poisoned.status().message(), Catch::Contains("tiny_lm"));
-  // The worker with the poisoned context is replaced; the model serves again.
-  ExpectAllCorrect(model, ref, /*threads=*/2, /*requests_each=*/20);
-  WARN("served again after " << std::chrono::duration<double>(
-                                    std::chrono::steady_clock::now() - start).count()
-                             << " s; restarts " << model.restarts());
-  CHECK(model.restarts() >= 1);
-  CHECK(model.availability() == Availability::kServing);
+    const auto start = std::chrono::steady_clock::now();
+    auto poisoned = model.Infer(CudaPoisonRequest(name));
+    REQUIRE_FALSE(poisoned.ok());
+    WARN(name << ": poison request answered: " << poisoned.status().ToString());
+    CHECK_THAT(poisoned.status().message(), Catch::Contains(name));
+    // The worker with the poisoned context is replaced; the model serves again.
+    ExpectAllCorrect(model, ref, /*threads=*/2, /*requests_each=*/20);
+    WARN(name << ": served again after "
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+              << " s; restarts " << model.restarts());
+    CHECK(model.restarts() >= 1);
+    CHECK(model.availability() == Availability::kServing);
+  }
 }

@@ -101,6 +101,7 @@ def contained(tmp_path_factory, model_dir, daemon_path):
         {"name": "tiny_lm", "path": str(model_dir / "tiny_lm.pt2"), "num_runners": 2,
          "isolation": "process"},
         {"name": "mlp", "path": str(model_dir / "mlp.pt2"), "num_runners": 1},
+        {"name": "checked", "path": str(model_dir / "checked.pt2"), "num_runners": 1},
     ], admin=True, metrics=True)
     try:
         yield d
@@ -170,6 +171,28 @@ def test_poison_request_is_contained(contained, refs, lm_ref, pb):
     assert metric(d, "pt2serve_model_state", model="tiny_lm", state="READY") == 1
     log = d.stderr_text()
     assert "RESTARTING" in log and "index out of bounds" in log and "READY again" in log
+
+
+def test_value_check_in_the_model_is_a_clear_error(contained, model_dir):
+    """checked asserts (torch._assert_async) that its probabilities are non-negative: a
+    value-dependent failure other than an index, here in an in_process model."""
+    ref = load_ref(model_dir / "checked.reference.safetensors")
+    client = grpcclient.InferenceServerClient(contained.url)
+
+    def inputs(p):
+        a = grpcclient.InferInput("probs", list(p.shape), "FP32")
+        a.set_data_from_numpy(p)
+        return [a]
+
+    for _ in range(3):
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("checked", inputs(-ref["inputs"]["probs"]), client_timeout=10)
+        assert info.value.status() == "StatusCode.INTERNAL"
+        assert "probabilities must be non-negative" in info.value.message()
+        r = client.infer("checked", inputs(ref["inputs"]["probs"]), client_timeout=10)
+        np.testing.assert_allclose(r.as_numpy("scores"), ref["outputs"]["scores"], rtol=1e-4,
+                                   atol=1e-5)
+    assert contained.alive()
 
 
 def test_weights_and_versions_survive_a_worker_crash(contained, lm_ref, tmp_path):

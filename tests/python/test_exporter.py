@@ -145,8 +145,10 @@ def test_weights_reproduce_reference(model_dir, name):
     inputs = tuple(ref[f"input.{s.name}"] for s in zoo.inputs)
     outputs = export_model.eager(module, inputs)
     assert len(outputs) == len(zoo.outputs)
+    # Float32 tolerances, not bit equality: BLAS may take another kernel for another alignment
+    # of the same input (seen: 3e-8 on the 8x4 linear of 'checked').
     for out_name, got in zip(zoo.outputs, outputs):
-        torch.testing.assert_close(got, ref[f"output.{out_name}"], rtol=0, atol=0)
+        torch.testing.assert_close(got, ref[f"output.{out_name}"], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", MODELS)

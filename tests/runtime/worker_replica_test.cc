@@ -231,6 +231,34 @@ TEST_CASE("a worker killed from outside comes back with the same active and prev
   CHECK(model->restarts() == 3);
 }
 
+TEST_CASE("a value check inside the model (_assert_async) is a clear error in both modes") {
+  // checked asserts that its probabilities are non-negative: a failure that
+  // depends on the values but is not an index out of range.
+  for (const Isolation isolation : {Isolation::kInProcess, Isolation::kProcess}) {
+    ModelConfig config;
+    config.name = "checked";
+    config.path = PackagePath("checked");
+    config.isolation = isolation;
+    auto model = Model::Load(config);
+    INFO(model.status().ToString());
+    REQUIRE(model.ok());
+    Reference ref = LoadReference("checked");
+    InferRequest bad;
+    for (const Tensor& t : ref.inputs) {
+      std::vector<float> negative(static_cast<size_t>(NumElements(t.shape)), -0.5f);
+      bad.inputs.push_back(Tensor::FromVector(t.name, DType::kFloat32, t.shape, negative));
+    }
+    auto failed = (*model)->Infer(bad);
+    REQUIRE_FALSE(failed.ok());
+    INFO(failed.status().ToString());
+    CHECK(failed.status().code() == StatusCode::kInternal);
+    CHECK_THAT(failed.status().message(), Catch::Contains("probabilities must be non-negative"));
+    CHECK_THAT(failed.status().message(), !Catch::Contains("Exception raised from"));
+    REQUIRE(WaitServing(**model));
+    CheckReference(**model, ref, "initial");
+  }
+}
+
 TEST_CASE("a restart that outlasts a request's deadline answers DEADLINE_EXCEEDED") {
   auto model = LoadIsolated("tiny_lm");
   REQUIRE_FALSE(model->Infer(PoisonRequest()).ok());

@@ -25,10 +25,13 @@ class TensorSpec:
     dtype: torch.dtype
     shape: tuple[int, ...]  # -1 marks a dynamic dim; only dim 0 (batch) is dynamic in the zoo
     high: int = 0  # integer inputs: values are drawn from [0, high)
+    low: float | None = None  # float inputs: uniform in [low, low + 1) instead of normal
 
     def make(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         shape = [batch if d == -1 else d for d in self.shape]
         if self.dtype.is_floating_point:
+            if self.low is not None:
+                return (torch.rand(shape, generator=gen) + self.low).to(self.dtype)
             return torch.randn(shape, generator=gen).to(self.dtype)
         if self.dtype == torch.bool:
             return torch.randint(0, 2, shape, generator=gen).bool()
@@ -141,6 +144,20 @@ class TinyLM(nn.Module):
         return self.head(h + self.out(attn))  # [B, 16, vocab]
 
 
+class Checked(nn.Module):
+    """Scores 4 categories from an 8-way probability vector and asserts on the values: a row with
+    a negative entry makes the compiled model raise "probabilities must be non-negative" (a
+    value-dependent failure other than an index out of range; on CUDA a device-side assert)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, probs):
+        torch._assert_async(torch.all(probs >= 0), "probabilities must be non-negative")
+        return self.fc(probs)
+
+
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -154,6 +171,8 @@ ZOO: dict[str, ZooModel] = {
         ),
         ZooModel("tiny_lm", TinyLM, (TensorSpec("tokens", torch.int64, (-1, 16), high=100),),
                  ("logits",)),
+        ZooModel("checked", Checked, (TensorSpec("probs", torch.float32, (-1, 8), low=0.0),),
+                 ("scores",)),
         # fp16 compiles and runs on CPU with inductor in torch 2.13, so no bfloat16 fallback.
         ZooModel("half", lambda: MLP(torch.float16), (TensorSpec("x", torch.float16, (-1, 16)),), ("y",)),
         ZooModel("big_mlp", BigMLP, (TensorSpec("x", torch.float32, (-1, 4096)),), ("y",),
