@@ -1,6 +1,7 @@
 // Reading a .pt2 package's files without loading its native code.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>

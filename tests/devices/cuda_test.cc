@@ -242,7 +242,9 @@ InferRequest CudaPoisonRequest(const std::string& name) {
 }  // namespace
 
 TEST_CASE("process isolation contains a CUDA device-side assert", "[cuda][containment]") {
-  for (const std::string name : {"tiny_lm", "checked"}) {
+  // (checked, whose torch._assert_async is the other device-side assert, is
+  // CPU-only: inductor trips it while compiling for CUDA.)
+  for (const std::string name : {"tiny_lm"}) {
     INFO(name);
     ModelConfig config;
     config.name = name;

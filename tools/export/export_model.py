@@ -291,7 +291,8 @@ def reference_tensors(specs, inputs, output_names, outputs) -> dict[str, torch.T
 
 
 def cmd_zoo(args) -> None:
-    names = args.models.split(",") if args.models else [n for n, m in ZOO.items() if not m.bench_only]
+    names = args.models.split(",") if args.models else [
+        n for n, m in ZOO.items() if not m.bench_only and not (m.cpu_only and args.device != "cpu")]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
         raise SystemExit(f"unknown zoo models {unknown}; known: {list(ZOO)}")
