@@ -20,16 +20,21 @@ using namespace pt2serve::testing;
 
 namespace {
 
-std::shared_ptr<Model> LoadIsolated(const std::string& name, size_t runners = 1) {
+std::shared_ptr<Model> LoadZoo(const std::string& name, Isolation isolation,
+                               size_t runners = 1) {
   ModelConfig config;
   config.name = name;
   config.path = PackagePath(name);
   config.num_runners = runners;
-  config.isolation = Isolation::kProcess;
+  config.isolation = isolation;
   auto model = Model::Load(config);
   INFO(model.status().ToString());
   REQUIRE(model.ok());
   return *model;
+}
+
+std::shared_ptr<Model> LoadIsolated(const std::string& name, size_t runners = 1) {
+  return LoadZoo(name, Isolation::kProcess, runners);
 }
 
 WorkerReplica& Worker(Model& model) {
@@ -167,17 +172,12 @@ TEST_CASE("a kernel error that does not abort is an ordinary error, in both isol
   // two_io's embedding check throws outside any OpenMP region: the
   // container turns it into an exception the call returns.
   for (const Isolation isolation : {Isolation::kInProcess, Isolation::kProcess}) {
-    ModelConfig config;
-    config.name = "two_io";
-    config.path = PackagePath("two_io");
-    config.isolation = isolation;
-    auto model = Model::Load(config);
-    REQUIRE(model.ok());
-    if (!ExportedByTorch213(**model)) {
+    auto model = LoadZoo("two_io", isolation);
+    if (!ExportedByTorch213(*model)) {
       WARN("skipped: two_io exported by torch < 2.13 has no embedding bounds check");
       return;
     }
-    auto failed = (*model)->Infer(WithIds("two_io", -7));
+    auto failed = model->Infer(WithIds("two_io", -7));
     REQUIRE_FALSE(failed.ok());
     INFO(failed.status().ToString());
     CHECK(failed.status().code() == StatusCode::kInternal);
@@ -185,8 +185,8 @@ TEST_CASE("a kernel error that does not abort is an ordinary error, in both isol
     // No C++ backtrace (file paths, load addresses) reaches the client.
     CHECK_THAT(failed.status().message(), !Catch::Contains("frame #"));
     CHECK_THAT(failed.status().message(), !Catch::Contains("Exception raised from"));
-    CHECK((*model)->restarts() == 0);
-    CheckReference(**model, LoadReference("two_io"), "initial");
+    CHECK(model->restarts() == 0);
+    CheckReference(*model, LoadReference("two_io"), "initial");
   }
 }
 
@@ -235,27 +235,21 @@ TEST_CASE("a value check inside the model (_assert_async) is a clear error in bo
   // checked asserts that its probabilities are non-negative: a failure that
   // depends on the values but is not an index out of range.
   for (const Isolation isolation : {Isolation::kInProcess, Isolation::kProcess}) {
-    ModelConfig config;
-    config.name = "checked";
-    config.path = PackagePath("checked");
-    config.isolation = isolation;
-    auto model = Model::Load(config);
-    INFO(model.status().ToString());
-    REQUIRE(model.ok());
+    auto model = LoadZoo("checked", isolation);
     Reference ref = LoadReference("checked");
     InferRequest bad;
     for (const Tensor& t : ref.inputs) {
       std::vector<float> negative(static_cast<size_t>(NumElements(t.shape)), -0.5f);
       bad.inputs.push_back(Tensor::FromVector(t.name, DType::kFloat32, t.shape, negative));
     }
-    auto failed = (*model)->Infer(bad);
+    auto failed = model->Infer(bad);
     REQUIRE_FALSE(failed.ok());
     INFO(failed.status().ToString());
     CHECK(failed.status().code() == StatusCode::kInternal);
     CHECK_THAT(failed.status().message(), Catch::Contains("probabilities must be non-negative"));
     CHECK_THAT(failed.status().message(), !Catch::Contains("Exception raised from"));
-    REQUIRE(WaitServing(**model));
-    CheckReference(**model, ref, "initial");
+    REQUIRE(WaitServing(*model));
+    CheckReference(*model, ref, "initial");
   }
 }
 
