@@ -17,7 +17,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libtbb-dev libspdlog-dev prometheus-cpp-dev catch2 libyaml-cpp-dev
-  nlohmann-json3-dev libcli11-dev libzip-dev
+  nlohmann-json3-dev libcli11-dev libzip-dev ccache
 )
 
 # --- 1. Debian packages --------------------------------------------------------
@@ -75,7 +75,11 @@ PLAIN_DIR=$("$VENV_PY" tests/support/plain_packages.py | tail -n 1)
 TORCH_PREFIX=$("$VENV_PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 GEN=()
 [[ -f build/CMakeCache.txt ]] || { command -v ninja >/dev/null && GEN=(-G Ninja); }
+# ccache keyed on paths relative to the checkout: a fresh clone elsewhere (CI) or
+# a git worktree reuses the objects this machine already compiled.
+export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
 cmake -S . -B build "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DPT2SERVE_MODEL_DIR="$MODEL_DIR" -DPT2SERVE_PLAIN_DIR="$PLAIN_DIR" -DPT2SERVE_PYTHON="$VENV_PY" \
   >/dev/null
