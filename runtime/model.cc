@@ -1,8 +1,11 @@
 #include "runtime/model.h"
 
+#include <algorithm>
+#include <numeric>
 #include <set>
 
 #include "devices/cpu_threads.h"
+#include "runtime/batch_assembler.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/local_replica.h"
 #include "runtime/worker_replica.h"
@@ -61,22 +64,114 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
     }
     replicas.push_back(std::move(replica));
   }
-  return std::shared_ptr<Model>(new Model(config, std::move(replicas)));
+  std::optional<BatcherOptions> batching;
+  if (config.batching.enabled) {
+    PT2_ASSIGN_OR_RETURN(batching, BatcherOptionsFor(config, replicas.front()->info().signature,
+                                                     total));
+  }
+  return std::shared_ptr<Model>(new Model(config, std::move(replicas), std::move(batching)));
 }
 
-Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas)
+StatusOr<BatcherOptions> Model::BatcherOptionsFor(const ModelConfig& config,
+                                                  const Signature& sig, size_t runners) {
+  const BatchingConfig& b = config.batching;
+  const std::string where = "dynamic batching for model '" + config.name + "': ";
+  if (sig.max_batch_size <= 0) {
+    return InvalidArgument(where + "the package has no dynamic batch dimension (dim 0 of every "
+                           "input must be dynamic); remove dynamic_batching or re-export the "
+                           "model with a dynamic batch dim");
+  }
+  for (const TensorSpec& out : sig.outputs) {
+    if (!out.shape.empty() && out.shape[0] != -1) {
+      return InvalidArgument(where + "output '" + out.name + "' has a static dim 0 (" +
+                             ShapeToString(out.shape) +
+                             "), so outputs cannot be split back per request");
+    }
+  }
+  BatcherOptions o;
+  o.max_batch_size = b.max_batch_size > 0 ? b.max_batch_size : sig.max_batch_size;
+  if (o.max_batch_size > sig.max_batch_size) {
+    return InvalidArgument(where + "max_batch_size " + std::to_string(b.max_batch_size) +
+                           " is larger than the package's batch limit " +
+                           std::to_string(sig.max_batch_size));
+  }
+  if (o.max_batch_size > (int64_t{1} << 20)) {
+    return InvalidArgument(where + "the package's batch dim is unbounded; set max_batch_size "
+                           "(1.." + std::to_string(int64_t{1} << 20) + ")");
+  }
+  if (b.max_queue_delay.count() < 0 || b.max_queue_delay > kMaxQueueDelay) {
+    return InvalidArgument(where + "max_queue_delay_us must be in 0.." +
+                           std::to_string(kMaxQueueDelay.count()) + ", got " +
+                           std::to_string(b.max_queue_delay.count()));
+  }
+  o.max_queue_delay = b.max_queue_delay;
+  o.preferred_batch_sizes = b.preferred_batch_sizes;
+  std::sort(o.preferred_batch_sizes.begin(), o.preferred_batch_sizes.end());
+  for (size_t i = 0; i < o.preferred_batch_sizes.size(); ++i) {
+    const int64_t p = o.preferred_batch_sizes[i];
+    if (p < 1 || p > o.max_batch_size || (i > 0 && p == o.preferred_batch_sizes[i - 1])) {
+      return InvalidArgument(where + "preferred_batch_sizes must be distinct values in 1.." +
+                             std::to_string(o.max_batch_size) + " (max_batch_size), got " +
+                             std::to_string(p));
+    }
+  }
+  o.preserve_ordering = b.preserve_ordering;
+  if (b.priority_levels > kMaxPriorityLevels) {
+    return InvalidArgument(where + "priority_levels must be in 0.." +
+                           std::to_string(kMaxPriorityLevels) + ", got " +
+                           std::to_string(b.priority_levels));
+  }
+  o.priority_levels = std::max<uint32_t>(b.priority_levels, 1);
+  o.default_priority_level =
+      b.default_priority_level == 0 ? (o.priority_levels + 1) / 2 : b.default_priority_level;
+  if (o.default_priority_level > o.priority_levels) {
+    return InvalidArgument(where + "default_priority_level " +
+                           std::to_string(b.default_priority_level) + " is not one of the " +
+                           std::to_string(o.priority_levels) + " priority levels");
+  }
+  if (b.priority_queue_sizes.empty()) {
+    o.max_queue_size.assign(o.priority_levels, config.max_queue_size);
+  } else if (b.priority_queue_sizes.size() != o.priority_levels) {
+    return InvalidArgument(where + "priority_queue_sizes has " +
+                           std::to_string(b.priority_queue_sizes.size()) +
+                           " entries for " + std::to_string(o.priority_levels) +
+                           " priority levels");
+  } else {
+    o.max_queue_size = b.priority_queue_sizes;
+  }
+  o.max_batches_in_flight = runners;
+  return o;
+}
+
+Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
+             std::optional<BatcherOptions> batching)
     : config_(std::move(config)),
       replicas_(std::move(replicas)),
+      // With batching the batcher holds the request queue; the pool's queue
+      // only needs room for the batches that wait out a swap.
       pool_(std::make_unique<RunnerPool>(RunnerPoolOptions{
-          config_.num_runners * replicas_.size(), config_.max_queue_size,
+          config_.num_runners * replicas_.size(),
+          batching ? 2 * config_.num_runners * replicas_.size() : config_.max_queue_size,
           [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
-      weights_(std::make_unique<ConstantBufferManager>(*this)) {}
+      weights_(std::make_unique<ConstantBufferManager>(*this)) {
+  if (batching) {
+    batcher_ = std::make_unique<DynamicBatcher>(
+        std::move(*batching), *pool_,
+        [this](const DynamicBatcher::Batch& batch, size_t runner) { RunBatch(batch, runner); });
+  }
+}
 
 Model::~Model() {
   weights_.reset();
+  if (batcher_) batcher_->Shutdown();  // fails queued requests; batches in the pool still run
   pool_.reset();  // joins pool threads: nothing runs once the replicas go
+  batcher_.reset();
   replicas_.clear();  // explicitly, in this order: never from a static destructor
+}
+
+bool Model::CancelQueued(RunnerPool::Ticket ticket) {
+  return batcher_ ? batcher_->Cancel(ticket) : pool_->Cancel(ticket);
 }
 
 void Model::SetAvailabilityListener(std::function<void()> listener) {
@@ -231,14 +326,21 @@ StatusOr<InferResponse> Model::Infer(const InferRequest& request) {
   return response;
 }
 
+namespace {
+
+// An asynchronous request on its way through the pool or the batcher.
+struct AsyncCall {
+  InferRequest request;
+  std::vector<const Tensor*> ordered;  // point into request.inputs
+  std::vector<int> output_indices;
+  InferResponse response;
+  Model::InferDone done;
+};
+
+}  // namespace
+
 RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
-  struct Call {
-    InferRequest request;
-    std::vector<const Tensor*> ordered;  // point into request.inputs
-    std::vector<int> output_indices;
-    InferResponse response;
-  };
-  auto call = std::make_shared<Call>();
+  auto call = std::make_shared<AsyncCall>();
   call->request = std::move(request);
   Status valid = Prepare(call->request, call->ordered, call->output_indices);
   if (!valid.ok()) {
@@ -247,6 +349,31 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
   }
   call->response.id = call->request.id;
   const Deadline deadline = EffectiveDeadline(call->request.deadline);
+  if (batcher_) {
+    const BatcherOptions& o = batcher_->options();
+    auto entry = std::make_shared<DynamicBatcher::Entry>();
+    entry->rows = call->ordered[0]->shape[0];
+    if (entry->rows > o.max_batch_size) {
+      done(InvalidArgument("batch of " + std::to_string(entry->rows) +
+                           " rows is larger than model '" + config_.name +
+                           "''s max_batch_size " + std::to_string(o.max_batch_size)));
+      return 0;
+    }
+    if (call->request.priority > o.priority_levels) {
+      done(InvalidArgument("priority " + std::to_string(call->request.priority) +
+                           " is not one of model '" + config_.name + "''s priority levels 1.." +
+                           std::to_string(o.priority_levels) + " (0 = default)"));
+      return 0;
+    }
+    entry->key = ShapeKey(call->ordered);
+    entry->priority = call->request.priority;
+    entry->deadline = deadline;
+    entry->fail = [call](const Status& status) { call->done(status); };
+    call->done = std::move(done);
+    entry->payload = call;
+    return batcher_->Submit(std::move(entry));
+  }
+  call->response.batch_rows = signature().max_batch_size > 0 ? call->ordered[0]->shape[0] : 1;
   return pool_->Submit(
       [this, call, deadline](size_t runner) {
         return Execute(runner, call->ordered, call->output_indices, call->response, deadline);
@@ -260,6 +387,74 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
         call->response.timing = timing;
         done(std::move(call->response));
       });
+}
+
+void Model::RunBatch(const DynamicBatcher::Batch& batch, size_t runner) {
+  const auto start = Clock::now();
+  std::vector<AsyncCall*> calls;
+  std::vector<int64_t> rows;
+  Deadline latest = Clock::time_point::min();
+  for (const auto& entry : batch) {
+    calls.push_back(static_cast<AsyncCall*>(entry->payload.get()));
+    rows.push_back(entry->rows);
+    latest = std::max(latest, entry->deadline);
+  }
+  const int64_t total_rows = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+  auto reply = [&](size_t i, Status status) {
+    DynamicBatcher::Entry& entry = *batch[i];
+    if (status.ok()) {
+      AsyncCall* call = calls[i];
+      call->response.timing.queue = start - entry.enqueued;
+      call->response.timing.compute = Clock::now() - start;
+    }
+    // The reply may run later (preserve_ordering): it keeps the call alive.
+    batcher_->Deliver(entry, [call = std::static_pointer_cast<AsyncCall>(entry.payload),
+                              status = std::move(status)] {
+      if (status.ok()) {
+        call->done(std::move(call->response));
+      } else {
+        call->done(status);
+      }
+    });
+  };
+  auto run_alone = [&](size_t i) {
+    AsyncCall* call = calls[i];
+    call->response.batch_rows = rows[i];
+    call->response.counts_execution = true;
+    reply(i, Execute(runner, call->ordered, call->output_indices, call->response,
+                     batch[i]->deadline));
+  };
+  if (batch.size() == 1) {
+    run_alone(0);
+    return;
+  }
+  // One container call for the whole batch, all outputs; each request then
+  // takes the outputs it asked for.
+  std::vector<std::vector<const Tensor*>> per_request;
+  for (AsyncCall* call : calls) per_request.push_back(call->ordered);
+  const std::vector<Tensor> joined = ConcatRows(per_request);
+  std::vector<const Tensor*> inputs;
+  for (const Tensor& t : joined) inputs.push_back(&t);
+  std::vector<int> all_outputs(signature().outputs.size());
+  std::iota(all_outputs.begin(), all_outputs.end(), 0);
+  InferResponse batched;
+  Status status = Execute(runner, inputs, all_outputs, batched, latest);
+  std::vector<std::vector<Tensor>> split;
+  if (status.ok()) status = SplitRows(batched.outputs, rows, split);
+  if (!status.ok()) {
+    // One bad request (a value check, a kernel that aborts its worker) must
+    // not fail the others that shared its batch: run each alone, once.
+    for (size_t i = 0; i < batch.size(); ++i) run_alone(i);
+    return;
+  }
+  for (size_t i = 0; i < calls.size(); ++i) {
+    InferResponse& response = calls[i]->response;
+    response.weights_version = batched.weights_version;
+    response.batch_rows = total_rows;
+    response.counts_execution = i == 0;
+    for (int index : calls[i]->output_indices) response.outputs.push_back(split[i][index]);
+    reply(i, Status::Ok());
+  }
 }
 
 }  // namespace pt2serve

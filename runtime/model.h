@@ -17,6 +17,7 @@
 
 #include "common/status.h"
 #include "common/tensor.h"
+#include "runtime/dynamic_batcher.h"
 #include "runtime/package_info.h"
 #include "runtime/replica.h"
 #include "runtime/runner_pool.h"
@@ -43,6 +44,27 @@ enum class Isolation {
 std::string_view IsolationName(Isolation isolation);  // "in_process", "process"
 std::optional<Isolation> IsolationFromName(std::string_view name);
 
+// Dynamic batching of a model's asynchronous requests (InferAsync, the
+// daemon's path); see runtime/dynamic_batcher.h and docs/batching.md.
+struct BatchingConfig {
+  bool enabled = false;
+  // Rows per batch; 0 = the package's batch limit (Signature::max_batch_size).
+  int64_t max_batch_size = 0;
+  std::chrono::microseconds max_queue_delay{0};
+  std::vector<int64_t> preferred_batch_sizes;
+  bool preserve_ordering = false;
+  // 0 or 1 = no priorities. With N levels requests name 1..N (1 first).
+  uint32_t priority_levels = 0;
+  uint32_t default_priority_level = 0;  // 0 = the middle level
+  // Requests allowed to wait per level; empty = ModelConfig::max_queue_size
+  // for every level.
+  std::vector<size_t> priority_queue_sizes;
+};
+
+// Limits of a batching config (checked at load).
+inline constexpr uint32_t kMaxPriorityLevels = 64;
+inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds(10);
+
 struct ModelConfig {
   std::string name;
   std::string path;              // the .pt2 file
@@ -65,6 +87,7 @@ struct ModelConfig {
   // Inputs/outputs declared by the config (names, dtypes, shapes, max
   // batch); checked against the package at load. Unset: the package's own.
   std::optional<Signature> signature = std::nullopt;
+  BatchingConfig batching = {};
 };
 
 struct InferRequest {
@@ -72,6 +95,9 @@ struct InferRequest {
   std::vector<Tensor> inputs;            // by name, any order
   std::vector<std::string> outputs;      // requested by name; empty = all
   Deadline deadline = kNoDeadline;
+  // Dynamic batching only: 1..priority_levels (1 served first); 0 = the
+  // model's default level.
+  uint32_t priority = 0;
 };
 
 struct InferResponse {
@@ -79,6 +105,12 @@ struct InferResponse {
   std::vector<Tensor> outputs;  // requested order, or signature order
   std::string weights_version;  // the weights that computed these outputs
   RequestTiming timing;
+  // Rows of the container call that computed this response (the formed
+  // batch, or the request's own batch when it ran alone).
+  int64_t batch_rows = 1;
+  // True for exactly one response per container call: the one that
+  // accounts for the execution in statistics.
+  bool counts_execution = true;
 };
 
 class Model {
@@ -99,7 +131,8 @@ class Model {
   std::string devices() const;
   std::vector<DeviceSpec> device_specs() const;  // one per replica
 
-  // Validates, waits for a runner and runs on the calling thread.
+  // Validates, waits for a runner and runs on the calling thread. Never
+  // batched (tools and tests use it to run one request as it is).
   StatusOr<InferResponse> Infer(const InferRequest& request);
 
   // Validates on the calling thread (calling `done` inline on error), then
@@ -107,7 +140,10 @@ class Model {
   // alive until `done` returns. Returns a ticket for CancelQueued().
   RunnerPool::Ticket InferAsync(InferRequest request, InferDone done);
   // Drops a request that has not started (e.g. the client went away).
-  bool CancelQueued(RunnerPool::Ticket ticket) { return pool_->Cancel(ticket); }
+  bool CancelQueued(RunnerPool::Ticket ticket);
+
+  // The batcher of a model with dynamic batching, else null.
+  const DynamicBatcher* batcher() const { return batcher_.get(); }
 
   std::string weights_version() const;
   // Weight hot-swap (stage/swap/rollback/free) for this model; include
@@ -135,7 +171,8 @@ class Model {
   void SetWeightsVersionLocked(std::string version);
 
  private:
-  Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas);
+  Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
+        std::optional<BatcherOptions> batching);
   // Maps named inputs to signature order and validates them; also resolves
   // requested outputs to indices.
   Status Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,
@@ -145,10 +182,19 @@ class Model {
                  const std::vector<int>& output_indices, InferResponse& response,
                  Deadline deadline);
   Deadline EffectiveDeadline(Deadline requested) const;
+  // Checks config.batching against the package's signature (a load error
+  // names the reason) and turns it into the batcher's options.
+  static StatusOr<BatcherOptions> BatcherOptionsFor(const ModelConfig& config,
+                                                    const Signature& sig, size_t runners);
+  // Runs a formed batch (DynamicBatcher's executor).
+  void RunBatch(const DynamicBatcher::Batch& batch, size_t runner);
 
   const ModelConfig config_;
   std::vector<std::unique_ptr<Replica>> replicas_;  // one per device
   std::unique_ptr<RunnerPool> pool_;  // destroyed before replicas_
+  // Null without dynamic batching. Shut down before pool_, destroyed after
+  // it (in-flight batches deliver through it).
+  std::unique_ptr<DynamicBatcher> batcher_;
   std::mutex listener_mu_;
   std::function<void()> listener_;  // guarded by listener_mu_
   mutable std::mutex version_mu_;
