@@ -248,6 +248,55 @@ Status ReadDeclaredSignature(const YAML::Node& m, const std::string& p,
   return Status::Ok();
 }
 
+Status ReadInt64List(const YAML::Node& map, std::string_view key, std::string_view path,
+                     std::vector<int64_t>* out) {
+  if (!Has(map, key)) return Status::Ok();
+  const YAML::Node list = Get(map, key);
+  if (!list.IsSequence()) return Error(Child(path, key), "expected a list of integers");
+  out->clear();
+  for (size_t i = 0; i < list.size(); ++i) {
+    int64_t v = 0;
+    if (!list[i].IsScalar() || !YAML::convert<int64_t>::decode(list[i], v)) {
+      return Error(Child(path, key) + "[" + std::to_string(i) + "]", "expected an integer");
+    }
+    out->push_back(v);
+  }
+  return Status::Ok();
+}
+
+Status ReadBatching(const YAML::Node& m, const std::string& p,
+                    std::optional<BatchingEntry>* out) {
+  if (!Has(m, "dynamic_batching")) return Status::Ok();
+  const YAML::Node b = Get(m, "dynamic_batching");
+  const std::string bp = Child(p, "dynamic_batching");
+  BatchingEntry e;
+  if (!b.IsNull()) {  // `dynamic_batching:` alone turns it on with defaults
+    if (!b.IsMap()) return Error(bp, "expected a mapping, got " + std::string(KindName(b)));
+    PT2_RETURN_IF_ERROR(CheckMap(b, bp, {"max_batch_size", "max_queue_delay_us",
+                                         "preferred_batch_sizes", "preserve_ordering",
+                                         "priority_levels", "default_priority_level",
+                                         "priority_queue_sizes"}));
+    PT2_RETURN_IF_ERROR(ReadInt64(b, "max_batch_size", bp, &e.max_batch_size));
+    PT2_RETURN_IF_ERROR(ReadInt64(b, "max_queue_delay_us", bp, &e.max_queue_delay_us));
+    PT2_RETURN_IF_ERROR(ReadInt64List(b, "preferred_batch_sizes", bp, &e.preferred_batch_sizes));
+    PT2_RETURN_IF_ERROR(ReadBool(b, "preserve_ordering", bp, &e.preserve_ordering));
+    PT2_RETURN_IF_ERROR(ReadInt(b, "priority_levels", bp, &e.priority_levels));
+    PT2_RETURN_IF_ERROR(ReadInt(b, "default_priority_level", bp, &e.default_priority_level));
+    PT2_RETURN_IF_ERROR(ReadInt64List(b, "priority_queue_sizes", bp, &e.priority_queue_sizes));
+  }
+  for (const auto& [key, v] : {std::pair<const char*, int64_t>{"max_batch_size", e.max_batch_size},
+                               {"max_queue_delay_us", e.max_queue_delay_us},
+                               {"priority_levels", e.priority_levels},
+                               {"default_priority_level", e.default_priority_level}}) {
+    if (v < 0) return Error(Child(bp, key), "must be >= 0, got " + std::to_string(v));
+  }
+  for (int64_t v : e.priority_queue_sizes) {
+    if (v < 0) return Error(Child(bp, "priority_queue_sizes"), "entries must be >= 0");
+  }
+  *out = std::move(e);
+  return Status::Ok();
+}
+
 Status ReadModels(const YAML::Node& list, ServerConfig* c) {
   if (!list || list.IsNull()) return Status::Ok();
   if (!list.IsSequence()) {
@@ -260,7 +309,8 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(CheckMap(m, p, {"name", "path", "device", "num_runners",
                                         "max_queue_size", "timeout_ms", "cpu_threads",
                                         "weights_version", "weights_file", "weights_sha256",
-                                        "isolation", "inputs", "outputs", "max_batch_size"}));
+                                        "isolation", "inputs", "outputs", "max_batch_size",
+                                        "dynamic_batching"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
     PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
@@ -274,6 +324,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
     PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e.weights_sha256));
     PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e.isolation));
     PT2_RETURN_IF_ERROR(ReadDeclaredSignature(m, p, &e.signature));
+    PT2_RETURN_IF_ERROR(ReadBatching(m, p, &e.dynamic_batching));
     c->models.push_back(std::move(e));
   }
   return Status::Ok();

@@ -25,6 +25,18 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// `dynamic_batching:` of a model entry (see docs/batching.md); ranges are
+// checked when the model loads, against its package.
+struct BatchingEntry {
+  int64_t max_batch_size = 0;       // rows per batch; 0 = the package's limit
+  int64_t max_queue_delay_us = 0;   // how long a request may wait for a batch to fill
+  std::vector<int64_t> preferred_batch_sizes{};
+  bool preserve_ordering = false;
+  int priority_levels = 0;          // 0 = no priorities
+  int default_priority_level = 0;   // 0 = the middle level
+  std::vector<int64_t> priority_queue_sizes{};  // per level; empty = max_queue_size
+};
+
 struct ModelEntry {
   std::string name;                   // [A-Za-z0-9_.-]+, unique
   std::string path;                   // the .pt2 package
@@ -45,6 +57,8 @@ struct ModelEntry {
   // Declared inputs/outputs (keys `inputs`, `outputs`, `max_batch_size`),
   // checked against the package at load; unset = the package's own.
   std::optional<Signature> signature = std::nullopt;
+  // Set (possibly to all defaults) = dynamic batching on.
+  std::optional<BatchingEntry> dynamic_batching = std::nullopt;
 };
 
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).

@@ -1,5 +1,7 @@
 #include "server/admin_service.h"
 
+#include "server/batching_convert.h"
+
 #include <thread>
 
 #include "server/inference_service.h"
@@ -170,6 +172,9 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   }
   ModelConfig config = repository_.defaults();
   config.isolation = *isolation;
+  if (request->has_dynamic_batching()) {
+    config.batching = BatchingFromProto(request->dynamic_batching());
+  }
   config.name = request->name();
   config.path = request->package_path();
   if (!request->device().empty()) config.device = request->device();

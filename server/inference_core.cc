@@ -113,7 +113,9 @@ void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol pro
     times.input = decode_time;
     times.infer = response.timing.compute;
     times.output = encoded - encode_start;
-    stats->RecordSuccess(times, static_cast<uint64_t>(batch));
+    stats->RecordSuccess(times, static_cast<uint64_t>(batch), response.batch_rows,
+                         response.counts_execution);
+    if (response.counts_execution) metrics_.RecordBatch(model, response.batch_rows);
     Record(protocol, model, id, Status::Ok(), response.timing, received, stats.get());
     reply.finish(Status::Ok());
   };

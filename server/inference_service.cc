@@ -1,5 +1,7 @@
 #include "server/inference_service.h"
 
+#include "server/batching_convert.h"
+
 #include "server/infer_reactor.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
@@ -69,6 +71,7 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
   infer.deadline = DeadlineFromSystem(ctx->deadline());
   infer.inputs = std::move(inputs).value();
   infer.outputs.assign(request->outputs().begin(), request->outputs().end());
+  infer.priority = request->priority();
   core_.Start(reactor->call(), Protocol::kNative, request->model(), std::move(infer), received,
               Clock::now() - received,
               Reply{[request, response](InferResponse& result) {
@@ -77,6 +80,7 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
                       response->set_weights_version(result.weights_version);
                       response->set_queue_time_us(Micros(result.timing.queue));
                       response->set_compute_time_us(Micros(result.timing.compute));
+                      response->set_batch_size(result.batch_rows);
                       for (const Tensor& t : result.outputs) {
                         EncodeTensor(t, *response->add_outputs());
                       }
@@ -112,6 +116,9 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
     for (const auto& in : info.signature.inputs) FillSpec(in, response->add_inputs());
     for (const auto& out : info.signature.outputs) FillSpec(out, response->add_outputs());
     response->set_max_batch_size(static_cast<int32_t>(info.signature.max_batch_size));
+    if (const DynamicBatcher* batcher = (*handle)->batcher()) {
+      BatchingToProto(batcher->options(), response->mutable_dynamic_batching());
+    }
     response->set_device((*handle)->devices());
     response->set_weights_version((*handle)->weights_version());
     for (const auto& c : info.constants) {

@@ -65,6 +65,24 @@ Status RequestTimeout(const inference::ModelInferRequest& request, Deadline& dea
   return Status::Ok();
 }
 
+// Triton's request parameter "priority" (dynamic batching priority level).
+Status RequestPriority(const inference::ModelInferRequest& request, uint32_t& priority) {
+  auto it = request.parameters().find("priority");
+  if (it == request.parameters().end()) return Status::Ok();
+  const auto& p = it->second;
+  int64_t level = -1;
+  if (p.parameter_choice_case() == inference::InferParameter::kInt64Param) {
+    level = p.int64_param();
+  } else if (p.parameter_choice_case() == inference::InferParameter::kUint64Param) {
+    level = p.uint64_param() > UINT32_MAX ? -1 : static_cast<int64_t>(p.uint64_param());
+  }
+  if (level < 0 || level > UINT32_MAX) {
+    return InvalidArgument("parameter 'priority' must be an integer level >= 0 (0 = default)");
+  }
+  priority = static_cast<uint32_t>(level);
+  return Status::Ok();
+}
+
 }  // namespace
 
 KServeService::KServeService(ModelRegistry& registry, InferenceCore& core, StatsTable& stats,
@@ -135,7 +153,27 @@ grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext
   config->set_name(request->name());
   config->set_platform(kPlatform);
   config->set_backend("pt2serve");
-  config->set_max_batch_size(static_cast<int32_t>(sig.max_batch_size));
+  const DynamicBatcher* batcher = (*model)->batcher();
+  // With dynamic batching, the largest batch the server forms (and accepts).
+  config->set_max_batch_size(static_cast<int32_t>(
+      batcher ? batcher->options().max_batch_size : sig.max_batch_size));
+  if (batcher) {
+    const BatcherOptions& o = batcher->options();
+    auto* db = config->mutable_dynamic_batching();
+    for (int64_t size : o.preferred_batch_sizes) db->add_preferred_batch_size(static_cast<int32_t>(size));
+    db->set_max_queue_delay_microseconds(static_cast<uint64_t>(o.max_queue_delay.count()));
+    db->set_preserve_ordering(o.preserve_ordering);
+    if (o.priority_levels > 1) {
+      db->set_priority_levels(o.priority_levels);
+      db->set_default_priority_level(o.default_priority_level);
+    }
+    db->mutable_default_queue_policy()->set_max_queue_size(
+        static_cast<uint32_t>(o.max_queue_size[o.default_priority_level - 1]));
+    for (uint32_t level = 1; level <= o.priority_levels && o.priority_levels > 1; ++level) {
+      (*db->mutable_priority_queue_policy())[level].set_max_queue_size(
+          static_cast<uint32_t>(o.max_queue_size[level - 1]));
+    }
+  }
   for (const auto& in : sig.inputs) {
     auto* m = config->add_input();
     m->set_name(in.name);
@@ -194,6 +232,13 @@ grpc::ServerUnaryReactor* KServeService::ModelStatistics(
     FillDuration(stats.compute_input, infer->mutable_compute_input());
     FillDuration(stats.compute_infer, infer->mutable_compute_infer());
     FillDuration(stats.compute_output, infer->mutable_compute_output());
+    for (const auto& [size, batch] : stats.batches) {
+      auto* b = out->add_batch_stats();
+      b->set_batch_size(static_cast<uint64_t>(size));
+      FillDuration(batch.compute_input, b->mutable_compute_input());
+      FillDuration(batch.compute_infer, b->mutable_compute_infer());
+      FillDuration(batch.compute_output, b->mutable_compute_output());
+    }
   }
   return FinishUnary(ctx, Status::Ok());
 }
@@ -244,6 +289,7 @@ Status BuildInferRequest(const inference::ModelInferRequest& request,
   infer.id = request.id();
   infer.deadline = DeadlineFromSystem(grpc_deadline);
   PT2_RETURN_IF_ERROR(RequestTimeout(request, infer.deadline));
+  PT2_RETURN_IF_ERROR(RequestPriority(request, infer.priority));
   PT2_ASSIGN_OR_RETURN(infer.inputs, DecodeKServeInputs(request));
   for (const auto& out : request.outputs()) infer.outputs.push_back(out.name());
   return Status::Ok();

@@ -56,6 +56,13 @@ StatusOr<ModelEntry> ParseModelFlag(const std::string& flag) {
       else if (key == "device") entry.device = value;
       else if (key == "isolation") entry.isolation = value;
       else if (key == "version") entry.weights_version = value;
+      else if (key == "batch") {
+        if (!entry.dynamic_batching) entry.dynamic_batching.emplace();
+        entry.dynamic_batching->max_batch_size = std::stoll(value);
+      } else if (key == "batch_delay_us") {
+        if (!entry.dynamic_batching) entry.dynamic_batching.emplace();
+        entry.dynamic_batching->max_queue_delay_us = std::stoll(value);
+      }
       else return InvalidArgument("--model '" + flag + "': unknown option '" + key + "'");
     } catch (const std::exception&) {
       return InvalidArgument("--model '" + flag + "': bad value for '" + key + "'");
@@ -129,7 +136,7 @@ int main(int argc, char** argv) {
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");
   app.add_option("-m,--model", model_flags,
-                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,cpu_threads=N,isolation=in_process|process,"
+                 "Serve a model: NAME=PATH[:runners=N,device=D,queue=N,timeout_ms=N,cpu_threads=N,isolation=in_process|process,batch=N,batch_delay_us=N,"
                  "version=L] "
                  "(repeatable; adds to the config's models)");
   app.add_option("--inference-address", inference_address, "host:port for inference (KServe v2 + pt2serve.v1)");

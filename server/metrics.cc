@@ -126,7 +126,8 @@ Metrics::Metrics(const ModelRegistry& registry)
                    .Register(*prom_);
   queue_seconds_ = &prometheus::BuildHistogram()
                         .Name("pt2serve_queue_duration_seconds")
-                        .Help("Time requests waited for a runner")
+                        .Help("Time requests waited for a runner (with dynamic batching: "
+                              "for their batch to start)")
                         .Register(*prom_);
   compute_seconds_ = &prometheus::BuildHistogram()
                           .Name("pt2serve_compute_duration_seconds")
@@ -140,6 +141,11 @@ Metrics::Metrics(const ModelRegistry& registry)
                        .Name("pt2serve_model_load_duration_seconds")
                        .Help("Time to load a model package")
                        .Register(*prom_);
+  batch_rows_ = &prometheus::BuildHistogram()
+                    .Name("pt2serve_batch_size")
+                    .Help("Rows per container call (the batch the dynamic batcher formed, or "
+                          "a request run alone)")
+                    .Register(*prom_);
   load_failures_ = &prometheus::BuildCounter()
                         .Name("pt2serve_model_load_failures_total")
                         .Help("Model loads that failed")
@@ -193,6 +199,21 @@ void Metrics::RecordRequest(const std::string& model, Protocol protocol, StatusC
     s.queue->Observe(Seconds(timing.queue));
     s.compute->Observe(Seconds(timing.compute));
   }
+}
+
+void Metrics::RecordBatch(const std::string& model, int64_t rows) {
+  prometheus::Histogram* h = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    auto& slot = batch_series_[model];
+    if (!slot) {
+      slot = &batch_rows_->Add({{"model", model}},
+                               prometheus::Histogram::BucketBoundaries{
+                                   1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024});
+    }
+    h = slot;
+  }
+  h->Observe(static_cast<double>(rows));
 }
 
 void Metrics::RecordStateChange(const ModelStatus& status) {

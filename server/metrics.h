@@ -46,6 +46,8 @@ class Metrics {
 
   void RecordRequest(const std::string& model, Protocol protocol, StatusCode code,
                      const RequestTiming& timing, std::chrono::nanoseconds total);
+  // Rows of one container call (a formed batch, or a request run alone).
+  void RecordBatch(const std::string& model, int64_t rows);
   // Load durations and load failures, from registry state changes.
   void RecordStateChange(const ModelStatus& status);
   // Prometheus text exposition of everything (what /metrics returns).
@@ -66,9 +68,11 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* compute_seconds_ = nullptr;
   prometheus::Family<prometheus::Histogram>* request_seconds_ = nullptr;
   prometheus::Family<prometheus::Histogram>* load_seconds_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* batch_rows_ = nullptr;
   prometheus::Family<prometheus::Counter>* load_failures_ = nullptr;
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Series>> series_;  // guarded by mu_
+  std::map<std::string, prometheus::Histogram*> batch_series_;  // guarded by mu_
 };
 
 }  // namespace pt2serve::server

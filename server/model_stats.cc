@@ -10,7 +10,8 @@ void Add(Duration& d, std::chrono::nanoseconds v) {
 
 }  // namespace
 
-void ModelStats::RecordSuccess(const RequestTimes& times, uint64_t batch) {
+void ModelStats::RecordSuccess(const RequestTimes& times, uint64_t batch, int64_t executed_rows,
+                               bool counts_execution) {
   const auto now_ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::system_clock::now().time_since_epoch())
@@ -22,7 +23,13 @@ void ModelStats::RecordSuccess(const RequestTimes& times, uint64_t batch) {
   Add(s_.compute_infer, times.infer);
   Add(s_.compute_output, times.output);
   s_.inference_count += batch;
-  ++s_.execution_count;
+  if (counts_execution) {
+    ++s_.execution_count;
+    BatchDurations& b = s_.batches[executed_rows];
+    Add(b.compute_input, times.input);
+    Add(b.compute_infer, times.infer);
+    Add(b.compute_output, times.output);
+  }
   s_.last_inference_ms = now_ms;
 }
 

@@ -22,8 +22,16 @@ struct Duration {
   uint64_t ns = 0;
 };
 
+// Times of the container calls of one batch size (KServe batch_stats).
+struct BatchDurations {
+  Duration compute_input, compute_infer, compute_output;
+};
+
 struct ModelStatsSnapshot {
   Duration success, fail, queue, compute_input, compute_infer, compute_output;
+  // By rows per container call; one count per call (a formed batch counts
+  // once, not once per request in it).
+  std::map<int64_t, BatchDurations> batches;
   uint64_t inference_count = 0;    // samples (batch elements)
   uint64_t execution_count = 0;    // model executions
   uint64_t last_inference_ms = 0;  // ms since the Unix epoch
@@ -36,7 +44,10 @@ struct RequestTimes {
 
 class ModelStats {
  public:
-  void RecordSuccess(const RequestTimes& times, uint64_t batch);
+  // `batch`: the request's rows. `executed_rows` and `counts_execution`
+  // come from InferResponse (batch_rows / counts_execution).
+  void RecordSuccess(const RequestTimes& times, uint64_t batch, int64_t executed_rows,
+                     bool counts_execution);
   void RecordFailure(std::chrono::nanoseconds total);
   ModelStatsSnapshot Snapshot() const;
 

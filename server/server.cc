@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include "server/batching_convert.h"
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -89,6 +91,7 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   // (ApplyStartupWeights); the package's own are then "initial".
   c.initial_weights_version = entry.weights_file.empty() ? entry.weights_version : "initial";
   c.signature = entry.signature;
+  if (entry.dynamic_batching) c.batching = BatchingFromEntry(*entry.dynamic_batching);
   return c;
 }
 

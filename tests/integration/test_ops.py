@@ -74,7 +74,8 @@ def test_reflection_lists_services(server):
         assert {"ModelInfer", "ModelMetadata", "ModelConfig", "ModelStatistics",
                 "RepositoryIndex", "ServerReady"} <= {m.name for m in kserve.methods}
         run_req = pool.FindMessageTypeByName("pt2serve.v1.RunRequest")
-        assert [f.name for f in run_req.fields] == ["model", "inputs", "outputs", "request_id"]
+        assert [f.name for f in run_req.fields] == ["model", "inputs", "outputs", "request_id",
+                                                "priority"]
     finally:
         ch.close()
 
@@ -389,9 +390,14 @@ def test_missing_package_fails_that_model_only(daemon_factory, model_dir, pb, tm
     with grpc.insecure_channel(d.url) as ch:
         native = pb.inference_pb2_grpc.InferenceStub(ch)
         kserve = service_pb2_grpc.GRPCInferenceServiceStub(ch)
-        wait_for(lambda: native.GetModel(pb2.GetModelRequest(name="ghost"), timeout=T).state
-                 not in (pb2.LOADING,) and
-                 native.GetModel(pb2.GetModelRequest(name="mlp"), timeout=T).state == pb2.READY,
+        def state(name):
+            try:
+                return native.GetModel(pb2.GetModelRequest(name=name), timeout=T).state
+            except grpc.RpcError as e:  # not registered yet: models load one after the other
+                assert e.code() == grpc.StatusCode.NOT_FOUND, e
+                return None
+
+        wait_for(lambda: state("ghost") not in (None, pb2.LOADING) and state("mlp") == pb2.READY,
                  20, "models to settle")
         info = native.GetModel(pb2.GetModelRequest(name="ghost"), timeout=T)
         assert info.state == pb2.FAILED

@@ -245,6 +245,11 @@ struct LoadArgs {
   std::string name, package_path, device, isolation;
   int runners = 0, queue = 0, cpu_threads = 0, max_batch = 0;
   std::vector<std::string> inputs, outputs;  // NAME:DTYPE:D0,D1,... (declared signature)
+  // Dynamic batching: on when --batch or --batch-delay-us is given.
+  std::optional<int64_t> batch, batch_delay_us;
+  std::vector<int64_t> preferred_batch_sizes;
+  bool preserve_ordering = false;
+  int priority_levels = 0;
 };
 
 // "tokens:int64:-1,-1" -> TensorSpec; false with `error` set when malformed.
@@ -290,6 +295,19 @@ int ModelsLoad(const Globals& g, const LoadArgs& a) {
   request.set_cpu_threads(a.cpu_threads);
   request.set_isolation(a.isolation);
   request.set_max_batch_size(a.max_batch);
+  if (a.batch || a.batch_delay_us) {
+    v1::DynamicBatching* b = request.mutable_dynamic_batching();
+    b->set_max_batch_size(a.batch.value_or(0));
+    b->set_max_queue_delay_us(a.batch_delay_us.value_or(0));
+    for (int64_t size : a.preferred_batch_sizes) b->add_preferred_batch_sizes(size);
+    b->set_preserve_ordering(a.preserve_ordering);
+    b->set_priority_levels(a.priority_levels);
+  } else if (!a.preferred_batch_sizes.empty() || a.preserve_ordering || a.priority_levels) {
+    return Report(Outcome::LocalError("--preferred-batch-size, --preserve-ordering and "
+                                      "--priority-levels need --batch or --batch-delay-us "
+                                      "(dynamic batching)"),
+                  g);
+  }
   for (const auto& [texts, field] : {std::pair{&a.inputs, request.mutable_inputs()},
                                      std::pair{&a.outputs, request.mutable_outputs()}}) {
     for (const std::string& text : *texts) {
@@ -702,6 +720,21 @@ int Main(int argc, char** argv) {
   load_cmd->add_option("--max-batch", load.max_batch,
                        "With --input/--output: largest batch accepted (default: the package's)")
       ->check(CLI::NonNegativeNumber);
+  load_cmd->add_option("--batch", load.batch,
+                       "Dynamic batching: rows per batch (0 = the package's limit); turns "
+                       "batching on")
+      ->check(CLI::NonNegativeNumber);
+  load_cmd->add_option("--batch-delay-us", load.batch_delay_us,
+                       "Dynamic batching: how long a request may wait for its batch to fill "
+                       "(default 0); turns batching on")
+      ->check(CLI::NonNegativeNumber);
+  load_cmd->add_option("--preferred-batch-size", load.preferred_batch_sizes,
+                       "Dynamic batching: a batch size sent without waiting; repeat");
+  load_cmd->add_flag("--preserve-ordering", load.preserve_ordering,
+                     "Dynamic batching: answer requests in arrival order");
+  load_cmd->add_option("--priority-levels", load.priority_levels,
+                       "Dynamic batching: number of priority levels (requests name 1..N)")
+      ->check(CLI::Range(0, 64));
   load_cmd->callback([&] { action = [&] { return ModelsLoad(g, load); }; });
 
   std::string unload_name;
