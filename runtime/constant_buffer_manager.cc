@@ -229,15 +229,19 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   // borrows one of the container's model instances (so it may wait for a
   // running request to finish) and points it at the inactive buffer.
   // Replicas (one per device) are staged one after the other.
-  for (const auto& replica : model_.replicas()) {
+  for (size_t k = 0; k < model_.replicas().size(); ++k) {
+    const auto& replica = model_.replicas()[k];
     const std::string where = "while staging weights for model '" + model_name_ + "' on " +
                               replica->info().device.ToString();
-    // A fold borrows one of the container's model instances for its whole
-    // run, so it takes a runner slot from the pool like a request does:
-    // otherwise an admitted request would wait inside the container.
+    // A fold borrows one of the replica's model instances for its whole run,
+    // so it takes one of THAT replica's runner slots, as a request would
+    // (otherwise an admitted request would wait inside the container). It
+    // goes ahead of queued requests and is never refused for a full queue.
     auto fold = [&]() -> Status {
+      PT2_RETURN_IF_ERROR(Injected("fold", k).WithPrefix(where));
       return model_.pool()
-          .Run([&](size_t) { return replica->FoldConstants(/*inactive=*/true); })
+          .RunPriority(ReplicaRunners(k),
+                       [&](size_t) { return replica->FoldConstants(/*inactive=*/true); })
           .WithPrefix(where);
     };
     // After a free, the inactive buffer must be refolded before it is
@@ -246,7 +250,8 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
       Status refolded = fold();
       if (!refolded.ok()) return FailStage(refolded, /*buffer_written=*/true);
     }
-    Status written = replica->WriteInactive(tensors);
+    Status written = Injected("write", k);
+    if (written.ok()) written = replica->WriteInactive(tensors);
     if (!written.ok()) return FailStage(written.WithPrefix(where), /*buffer_written=*/true);
     if (Status folded = fold(); !folded.ok()) return FailStage(folded, /*buffer_written=*/true);
   }  // device copies are dropped here, before reporting
@@ -284,17 +289,31 @@ Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
 
 // Frees every replica's inactive buffer; the next Stage refolds before it
 // writes (the AOTInductor work-around behind Replica::FreeInactive).
+uint64_t ConstantBufferManager::ReplicaRunners(size_t index) const {
+  const size_t replicas = model_.replicas().size();
+  const size_t runners = model_.pool().num_runners();
+  uint64_t mask = 0;
+  for (size_t slot = index; slot < runners; slot += replicas) mask |= uint64_t{1} << slot;
+  return mask;
+}
+
+Status ConstantBufferManager::Injected(std::string_view op, size_t index) const {
+  return fault_hook_ ? fault_hook_(op, index) : Status::Ok();
+}
+
 Status ConstantBufferManager::FreeContainerInactive() {
   // Serialized with requests as well as writers, per the AOTI notes: a free
   // that races a swap can free the live buffer.
-  Status status = model_.pool().RunExclusive([&]() -> Status {
-    for (const auto& replica : model_.replicas()) {
-      PT2_RETURN_IF_ERROR(replica->FreeInactive().WithPrefix(
-          "freeing the inactive weights of model '" + model_name_ + "'"));
-    }
-    inactive_needs_refold_ = true;
-    return Status::Ok();
-  });
+  Status status = model_.pool().RunExclusive(
+      [&]() -> Status {
+        for (const auto& replica : model_.replicas()) {
+          PT2_RETURN_IF_ERROR(replica->FreeInactive().WithPrefix(
+              "freeing the inactive weights of model '" + model_name_ + "'"));
+        }
+        inactive_needs_refold_ = true;
+        return Status::Ok();
+      },
+      SteadyClock::now() + drain_timeout_);
   if (status.ok()) {
     std::lock_guard lock(mu_);
     inactive_allocated_ = false;
@@ -372,9 +391,27 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
   Status status = model_.pool().RunExclusive([&]() -> Status {
     entered = SteadyClock::now();
     // Every replica swaps inside the same exclusive section: no request sees
-    // one device on the new weights and another on the old.
-    for (const auto& replica : model_.replicas()) {
-      PT2_RETURN_IF_ERROR(replica->SwapBuffers().WithPrefix("model '" + model_name_ + "'"));
+    // one device on the new weights and another on the old. All or nothing:
+    // when replica k fails, replicas 0..k-1 are swapped back, so the model
+    // keeps serving the old weights everywhere under the old label.
+    const auto& replicas = model_.replicas();
+    for (size_t k = 0; k < replicas.size(); ++k) {
+      Status swapped = Injected("swap", k);
+      if (swapped.ok()) swapped = replicas[k]->SwapBuffers();
+      if (swapped.ok()) continue;
+      swapped = swapped.WithPrefix("model '" + model_name_ + "' on " +
+                                   replicas[k]->info().device.ToString());
+      for (size_t j = k; j-- > 0;) {
+        Status back = Injected("swap_back", j);
+        if (back.ok()) back = replicas[j]->SwapBuffers();
+        if (!back.ok()) {
+          return Internal(swapped.message() + "; swapping " +
+                          replicas[j]->info().device.ToString() +
+                          " back failed too (" + back.message() +
+                          "): its replicas now serve different weights; reload the model");
+        }
+      }
+      return swapped;
     }
     model_.SetWeightsVersionLocked(to_version);
     if (fold_after) {
@@ -387,7 +424,13 @@ StatusOr<SwapResult> ConstantBufferManager::SwapHoldingSlot() {
     }
     left = SteadyClock::now();
     return Status::Ok();
-  });
+  }, called + drain_timeout_);
+  if (status.code() == StatusCode::kDeadlineExceeded) {
+    return DeadlineExceeded("swap of model '" + model_name_ + "' to '" + to_version +
+                            "' did not start within " + std::to_string(drain_timeout_.count()) +
+                            " ms: " + status.message() + " (still serving '" + from_version +
+                            "'; the staged weights are kept, retry the swap)");
+  }
   if (!status.ok()) return status;
 
   std::lock_guard lock(mu_);

@@ -65,6 +65,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -185,6 +186,18 @@ class ConstantBufferManager {
 
   BufferStatus status() const;
 
+  // How long Swap/Rollback/FreeInactive wait for running requests to leave
+  // the container before DEADLINE_EXCEEDED (the model keeps serving on the
+  // weights it had). Not thread-safe: set before weight operations start.
+  static constexpr std::chrono::milliseconds kDefaultDrainTimeout{30000};
+  void set_drain_timeout(std::chrono::milliseconds timeout) { drain_timeout_ = timeout; }
+
+  // Fault injection for tests: called before each per-replica step ("write",
+  // "fold", "swap", "swap_back") with the replica's index; a non-OK result
+  // is used as that step's failure. Not thread-safe: set before use.
+  using FaultHook = std::function<Status(std::string_view op, size_t replica)>;
+  void SetFaultHookForTest(FaultHook hook) { fault_hook_ = std::move(hook); }
+
  private:
   friend class UploadSession;
 
@@ -212,6 +225,10 @@ class ConstantBufferManager {
 
   // FAILED_PRECONDITION when another writer holds the slot.
   StatusOr<WriterSlot> AcquireWriter();
+  // Runner slots of replica `index` (slot i runs on replica i % replicas).
+  uint64_t ReplicaRunners(size_t index) const;
+  // The test hook's verdict on `op` for replica `index` (OK without a hook).
+  Status Injected(std::string_view op, size_t index) const;
 
   // The bodies of the public operations. REQUIRE: the writer slot is held.
   Status StageHoldingSlot(const std::vector<Tensor>& tensors, const StageOptions& options);
@@ -224,6 +241,10 @@ class ConstantBufferManager {
 
   Model& model_;
   const std::string model_name_;
+  // How long a swap/rollback/free waits for running requests (a hung
+  // inference) before it gives up with DEADLINE_EXCEEDED, changing nothing.
+  std::chrono::milliseconds drain_timeout_{kDefaultDrainTimeout};
+  FaultHook fault_hook_;  // tests only; set before any operation
   const size_t weight_bytes_;  // PackageInfo::constants_nbytes times the replicas
 
   // Written only by the writer-slot holder.

@@ -3,9 +3,14 @@
 // Internal to runtime/ (it exposes LibTorch types); the server only sees Model.
 // A ModelPackage holds `num_runners` model instances that share one set of
 // weights. Run() is safe for up to num_runners concurrent callers; the
-// RunnerPool in front of it guarantees that bound. Constant-buffer writes
-// (update/fold/swap/free) take no lock inside the container: callers must
-// hold the pool exclusively (RunnerPool::RunExclusive) around them.
+// RunnerPool in front of it guarantees that bound. Constant-buffer
+// operations take no lock inside the container; ConstantBufferManager
+// serializes them (one writer) and:
+//   - writes and folds the INACTIVE buffer while requests run (they read
+//     only the active one); a fold borrows a model instance, so it holds a
+//     runner slot of its replica (RunnerPool::RunPriority);
+//   - swaps, frees the inactive buffer and folds the ACTIVE one only with no
+//     request inside (RunnerPool::RunExclusive).
 #pragma once
 
 #include <ATen/Tensor.h>

@@ -75,10 +75,11 @@ size_t RunnerPool::InFlight() const {
   return options_.num_runners - static_cast<size_t>(std::popcount(free_mask_.load()));
 }
 
-bool RunnerPool::TakeRunner(size_t* runner) {
+bool RunnerPool::TakeRunner(size_t* runner, uint64_t allowed) {
   uint64_t mask = free_mask_.load();
-  while (mask != 0) {
-    const uint64_t bit = mask & (~mask + 1);  // lowest free runner
+  while ((mask & allowed) != 0) {
+    const uint64_t usable = mask & allowed;
+    const uint64_t bit = usable & (~usable + 1);  // lowest free runner it may take
     if (free_mask_.compare_exchange_weak(mask, mask & ~bit)) {
       *runner = static_cast<size_t>(std::countr_zero(bit));
       const uint64_t in_flight = options_.num_runners - std::popcount(mask & ~bit);
@@ -112,7 +113,8 @@ void RunnerPool::UpdateGateLocked() {
     // Arrivals may take a free runner past a synchronous head for a short
     // while; never past an async one (pool workers are awake) or a head that
     // has waited out its window.
-    closed = head->cv == nullptr || Clock::now() - head->enqueued >= kBargeWindow;
+    closed = head->cv == nullptr || head->priority ||
+             Clock::now() - head->enqueued >= kBargeWindow;
   }
   gate_closed_.store(closed);
 }
@@ -129,7 +131,7 @@ void RunnerPool::DispatchLocked(AfterUnlock& after) {
       if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
       continue;
     }
-    if (w->cv && now - w->enqueued < kBargeWindow) {
+    if (w->cv && !w->priority && now - w->enqueued < kBargeWindow) {
       // Within its barging window a synchronous head is woken to compete for
       // a free runner instead of having one reserved while it wakes up.
       if (free_mask_.load() != 0 && !w->poked) {
@@ -138,7 +140,7 @@ void RunnerPool::DispatchLocked(AfterUnlock& after) {
       }
       break;
     }
-    if (!TakeRunner(&w->runner)) break;
+    if (!TakeRunner(&w->runner, w->allowed)) break;
     queue_.pop_front();
     w->state = WaiterState::kGranted;
     if (w->cv) {
@@ -165,7 +167,9 @@ void RunnerPool::ExpireLocked(Clock::time_point now, AfterUnlock& after) {
     ++expired_;
     if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
   }
-  UpdateGateLocked();
+  // The expired head may have been the waiter a free runner was poked for:
+  // hand free runners to whoever is at the head now (no lost wake-up).
+  DispatchLocked(after);
 }
 
 void RunnerPool::WakeWorkerLocked(AfterUnlock& after) {
@@ -317,6 +321,7 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
 
 bool RunnerPool::Cancel(Ticket ticket) {
   Waiter* found = nullptr;
+  AfterUnlock after;
   {
     std::lock_guard lock(mu_);
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
@@ -330,22 +335,66 @@ bool RunnerPool::Cancel(Ticket ticket) {
     found->state = WaiterState::kFinished;
     found->result = Cancelled("request cancelled while queued");
     ++cancelled_;
-    UpdateGateLocked();
+    DispatchLocked(after);  // as in ExpireLocked: the next head may take a free runner
   }
-  AfterUnlock after;
   after.finished.push_back(found);
   Complete(after);
   return true;
 }
 
-Status RunnerPool::RunExclusive(const std::function<Status()>& fn) {
+Status RunnerPool::RunPriority(uint64_t allowed, const Work& work) {
+  allowed &= all_free_;
+  if (allowed == 0) return InvalidArgument("RunPriority: no runner of this pool is allowed");
+  std::condition_variable cv;
+  Waiter w;
+  w.priority = true;
+  w.allowed = allowed;
+  w.cv = &cv;
+  size_t runner = 0;
+  {
+    std::unique_lock lock(mu_);
+    if (stopping_) return Unavailable("runner pool is shutting down");
+    if (!paused_ && TakeRunner(&runner, allowed)) {
+      // Free at once. Queued requests could not have used it: a free runner
+      // is never left beside a waiter outside its barging window.
+    } else {
+      w.ticket = next_ticket_++;
+      w.enqueued = Clock::now();
+      queue_.push_front(&w);  // ahead of requests; never counted against the limit
+      AfterUnlock after;
+      DispatchLocked(after);
+      cv.wait(lock, [&] { return w.state != WaiterState::kQueued; });
+      lock.unlock();
+      Complete(after);
+      if (w.state == WaiterState::kFinished) return w.result;
+      runner = w.runner;
+    }
+  }
+  Status result = RunGuarded([&] { return work(runner); });
+  ReleaseRunner(runner, /*timing=*/nullptr, result.ok());
+  return result;
+}
+
+Status RunnerPool::RunExclusive(const std::function<Status()>& fn, Deadline drain_deadline) {
   std::lock_guard exclusive(exclusive_mu_);
   {
     std::unique_lock lock(mu_);
     if (stopping_) return Unavailable("runner pool is shutting down");
     paused_ = true;
     gate_closed_.store(true);
-    idle_cv_.wait(lock, [&] { return free_mask_.load() == all_free_; });
+    const auto drained = [&] { return free_mask_.load() == all_free_; };
+    if (drain_deadline == kNoDeadline) {
+      idle_cv_.wait(lock, drained);
+    } else if (!idle_cv_.wait_until(lock, drain_deadline, drained)) {
+      const size_t busy = InFlight();
+      paused_ = false;
+      AfterUnlock after;
+      DispatchLocked(after);
+      lock.unlock();
+      Complete(after);
+      return DeadlineExceeded(std::to_string(busy) + " request(s) still running at the drain "
+                              "deadline; nothing was changed");
+    }
   }
   Status result = RunGuarded(fn);
   AfterUnlock after;
@@ -434,7 +483,7 @@ void RunnerPool::ReaperLoop() {
   while (!stopping_) {
     AfterUnlock after;
     ExpireLocked(Clock::now(), after);
-    if (!after.finished.empty()) {
+    if (!after.finished.empty() || after.wake_workers != 0) {
       lock.unlock();
       Complete(after);
       lock.lock();

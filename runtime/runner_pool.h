@@ -107,11 +107,20 @@ class RunnerPool {
   // Returns false when it already started or finished.
   bool Cancel(Ticket ticket);
 
+  // Runs `work` on the calling thread on one of the runners in `allowed`
+  // (bit i = runner i) - for weight staging, which borrows a model instance
+  // of one particular replica. Never refused for a full queue (the queue
+  // limit is for requests) and queued ahead of every request. Blocks;
+  // UNAVAILABLE after Shutdown.
+  Status RunPriority(uint64_t allowed, const Work& work);
+
   // Runs `fn` while no request is inside the container: stops dispatch,
   // waits for in-flight work, runs `fn`, resumes. Queued requests keep their
   // places and their deadlines keep running. Exclusive sections are
-  // serialized with each other.
-  Status RunExclusive(const std::function<Status()>& fn);
+  // serialized with each other. When in-flight work has not finished by
+  // `drain_deadline` (e.g. a hung inference), dispatch resumes, `fn` does
+  // not run and the result is DEADLINE_EXCEEDED.
+  Status RunExclusive(const std::function<Status()>& fn, Deadline drain_deadline = kNoDeadline);
 
   // Rejects new requests with UNAVAILABLE, fails the queued ones with
   // UNAVAILABLE and waits for in-flight work. Idempotent.
@@ -129,6 +138,8 @@ class RunnerPool {
     WaiterState state = WaiterState::kQueued;
     size_t runner = 0;                      // valid once granted
     bool poked = false;                     // sync: woken to try for a free runner
+    bool priority = false;                  // RunPriority: no barging window, front of queue
+    uint64_t allowed = ~uint64_t{0};        // runners it may take
     Status result;                          // set when it leaves the queue unserved
     std::condition_variable* cv = nullptr;  // sync waiters only
     Work work;                              // async waiters only
@@ -155,8 +166,9 @@ class RunnerPool {
 
   // Lock-free admission: takes a free runner if the gate is open.
   bool TryTakeFast(size_t* runner);
-  // Takes any free runner slot (CAS on free_mask_); false if none.
-  bool TakeRunner(size_t* runner);
+  // Takes a free runner slot among `allowed` (CAS on free_mask_); false if
+  // none.
+  bool TakeRunner(size_t* runner, uint64_t allowed = ~uint64_t{0});
   // Hands free runners to queued requests in FIFO order (or wakes a
   // synchronous head to compete for one); recomputes the gate.
   void DispatchLocked(AfterUnlock& after);

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <cctype>
 #include <fstream>
+#include <future>
 #include <map>
 #include <thread>
 
@@ -16,6 +17,7 @@
 
 using namespace pt2serve;
 using namespace pt2serve::testing;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -585,4 +587,107 @@ TEST_CASE("Swap is a compare-and-swap that is safe to retry", "[constant_buffer]
   CHECK(weights.status().inactive_state == InactiveState::kPrevious);
   // Without a version there is nothing to compare: the old rule (nothing staged) applies.
   ExpectError(weights.Swap(), StatusCode::kFailedPrecondition, "Rollback restores them");
+}
+
+namespace {
+
+// Holds runner slots of `model` with gated work submitted straight to its
+// pool (as long-running requests would), until Release().
+struct RunnerHold {
+  RunnerHold(Model& model, size_t runners) {
+    for (size_t i = 0; i < runners; ++i) {
+      model.pool().Submit([this](size_t) { return opened.wait(), Status::Ok(); },
+                          kNoDeadline, [this](const Status&, const RequestTiming&) { ++done; });
+    }
+    while (model.pool().stats().in_flight < runners) std::this_thread::sleep_for(1ms);
+  }
+  ~RunnerHold() { Release(); }
+  void Release() {
+    if (!released.exchange(true)) gate.set_value();
+  }
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  std::atomic<bool> released{false};
+  std::atomic<int> done{0};
+};
+
+}  // namespace
+
+TEST_CASE("a push while the request queue is full waits for a runner instead of failing",
+          "[constant_buffer][issue14]") {
+  ModelConfig config;
+  config.name = "mlp";
+  config.path = PackagePath("mlp");
+  config.max_queue_size = 0;  // requests never wait; staging must not be affected
+  auto loaded = Model::Load(config);
+  REQUIRE(loaded.ok());
+  Model& model = **loaded;
+  ConstantBufferManager& weights = model.weights();
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  REQUIRE(weights.Stage(WeightsFile("mlp.seed7.weights.safetensors"), Version("seed7")).ok());
+  REQUIRE(weights.Swap().ok());  // PREVIOUS = initial
+
+  RunnerHold hold(model, 1);
+  std::promise<Status> staged;
+  std::thread pusher([&] {
+    staged.set_value(weights.Stage(WeightsFile("mlp.seed8.weights.safetensors"), Version("seed8")));
+  });
+  auto result = staged.get_future();
+  // The fold waits for the runner (it is busy) rather than being refused.
+  CHECK(result.wait_for(200ms) == std::future_status::timeout);
+  hold.Release();
+  const Status status = result.get();
+  pusher.join();
+  INFO(status.ToString());
+  CHECK(status.ok());
+  REQUIRE(weights.Swap().ok());
+  REQUIRE(weights.Rollback().ok());  // the rollback target survived
+  ExpectServes(model, seed7, "seed7");
+}
+
+TEST_CASE("a swap that cannot drain in time is DEADLINE_EXCEEDED and changes nothing",
+          "[constant_buffer][issue14]") {
+  auto model = LoadMlp(2);
+  ConstantBufferManager& weights = model->weights();
+  weights.set_drain_timeout(100ms);
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  REQUIRE(weights.Stage(WeightsFile("mlp.seed7.weights.safetensors"), Version("seed7")).ok());
+  {
+    RunnerHold hung(*model, 1);  // an inference that does not return
+    const auto start = std::chrono::steady_clock::now();
+    auto swapped = weights.Swap();
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+    REQUIRE_FALSE(swapped.ok());
+    ExpectError(swapped.status(), StatusCode::kDeadlineExceeded, "still serving 'initial'");
+    // Still serving the old weights on the free runner, the staged set kept.
+    ExpectServes(*model, initial, "initial");
+    CHECK(weights.status().inactive_state == InactiveState::kStaged);
+  }
+  REQUIRE(weights.Swap().ok());
+  ExpectServes(*model, seed7, "seed7");
+}
+
+TEST_CASE("a swap step that fails leaves every replica on the old weights and label",
+          "[constant_buffer][issue14]") {
+  auto model = LoadMlp();
+  ConstantBufferManager& weights = model->weights();
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  REQUIRE(weights.Stage(WeightsFile("mlp.seed7.weights.safetensors"), Version("seed7")).ok());
+  std::atomic<bool> fail{true};
+  weights.SetFaultHookForTest([&](std::string_view op, size_t) {
+    return op == "swap" && fail ? Internal("injected swap failure") : Status::Ok();
+  });
+  auto swapped = weights.Swap();
+  REQUIRE_FALSE(swapped.ok());
+  ExpectError(swapped.status(), StatusCode::kInternal, "injected swap failure");
+  ExpectServes(*model, initial, "initial");
+  CHECK(weights.status().inactive_state == InactiveState::kStaged);
+  fail = false;  // a retry completes the swap (and does not flip anything back)
+  REQUIRE(weights.Swap().ok());
+  ExpectServes(*model, seed7, "seed7");
+  REQUIRE(weights.Swap("seed7").ok());  // CAS retry of the done swap: no flip
+  ExpectServes(*model, seed7, "seed7");
 }

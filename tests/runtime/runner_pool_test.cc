@@ -292,3 +292,91 @@ TEST_CASE("each in-flight request holds a distinct runner slot", "[runner_pool]"
   CHECK(collisions == 0);
   CHECK(out_of_range == 0);
 }
+
+TEST_CASE("a waiter behind one that expires is not left beside a free runner",
+          "[runner_pool][issue14]") {
+  // The runner comes free while the head waiter is inside its barging
+  // window, so the head is woken to take it; its deadline passes before it
+  // does (the reaper removes it). The next waiter must then get the runner
+  // at once, not sit beside it until its own deadline.
+  RunnerPool pool({1, 16});
+  int stalled = 0;
+  for (int i = 0; i < 300; ++i) {
+    const uint64_t expired_before = pool.stats().expired;
+    Gate gate;
+    auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
+    while (pool.stats().in_flight == 0) std::this_thread::sleep_for(10us);
+    const auto head_deadline = Clock::now() + std::chrono::microseconds(50 + 5 * (i % 150));
+    auto a = std::async(std::launch::async, [&] {
+      return pool.Run([](size_t) { return Status::Ok(); }, head_deadline);
+    });
+    auto b = std::async(std::launch::async, [&] {
+      return pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 1s);
+    });
+    // Both queued (or the first already expired).
+    while (pool.stats().queued + (pool.stats().expired - expired_before) < 2) {
+      std::this_thread::yield();
+    }
+    gate.Open();
+    CHECK(blocker.get().ok());
+    static_cast<void>(a.get());  // OK or DEADLINE_EXCEEDED, depending on the timing
+    if (!b.get().ok()) ++stalled;
+  }
+  CHECK(stalled == 0);
+}
+
+TEST_CASE("RunPriority is never refused for a full queue and goes ahead of requests",
+          "[runner_pool][issue14]") {
+  RunnerPool pool({1, 0});  // requests never wait
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  CHECK(pool.Run([](size_t) { return Status::Ok(); }).code() == StatusCode::kResourceExhausted);
+  auto staged = std::async(std::launch::async, [&] {
+    return pool.RunPriority(~uint64_t{0}, [](size_t) { return Status::Ok(); });
+  });
+  CHECK(staged.wait_for(50ms) == std::future_status::timeout);  // waits for the runner
+  gate.Open();
+  CHECK(blocker.get().ok());
+  CHECK(staged.get().ok());
+}
+
+TEST_CASE("RunPriority runs on an allowed runner only, ahead of queued requests",
+          "[runner_pool][issue14]") {
+  RunnerPool pool({2, 16});
+  Gate gate0;
+  auto holder = std::async(std::launch::async, [&] {
+    return pool.Run([&](size_t r) { return r == 0 ? gate0.Wait() : Internal("not runner 0"); });
+  });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  std::atomic<int> ran_on{-1};
+  auto staged = std::async(std::launch::async, [&] {
+    return pool.RunPriority(uint64_t{1} << 0, [&](size_t r) {
+      ran_on = static_cast<int>(r);
+      return Status::Ok();
+    });
+  });
+  CHECK(staged.wait_for(50ms) == std::future_status::timeout);  // runner 1 is free but not allowed
+  gate0.Open();
+  CHECK(holder.get().ok());
+  CHECK(staged.get().ok());
+  CHECK(ran_on == 0);
+}
+
+TEST_CASE("RunExclusive gives up at its drain deadline and the pool keeps serving",
+          "[runner_pool][issue14]") {
+  RunnerPool pool({2, 16});
+  Gate hung;
+  auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return hung.Wait(); }); });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  bool ran = false;
+  Status s = pool.RunExclusive([&] { ran = true; return Status::Ok(); }, Clock::now() + 50ms);
+  CHECK(s.code() == StatusCode::kDeadlineExceeded);
+  CHECK_THAT(s.message(), Catch::Contains("1 request(s) still running"));
+  CHECK_FALSE(ran);
+  CHECK(pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 2s).ok());
+  hung.Open();
+  CHECK(blocker.get().ok());
+  CHECK(pool.RunExclusive([&] { ran = true; return Status::Ok(); }, Clock::now() + 2s).ok());
+  CHECK(ran);
+}
