@@ -47,8 +47,14 @@ done
 # pt2serve-worker runs models with isolation: process; the daemon finds it next to itself.
 BINARIES=("$BUILD/server/pt2serve" "$BUILD/server/pt2serve-worker" "$BUILD/tools/pt2ctl/pt2ctl")
 for b in "${BINARIES[@]}"; do [[ -x $b ]] || { echo "build.sh: $b not built" >&2; exit 2; }; done
-source "$BUILD/env.sh" 2>/dev/null || true
-MODEL_DIR=${PT2SERVE_MODEL_DIR:?build/env.sh does not set PT2SERVE_MODEL_DIR: run scripts/setup.sh}
+# The torch the tree was configured with (its libraries go into the image) and the demo model:
+# from the build tree's CMake cache, so a second tree (e.g. build-cuda against a CUDA torch in
+# another venv) needs no env.sh of its own.
+cache_value() { sed -n "s/^$1:[A-Z]*=//p" "$BUILD/CMakeCache.txt" 2>/dev/null; }
+PYTHON=$(cache_value PT2SERVE_PYTHON)
+[[ $PYTHON == /* && -x $PYTHON ]] || PYTHON=$ROOT/.venv/bin/python
+MODEL_DIR=$(cache_value PT2SERVE_MODEL_DIR)
+[[ -f $MODEL_DIR/mlp.pt2 ]] || { echo "build.sh: no demo model (PT2SERVE_MODEL_DIR '$MODEL_DIR' in $BUILD/CMakeCache.txt): run scripts/setup.sh" >&2; exit 2; }
 START=$(date +%s.%N)
 
 rm -rf "$OUT"
@@ -56,7 +62,7 @@ mkdir -p "$OUT"
 ROOTFS=$OUT/rootfs
 
 # --- which Debian packages and which LibTorch libraries the binaries need --------------
-TORCH_LIB=$("$ROOT/.venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
 declare -A PACKAGES=() TORCH_LIBS=()
 while read -r lib path; do
   [[ -n $path && -e $path ]] || continue
