@@ -9,17 +9,22 @@
 #   the test checks that the worker runs as UID 65532 in the container, KILLs it from the host
 #   and expects the daemon to restart it and `mlp_worker` to serve again.
 #
-# Usage: deploy/image/smoke_test.sh [OCI_LAYOUT:TAG]   (default: what build.sh built last)
+# Usage: deploy/image/smoke_test.sh [--build-dir build] [OCI_LAYOUT:TAG]
+#   (default image: what build.sh built last from that tree; the reference outputs come from the
+#   tree's demo model export, so pass the --build-dir the image was built from.)
 # Needs root, runc and umoci (Debian), and .venv (grpcio, tritonclient).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-IMAGE=${1:-$ROOT/build/image/oci:$(sed -n 's/.*kVersion\[\] = "\(.*\)";/\1/p' server/version.h)}
+BUILD=build
+[[ ${1:-} == --build-dir ]] && { BUILD=$2; shift 2; }
+BUILD=$(realpath "$BUILD")
+IMAGE=${1:-$BUILD/image/oci:$(sed -n 's/.*kVersion\[\] = "\(.*\)";/\1/p' server/version.h)}
 WORK=$(mktemp -d /tmp/pt2serve-smoke.XXXXXX)
 ID=pt2serve-smoke-$$
 PY=$ROOT/.venv/bin/python
-source "$ROOT/build/env.sh" 2>/dev/null || true
-MODEL_DIR=${PT2SERVE_MODEL_DIR:?run scripts/setup.sh first (build/env.sh)}
+source deploy/image/build_tree.sh
+build_tree_vars "$BUILD" "$ROOT" || exit 2
 log() { echo "[smoke] $*" >&2; }
 RUNC_PID=
 cleanup() {
