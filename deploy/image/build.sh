@@ -14,8 +14,9 @@
 # Usage: deploy/image/build.sh [--variant cpu|cuda] [--build-dir build] [--out build/image]
 #                              [--tag TAG] [--buildah]
 #   cpu   the default: the LibTorch libraries ldd resolves for this build (torch CPU wheel).
-#   cuda  the same recipe for a build configured against a CUDA torch wheel: every library of
-#         torch/lib and of the nvidia-* wheels is copied (CUDA loads several with dlopen).
+#   cuda  the same recipe for a build tree configured against a CUDA torch wheel (docs/deploy.md:
+#         build-cuda): every library of torch/lib and of the nvidia-* wheels is copied (CUDA
+#         loads several with dlopen); torch's Python is read off BUILD/CMakeCache.txt.
 # Needs root (mmdebstrap root mode), the Debian packages mmdebstrap umoci skopeo (buildah for
 # --buildah), and a built tree (scripts/setup.sh). Prints the image size and the time taken.
 set -euo pipefail
@@ -29,7 +30,7 @@ while (($#)); do
     --out) OUT=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     --buildah) BUILDAH=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,8 +48,9 @@ done
 # pt2serve-worker runs models with isolation: process; the daemon finds it next to itself.
 BINARIES=("$BUILD/server/pt2serve" "$BUILD/server/pt2serve-worker" "$BUILD/tools/pt2ctl/pt2ctl")
 for b in "${BINARIES[@]}"; do [[ -x $b ]] || { echo "build.sh: $b not built" >&2; exit 2; }; done
-source "$BUILD/env.sh" 2>/dev/null || true
-MODEL_DIR=${PT2SERVE_MODEL_DIR:?build/env.sh does not set PT2SERVE_MODEL_DIR: run scripts/setup.sh}
+# The torch the tree links (its libraries go into the image) and the demo model.
+source deploy/image/build_tree.sh
+build_tree_vars "$BUILD" "$ROOT" || exit 2
 START=$(date +%s.%N)
 
 rm -rf "$OUT"
@@ -56,8 +58,22 @@ mkdir -p "$OUT"
 ROOTFS=$OUT/rootfs
 
 # --- which Debian packages and which LibTorch libraries the binaries need --------------
-TORCH_LIB=$("$ROOT/.venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
 declare -A PACKAGES=() TORCH_LIBS=()
+# cpu: the LibTorch libraries ldd resolves for the binaries. cuda: also every shared library of
+# torch/lib (but the Python bindings) and of the nvidia-* wheels torch depends on: CUDA, cuDNN,
+# NVRTC and others load parts of themselves with dlopen, which ldd cannot see. libcuda.so.1
+# (the driver) is not among them: the node's NVIDIA container toolkit mounts it at run time.
+EXTRA_LIBS=()
+if [[ $VARIANT == cuda ]]; then
+  "$PYTHON" -c 'import torch, sys; sys.exit(torch.version.cuda is None)' \
+    || { echo "build.sh: --variant cuda, but the torch of $BUILD ($PYTHON) is a CPU build" >&2; exit 2; }
+  for f in "$TORCH_LIB"/*.so* "$(dirname "$(dirname "$TORCH_LIB")")"/nvidia/*/lib/*.so*; do
+    case $(basename "$f") in libtorch_python.so|libshm.so) continue ;; esac
+    EXTRA_LIBS+=("$f")
+    TORCH_LIBS[$f]=1
+  done
+fi
 while read -r lib path; do
   [[ -n $path && -e $path ]] || continue
   real=$(realpath "$path")
@@ -71,7 +87,7 @@ while read -r lib path; do
   done
   [[ -n $pkg ]] || { echo "build.sh: no Debian package owns $path ($lib)" >&2; exit 1; }
   PACKAGES[$pkg]=1
-done < <(for b in "${BINARIES[@]}"; do ldd "$b" | awk '/=>/ {print $1, $3}'; done | sort -u)
+done < <(for b in "${BINARIES[@]}" "${EXTRA_LIBS[@]}"; do ldd "$b" | awk '/=>/ {print $1, $3}'; done | sort -u)
 log "runtime packages: ${!PACKAGES[*]}"
 
 # --- 1. root filesystem ------------------------------------------------------------------
@@ -92,13 +108,7 @@ install -D -m 0755 "$BUILD/tools/pt2ctl/pt2ctl" "$ROOTFS/usr/bin/pt2ctl"
 strip --strip-unneeded "$ROOTFS/usr/bin/pt2serve" "$ROOTFS/usr/bin/pt2serve-worker" \
   "$ROOTFS/usr/bin/pt2ctl"
 mkdir -p "$ROOTFS/usr/lib/pt2serve"
-if [[ $VARIANT == cuda ]]; then
-  cp -L "$TORCH_LIB"/*.so* "$ROOTFS/usr/lib/pt2serve/"
-  SITE=$(dirname "$(dirname "$TORCH_LIB")")
-  for d in "$SITE"/nvidia/*/lib; do [[ -d $d ]] && cp -L "$d"/*.so* "$ROOTFS/usr/lib/pt2serve/"; done
-else
-  for lib in "${!TORCH_LIBS[@]}"; do cp -L "$lib" "$ROOTFS/usr/lib/pt2serve/"; done
-fi
+for lib in "${!TORCH_LIBS[@]}"; do cp -L "$lib" "$ROOTFS/usr/lib/pt2serve/"; done
 echo /usr/lib/pt2serve > "$ROOTFS/etc/ld.so.conf.d/pt2serve.conf"
 echo 'include /etc/ld.so.conf.d/*.conf' > "$ROOTFS/etc/ld.so.conf"
 ldconfig -r "$ROOTFS"
