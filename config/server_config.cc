@@ -143,7 +143,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       {"inference_address", "admin_address", "metrics_address", "model_repository",
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
-       "tls"}));
+       "tls", "allow_compressed_requests"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
@@ -156,6 +156,8 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       ReadInt(s, "max_connection_age_grace_ms", p, &c->max_connection_age_grace_ms));
   PT2_RETURN_IF_ERROR(ReadBool(s, "allow_repository_admin_on_inference_port", p,
                                &c->allow_repository_admin_on_inference_port));
+  PT2_RETURN_IF_ERROR(
+      ReadBool(s, "allow_compressed_requests", p, &c->allow_compressed_requests));
 
   const YAML::Node auth = Get(s, "admin_auth");
   PT2_RETURN_IF_ERROR(CheckMap(auth, "server.admin_auth", {"token_file", "token_env"}));
