@@ -25,7 +25,7 @@ namespace pt2serve::server {
 class AuthThrottle {
  public:
   using Clock = std::chrono::steady_clock;
-  static constexpr int kMaxFailures = 20;
+  static constexpr int kMaxFailures = 100;
   static constexpr std::chrono::seconds kWindow{10};
   static constexpr std::chrono::seconds kLogInterval{1};
   static constexpr size_t kMaxHosts = 1024;

@@ -236,8 +236,8 @@ def test_failed_admin_authentication_is_logged_and_throttled(daemon_factory, mod
             codes.append(e.code())
     elapsed = time.monotonic() - t0
     assert grpc.StatusCode.OK not in codes
-    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 20
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 980
+    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 100
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 900
     # The right token is refused too while the host is locked out (no oracle for guesses).
     with pytest.raises(grpc.RpcError) as e:
         admin.GetConstantBufferStatus(req, metadata=[("authorization", f"Bearer {d.token}")],
@@ -247,7 +247,7 @@ def test_failed_admin_authentication_is_logged_and_throttled(daemon_factory, mod
     log = d.stderr_text()
     lines = [l for l in log.splitlines() if "admin authentication failed from ipv4:127.0.0.1:" in l]
     assert 1 <= len(lines) <= 3 + int(elapsed), f"{len(lines)} log lines in {elapsed:.1f}s"
-    assert "refusing ipv4:127.0.0.1 for up to 10 s after 20 failed authentications" in log
+    assert "refusing ipv4:127.0.0.1 for up to 10 s after 100 failed authentications" in log
     ch.close()
 
 
