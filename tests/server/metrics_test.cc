@@ -41,28 +41,8 @@ TEST_CASE("request metrics and scrape-time state render in Prometheus format", "
 }
 
 namespace {
-// One HTTP exchange with the metrics server on 127.0.0.1:port.
-std::string HttpRequest(int port, const std::string& request) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return "connect failed";
-  }
-  (void)::send(fd, request.data(), request.size(), 0);
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
-}  // namespace
-
 // A connected TCP socket to 127.0.0.1:port (-1 on failure).
-static int Connect(int port) {
+int Connect(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -74,6 +54,19 @@ static int Connect(int port) {
   }
   return fd;
 }
+
+// One HTTP exchange with the metrics server on 127.0.0.1:port.
+std::string HttpRequest(int port, const std::string& request) {
+  const int fd = Connect(port);
+  if (fd < 0) return "connect failed";
+  (void)::send(fd, request.data(), request.size(), 0);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+}  // namespace
 
 TEST_CASE("the /metrics endpoint answers GET and refuses the rest", "[metrics]") {
   ModelRegistry registry;
