@@ -198,6 +198,39 @@ def test_oversize_message_is_resource_exhausted(stub):
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
 
 
+# The same limits on the native pt2serve.v1 API: (id, edit of a good RunRequest, code, needles).
+NATIVE_CASES = [
+    ("huge_model_name", lambda r, pb2: setattr(r, "model", "m" * MIB), INVALID,
+     ("model name is 1048576 bytes long",)),
+    ("huge_request_id", lambda r, pb2: setattr(r, "request_id", "i" * MIB), INVALID,
+     ("request_id is 1048576 bytes long",)),
+    ("huge_output_name", lambda r, pb2: r.outputs.append("o" * MIB), INVALID,
+     ("a requested output name is 1048576 bytes long",)),
+    ("rank_33", lambda r, pb2: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([1] * 33)),
+     INVALID, ("33 dims (at most 32)",)),
+    ("invalid_dtype", lambda r, pb2: setattr(r.inputs[0], "dtype", pb2.DT_INVALID), INVALID,
+     ("unsupported dtype",)),
+    ("negative_dim", lambda r, pb2: r.inputs[0].shape.__setitem__(0, -3), INVALID, ("negative",)),
+]
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=[c[0] for c in NATIVE_CASES])
+def test_malformed_native_request(server, pb, case):
+    _, edit, code, needles = case
+    pb2 = pb.inference_pb2
+    r = pb2.RunRequest(model="mlp", inputs=[pb2.Tensor(name="x", dtype=pb2.DT_FLOAT32,
+                                                       shape=[3, 16], data=X.tobytes())])
+    edit(r, pb2)
+    with server.channel() as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pb.inference_pb2_grpc.InferenceStub(ch).Run(r, timeout=RPC_TIMEOUT)
+    details = e.value.details() or ""
+    assert e.value.code() == code, f"{e.value.code().name}: {details[:300]}"
+    for needle in needles:
+        assert needle in details, f"{needle!r} not in {details[:300]!r}"
+    assert len(details) <= MAX_MESSAGE
+
+
 def test_zz_daemon_still_serves_after_the_catalogue(server, stub, refs):
     assert server.alive()
     ref = refs["mlp"]
