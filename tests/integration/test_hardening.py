@@ -315,3 +315,26 @@ def test_access_log_lines_cannot_be_forged(daemon_factory, model_dir):
                    log.splitlines())
     assert "id=r1\\nkserve model=mlp id=FORGED code=OK\\x1b[2J" in log
     assert "model=evil\\r\\nname" in log
+
+
+def test_admin_background_operations_are_bounded(daemon_factory, model_dir, pb):
+    """30 LoadModel calls at once: at most 8 run (each on its own thread); the rest are refused
+    at once with RESOURCE_EXHAUSTED instead of each spawning a thread."""
+    d = daemon_factory(models=mlp_only(model_dir), admin=True,
+                       server={"model_repository": str(model_dir)})
+    auth = [("authorization", f"Bearer {d.token}")]
+    with grpc.insecure_channel(d.admin_url) as ch:
+        admin = pb.admin_pb2_grpc.AdminStub(ch)
+        futures = [admin.LoadModel.future(
+            pb.admin_pb2.LoadModelRequest(name=f"m{i}", package_path="mlp.pt2"),
+            metadata=auth, timeout=120) for i in range(30)]
+        refused, loaded = [], 0
+        for f in futures:
+            try:
+                f.result()
+                loaded += 1
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
+                refused.append(e.details())
+    assert loaded >= 8 and refused, (loaded, len(refused))
+    assert "too many admin operations in progress (8)" in refused[0]
