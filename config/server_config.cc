@@ -15,6 +15,8 @@
 #include <map>
 #include <sstream>
 
+#include "common/limits.h"
+
 namespace pt2serve {
 namespace {
 
@@ -508,6 +510,12 @@ Status ValidateServerConfig(const ServerConfig& c) {
     const ModelEntry& m = c.models[i];
     const std::string p = "models[" + std::to_string(i) + "]";
     if (m.name.empty()) return Error(p + ".name", "must not be empty");
+    // The limits the servers apply to the same strings (common/limits.h).
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".name", m.name, kMaxModelNameBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".path", m.path, kMaxPathBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".weights_version", m.weights_version,
+                                    kMaxVersionLabelBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".weights_file", m.weights_file, kMaxPathBytes));
     if (!AllOf(m.name, IsNameChar) || m.name == "." || m.name == "..") {
       return Error(p + ".name", "'" + m.name + "' has characters outside [A-Za-z0-9_.-]");
     }
