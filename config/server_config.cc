@@ -15,6 +15,8 @@
 #include <map>
 #include <sstream>
 
+#include "common/limits.h"
+
 namespace pt2serve {
 namespace {
 
@@ -143,7 +145,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       {"inference_address", "admin_address", "metrics_address", "model_repository",
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
-       "tls"}));
+       "tls", "allow_compressed_requests"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
@@ -156,6 +158,8 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       ReadInt(s, "max_connection_age_grace_ms", p, &c->max_connection_age_grace_ms));
   PT2_RETURN_IF_ERROR(ReadBool(s, "allow_repository_admin_on_inference_port", p,
                                &c->allow_repository_admin_on_inference_port));
+  PT2_RETURN_IF_ERROR(
+      ReadBool(s, "allow_compressed_requests", p, &c->allow_compressed_requests));
 
   const YAML::Node auth = Get(s, "admin_auth");
   PT2_RETURN_IF_ERROR(CheckMap(auth, "server.admin_auth", {"token_file", "token_env"}));
@@ -557,6 +561,12 @@ Status ValidateServerConfig(const ServerConfig& c) {
     const ModelEntry& m = c.models[i];
     const std::string p = "models[" + std::to_string(i) + "]";
     if (m.name.empty()) return Error(p + ".name", "must not be empty");
+    // The limits the servers apply to the same strings (common/limits.h).
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".name", m.name, kMaxModelNameBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".path", m.path, kMaxPathBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".weights_version", m.weights_version,
+                                    kMaxVersionLabelBytes));
+    PT2_RETURN_IF_ERROR(CheckLength(p + ".weights_file", m.weights_file, kMaxPathBytes));
     if (!AllOf(m.name, IsNameChar) || m.name == "." || m.name == "..") {
       return Error(p + ".name", "'" + m.name + "' has characters outside [A-Za-z0-9_.-]");
     }

@@ -85,6 +85,10 @@ struct ServerConfig {
   int max_connection_age_grace_ms = 30000;
   // Serve KServe RepositoryModelLoad/Unload on the inference port too.
   bool allow_repository_admin_on_inference_port = false;
+  // Accept gzip/deflate-compressed request messages on the inference port.
+  // Off by default: gRPC inflates a message before checking its size, so a
+  // small compressed request can allocate far beyond max_message_bytes.
+  bool allow_compressed_requests = false;
   // Bearer token for the admin listener; see ResolveAdminToken().
   std::string admin_token_file;
   std::string admin_token_env;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 namespace pt2serve {
@@ -38,6 +39,24 @@ StatusOr<std::string> ReadEntry(zip_t* zip, zip_uint64_t index, const std::strin
   return data;
 }
 
+// Reads entry `index` to its end, which makes libzip check its CRC-32.
+Status VerifyEntry(zip_t* zip, zip_uint64_t index, const std::string& name) {
+  std::unique_ptr<zip_file_t, int (*)(zip_file_t*)> file(zip_fopen_index(zip, index, 0),
+                                                         zip_fclose);
+  if (!file) {
+    return InvalidArgument("cannot open archive entry " + name + ": " + zip_strerror(zip));
+  }
+  std::vector<char> buffer(1 << 20);
+  for (;;) {
+    const zip_int64_t got = zip_fread(file.get(), buffer.data(), buffer.size());
+    if (got == 0) return Status::Ok();
+    if (got < 0) {
+      return InvalidArgument("archive entry " + name + " is corrupt (" +
+                             zip_file_strerror(file.get()) + ")");
+    }
+  }
+}
+
 }  // namespace
 
 StatusOr<PackageFiles> ReadPackageFiles(const std::string& path, const std::string& model_name) {
@@ -64,6 +83,9 @@ StatusOr<PackageFiles> ReadPackageFiles(const std::string& path, const std::stri
     if (!raw) continue;
     std::string name = raw;
     files.entries.push_back(name);
+    if (Status intact = VerifyEntry(zip.get(), static_cast<zip_uint64_t>(i), name); !intact.ok()) {
+      return intact.WithPrefix("package " + path);
+    }
     const size_t at = name.find(dir);
     if (at == std::string::npos) continue;
     zip_stat_t st;

@@ -27,8 +27,10 @@ struct PackageFiles {
 };
 
 // Opens `path` as a zip and reads the files of model `model_name` (AOTI's
-// default is "model"). NOT_FOUND for a missing file, INVALID_ARGUMENT for
-// something that is not a zip or holds no AOTInductor model.
+// default is "model"). Every entry is read once so that libzip checks its
+// CRC-32. NOT_FOUND for a missing file, INVALID_ARGUMENT for something that is
+// not a zip, an entry that is corrupt (CRC or compressed data) or a package
+// that holds no AOTInductor model.
 StatusOr<PackageFiles> ReadPackageFiles(const std::string& path,
                                         const std::string& model_name = "model");
 

@@ -4,6 +4,8 @@
 
 #include <thread>
 
+#include "common/limits.h"
+
 #include "server/inference_service.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
@@ -72,9 +74,13 @@ AdminService::~AdminService() {
   background_done_.wait(lock, [&] { return background_ == 0; });
 }
 
-void AdminService::RunInBackground(std::function<void()> work) {
+Status AdminService::RunInBackground(std::function<void()> work) {
   {
     std::lock_guard lock(background_mu_);
+    if (background_ >= kMaxAdminBackground) {
+      return ResourceExhausted("too many admin operations in progress (" +
+                               std::to_string(kMaxAdminBackground) + "); retry when one finished");
+    }
     ++background_;
   }
   std::thread([this, work = std::move(work)] {
@@ -82,21 +88,27 @@ void AdminService::RunInBackground(std::function<void()> work) {
     std::lock_guard lock(background_mu_);
     if (--background_ == 0) background_done_.notify_all();
   }).detach();
+  return Status::Ok();
 }
 
-Status AdminService::Authenticate(grpc::CallbackServerContext* ctx) const {
-  if (token_.empty()) {
-    return Unauthenticated("the admin API has no token configured (server.admin_auth)");
-  }
+Status AdminService::Authenticate(grpc::CallbackServerContext* ctx) {
+  const std::string peer = ctx->peer();
+  PT2_RETURN_IF_ERROR(throttle_.Admit(peer));
+  Status result = Status::Ok();
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) return Unauthenticated("missing 'authorization: Bearer <token>' metadata");
-  std::string_view value(it->second.data(), it->second.size());
   constexpr std::string_view kPrefix = "Bearer ";
-  if (!value.starts_with(kPrefix) || !ConstantTimeEquals(value.substr(kPrefix.size()), token_)) {
-    return Unauthenticated("invalid admin token");
+  if (token_.empty()) {
+    result = Unauthenticated("the admin API has no token configured (server.admin_auth)");
+  } else if (it == md.end()) {
+    result = Unauthenticated("missing 'authorization: Bearer <token>' metadata");
+  } else if (std::string_view value(it->second.data(), it->second.size());
+             !value.starts_with(kPrefix) ||
+             !ConstantTimeEquals(value.substr(kPrefix.size()), token_)) {
+    result = Unauthenticated("invalid admin token");
   }
-  return Status::Ok();
+  if (!result.ok()) throttle_.RecordFailure(peer, result);
+  return result;
 }
 
 namespace {
@@ -149,9 +161,17 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
                                                   const pt2serve::v1::LoadModelRequest* request,
                                                   pt2serve::v1::LoadModelResponse* response) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
+  if (Status length = CheckLength("model name", request->name(), kMaxModelNameBytes);
+      !length.ok()) {
+    return FinishUnary(ctx, length);
+  }
   if (!ValidName(request->name())) {
-    return FinishUnary(ctx, InvalidArgument("model name '" + request->name() +
+    return FinishUnary(ctx, InvalidArgument("model name '" + Printable(request->name()) +
                                       "' must be non-empty and use only [A-Za-z0-9_.-]"));
+  }
+  if (Status length = CheckLength("package_path", request->package_path(), kMaxPathBytes);
+      !length.ok()) {
+    return FinishUnary(ctx, length);
   }
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
     return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
@@ -168,7 +188,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
                              : IsolationFromName(request->isolation());
   if (!isolation) {
     return FinishUnary(ctx, InvalidArgument("isolation must be 'in_process' or 'process', got '" +
-                                            request->isolation().substr(0, 64) + "'"));
+                                            Printable(request->isolation()) + "'"));
   }
   ModelConfig config = repository_.defaults();
   config.isolation = *isolation;
@@ -191,7 +211,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   }
   auto* reactor = ctx->DefaultReactor();
   // Loading takes a while (package extraction, dlopen): off the gRPC thread.
-  RunInBackground([this, reactor, config, response] {
+  Status started = RunInBackground([this, reactor, config, response] {
     Status status = repository_.Load(config);
     if (status.ok()) {
       if (auto st = registry_.GetStatus(config.name); st.ok()) {
@@ -200,6 +220,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
     }
     reactor->Finish(ToGrpcStatus(status));
   });
+  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
   return reactor;
 }
 
@@ -207,11 +228,16 @@ grpc::ServerUnaryReactor* AdminService::UnloadModel(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::UnloadModelRequest* request,
     pt2serve::v1::UnloadModelResponse*) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
+  if (Status length = CheckLength("model name", request->name(), kMaxModelNameBytes);
+      !length.ok()) {
+    return FinishUnary(ctx, length);
+  }
   auto* reactor = ctx->DefaultReactor();
   // Unloading waits for in-flight requests: off the gRPC thread.
-  RunInBackground([this, reactor, name = request->name()] {
+  Status started = RunInBackground([this, reactor, name = request->name()] {
     reactor->Finish(ToGrpcStatus(repository_.Unload(name)));
   });
+  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
   return reactor;
 }
 
@@ -254,13 +280,19 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
                                                  pt2serve::v1::SwapResponse* response,
                                                  bool rollback) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
+  for (Status length : {CheckLength("model name", model, kMaxModelNameBytes),
+                        CheckLength("expected_version", expected_version, kMaxVersionLabelBytes),
+                        CheckLength("expected_active_version", expected_active,
+                                    kMaxVersionLabelBytes)}) {
+    if (!length.ok()) return FinishUnary(ctx, length);
+  }
   auto handle = registry_.Get(model);
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   // A swap waits for in-flight requests (about one inference): off the gRPC thread.
-  RunInBackground([this, reactor, response, shared, model, expected_version, expected_active,
-                   rollback] {
+  Status started = RunInBackground([this, reactor, response, shared, model, expected_version,
+                                    expected_active, rollback] {
     auto& weights = (*shared)->weights();
     auto result = rollback ? weights.Rollback() : weights.Swap(expected_version, expected_active);
     if (result.ok()) {
@@ -283,6 +315,7 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
     }
     reactor->Finish(ToGrpcStatus(result.status()));
   });
+  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
   return reactor;
 }
 
@@ -303,11 +336,15 @@ grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::FreeInactiveRequest* request,
     pt2serve::v1::FreeInactiveResponse* response) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
+  if (Status length = CheckLength("model name", request->model(), kMaxModelNameBytes);
+      !length.ok()) {
+    return FinishUnary(ctx, length);
+  }
   auto handle = registry_.Get(request->model());
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
-  RunInBackground([this, reactor, response, shared, model = request->model()] {
+  Status started = RunInBackground([this, reactor, response, shared, model = request->model()] {
     auto freed = (*shared)->weights().FreeInactive();
     if (freed.ok()) {
       response->set_model(model);
@@ -318,6 +355,7 @@ grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
     }
     reactor->Finish(ToGrpcStatus(freed.status()));
   });
+  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
   return reactor;
 }
 
@@ -325,6 +363,10 @@ grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::ConstantBufferStatusRequest* request,
     pt2serve::v1::ConstantBufferStatus* response) {
   if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
+  if (Status length = CheckLength("model name", request->model(), kMaxModelNameBytes);
+      !length.ok()) {
+    return FinishUnary(ctx, length);
+  }
   auto handle = registry_.Get(request->model());
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   const BufferStatus st = (*handle)->weights().status();

@@ -1,6 +1,10 @@
 // pt2serve.v1.Admin: model load/unload and weight hot-swap, served only on
 // the admin listener and only to callers presenting the bearer token
 // ("authorization: Bearer <token>"); anything else is UNAUTHENTICATED.
+// Failures are logged with the peer address and throttled per host
+// (AuthThrottle). Blocking operations (load, unload, swap, free) run on
+// background threads, at most kMaxAdminBackground at once; beyond that a call
+// is refused with RESOURCE_EXHAUSTED.
 #pragma once
 
 #include <chrono>
@@ -13,12 +17,15 @@
 
 #include "pt2serve/v1/admin.grpc.pb.h"
 #include "runtime/model_registry.h"
+#include "server/auth_throttle.h"
 #include "server/model_repository.h"
 
 namespace pt2serve::server {
 
 class UpdateReactor;
 struct UploadGuard;
+
+inline constexpr int kMaxAdminBackground = 8;
 
 class AdminService final : public pt2serve::v1::Admin::CallbackService {
  public:
@@ -69,14 +76,16 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
     std::string text;
     std::chrono::system_clock::time_point at;
   };
-  Status Authenticate(grpc::CallbackServerContext* ctx) const;
+  Status Authenticate(grpc::CallbackServerContext* ctx);
   // Runs `work` on its own thread (it blocks: loads, drains); the destructor
-  // waits for it, so it never outlives the registry.
-  void RunInBackground(std::function<void()> work);
+  // waits for it, so it never outlives the registry. RESOURCE_EXHAUSTED (and
+  // `work` is not run) when kMaxAdminBackground operations are running.
+  Status RunInBackground(std::function<void()> work);
 
   ModelRegistry& registry_;
   ModelRepository& repository_;
   const std::string token_;
+  AuthThrottle throttle_;
   std::mutex background_mu_;
   std::condition_variable background_done_;
   int background_ = 0;  // guarded by background_mu_

@@ -1,5 +1,6 @@
 #include "server/inference_core.h"
 
+#include "common/limits.h"
 #include "server/logging.h"
 
 namespace pt2serve::server {
@@ -8,6 +9,35 @@ namespace {
 int64_t BatchSize(const InferRequest& request) {
   if (request.inputs.empty() || request.inputs[0].shape.empty()) return 1;
   return request.inputs[0].shape[0];
+}
+
+// Longest runtime error text a client gets.
+constexpr size_t kMaxRuntimeErrorBytes = 200;
+
+// A runtime failure as a client sees it: its first line, cut before any
+// backtrace, with path-like words replaced, at most kMaxRuntimeErrorBytes.
+// Only INTERNAL and UNKNOWN are rewritten; the other codes carry messages the
+// server wrote for the client.
+Status ForClient(const Status& status) {
+  if (status.code() != StatusCode::kInternal && status.code() != StatusCode::kUnknown) {
+    return status;
+  }
+  std::string_view first = status.message();
+  first = first.substr(0, first.find('\n'));
+  if (auto at = first.find("Exception raised from"); at != std::string_view::npos) {
+    first = first.substr(0, at);
+  }
+  std::string text;
+  size_t pos = 0;
+  while (pos < first.size()) {
+    const size_t end = std::min(first.find(' ', pos), first.size());
+    const std::string_view word = first.substr(pos, end - pos);
+    text += word.find('/') != std::string_view::npos ? "<path>" : std::string(word);
+    if (end < first.size()) text += ' ';
+    pos = end + 1;
+  }
+  if (text.size() > kMaxRuntimeErrorBytes) text = text.substr(0, kMaxRuntimeErrorBytes) + "...";
+  return Status(status.code(), text + " (details in the server log)");
 }
 
 }  // namespace
@@ -54,12 +84,15 @@ void InferenceCore::Record(Protocol protocol, const std::string& model, const st
   metrics_.RecordRequest(MetricLabel(model, stats), protocol, status.code(), timing, total);
   if (stats && !status.ok()) stats->RecordFailure(total);
   if (access_log_) {
+    // Client strings are escaped (no forged lines) and cut short.
     access_logger_->info("{} model={} id={} code={} total_us={} queue_us={} compute_us={}{}{}",
-                         ProtocolName(protocol), model, id, StatusCodeName(status.code()),
+                         ProtocolName(protocol), Printable(model, kMaxModelNameBytes),
+                         Printable(id, kMaxRequestIdBytes), StatusCodeName(status.code()),
                          std::chrono::duration_cast<std::chrono::microseconds>(total).count(),
                          std::chrono::duration_cast<std::chrono::microseconds>(timing.queue).count(),
                          std::chrono::duration_cast<std::chrono::microseconds>(timing.compute).count(),
-                         status.ok() ? "" : " error=", status.message());
+                         status.ok() ? "" : " error=",
+                         Printable(status.message(), kMaxClientMessageBytes));
   }
 }
 
@@ -99,8 +132,14 @@ void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol pro
   auto on_done = [this, shared, stats, protocol, model, id, batch, received, decode_time,
                   reply = std::move(reply)](StatusOr<InferResponse> result) mutable {
     if (!result.ok()) {
-      Record(protocol, model, id, result.status(), {}, received, stats.get());
-      reply.finish(result.status());
+      const Status shown = ForClient(result.status());
+      if (shown.message() != result.status().message()) {
+        Logger("inference")->warn("model '{}' request '{}' failed: {}", model,
+                                  Printable(id, kMaxRequestIdBytes),
+                                  result.status().message());
+      }
+      Record(protocol, model, id, shown, {}, received, stats.get());
+      reply.finish(shown);
       return;
     }
     InferResponse& response = *result;

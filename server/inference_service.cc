@@ -1,5 +1,6 @@
 #include "server/inference_service.h"
 
+#include "common/limits.h"
 #include "server/batching_convert.h"
 
 #include "server/infer_reactor.h"
@@ -33,6 +34,19 @@ void FillSpec(const TensorSpec& spec, pt2serve::v1::TensorSpec* out) {
   }
 }
 
+// Lengths of the request's strings, before any of them is echoed.
+Status CheckRunStrings(const pt2serve::v1::RunRequest& request) {
+  PT2_RETURN_IF_ERROR(CheckLength("model name", request.model(), kMaxModelNameBytes));
+  PT2_RETURN_IF_ERROR(CheckLength("request_id", request.request_id(), kMaxRequestIdBytes));
+  for (const auto& in : request.inputs()) {
+    PT2_RETURN_IF_ERROR(CheckLength("an input name", in.name(), kMaxTensorNameBytes));
+  }
+  for (const auto& out : request.outputs()) {
+    PT2_RETURN_IF_ERROR(CheckLength("a requested output name", out, kMaxTensorNameBytes));
+  }
+  return Status::Ok();
+}
+
 int64_t Micros(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
 }
@@ -59,7 +73,8 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
                                                 pt2serve::v1::RunResponse* response) {
   const auto received = Clock::now();
   auto* reactor = new InferReactor();
-  auto inputs = DecodeRunInputs(*request);
+  Status checked = CheckRunStrings(*request);
+  auto inputs = checked.ok() ? DecodeRunInputs(*request) : StatusOr<std::vector<Tensor>>(checked);
   if (!inputs.ok()) {
     core_.RecordEarlyFailure(Protocol::kNative, request->model(), request->request_id(),
                              inputs.status(), received);
@@ -99,6 +114,9 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* ctx,
                                                      const pt2serve::v1::GetModelRequest* request,
                                                      pt2serve::v1::ModelInfo* response) {
+  if (Status name = CheckLength("model name", request->name(), kMaxModelNameBytes); !name.ok()) {
+    return FinishUnary(ctx, name);
+  }
   auto status = registry_.GetStatus(request->name());
   if (!status.ok()) return FinishUnary(ctx, status.status());
   response->set_name(status->name);

@@ -1,5 +1,7 @@
 #include "server/kserve_service.h"
 
+#include "common/limits.h"
+
 #include "server/infer_reactor.h"
 #include "server/stream_infer_reactor.h"
 #include "server/status_mapping.h"
@@ -11,16 +13,32 @@ namespace {
 constexpr char kPlatform[] = "pytorch_aoti";
 constexpr char kVersion[] = "1";  // pt2serve serves one version per model
 
-// Only version "" or "1" exists.
+// Only version "" or "1" exists. Also bounds the model name, which every
+// caller checks through here first.
 Status CheckVersion(const std::string& model, const std::string& version) {
+  PT2_RETURN_IF_ERROR(CheckLength("model name", model, kMaxModelNameBytes));
   if (version.empty() || version == kVersion) return Status::Ok();
-  return NotFound("model '" + model + "' has no version '" + version + "' (only '1')");
+  return NotFound("model '" + Printable(model) + "' has no version '" + Printable(version) +
+                  "' (only '1')");
 }
 
 StatusOr<ModelHandle> ReadyModel(ModelRegistry& registry, const std::string& name,
                                  const std::string& version) {
   PT2_RETURN_IF_ERROR(CheckVersion(name, version));
   return registry.Get(name);
+}
+
+// Lengths of the request's strings, before any of them is echoed.
+Status CheckRequestStrings(const inference::ModelInferRequest& request) {
+  PT2_RETURN_IF_ERROR(CheckVersion(request.model_name(), request.model_version()));
+  PT2_RETURN_IF_ERROR(CheckLength("request id", request.id(), kMaxRequestIdBytes));
+  for (const auto& in : request.inputs()) {
+    PT2_RETURN_IF_ERROR(CheckLength("an input name", in.name(), kMaxTensorNameBytes));
+  }
+  for (const auto& out : request.outputs()) {
+    PT2_RETURN_IF_ERROR(CheckLength("a requested output name", out.name(), kMaxTensorNameBytes));
+  }
+  return Status::Ok();
 }
 
 void FillMetadata(const TensorSpec& spec, inference::ModelMetadataResponse::TensorMetadata* out) {
@@ -53,14 +71,21 @@ Status RequestTimeout(const inference::ModelInferRequest& request, Deadline& dea
   auto it = request.parameters().find("timeout");
   if (it == request.parameters().end()) return Status::Ok();
   const auto& p = it->second;
+  // Longer timeouts are treated as this long (and cannot overflow the clock).
+  constexpr int64_t kMaxTimeoutUs = int64_t{366} * 24 * 3600 * 1'000'000;
   int64_t us = 0;
   if (p.parameter_choice_case() == inference::InferParameter::kInt64Param) {
     us = p.int64_param();
+    if (us < 0) {
+      return InvalidArgument("parameter 'timeout' must be >= 0 microseconds (0 = none), got " +
+                             std::to_string(us));
+    }
   } else if (p.parameter_choice_case() == inference::InferParameter::kUint64Param) {
-    us = static_cast<int64_t>(p.uint64_param());
+    us = static_cast<int64_t>(std::min<uint64_t>(p.uint64_param(), kMaxTimeoutUs));
   } else {
     return InvalidArgument("parameter 'timeout' must be an integer (microseconds)");
   }
+  us = std::min(us, kMaxTimeoutUs);
   if (us > 0) deadline = std::min(deadline, Clock::now() + std::chrono::microseconds(us));
   return Status::Ok();
 }
@@ -265,6 +290,10 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelLoad(
                                        "admin listener or enable "
                                        "allow_repository_admin_on_inference_port"));
   }
+  if (Status name = CheckLength("model name", request->model_name(), kMaxModelNameBytes);
+      !name.ok()) {
+    return FinishUnary(ctx, name);
+  }
   pt2serve::ModelConfig config = repository_.defaults();
   config.name = request->model_name();
   config.path.clear();
@@ -279,18 +308,23 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
                                        "admin listener or enable "
                                        "allow_repository_admin_on_inference_port"));
   }
+  if (Status name = CheckLength("model name", request->model_name(), kMaxModelNameBytes);
+      !name.ok()) {
+    return FinishUnary(ctx, name);
+  }
   return FinishUnary(ctx, repository_.Unload(request->model_name()));
 }
 
 Status BuildInferRequest(const inference::ModelInferRequest& request,
                          std::chrono::system_clock::time_point grpc_deadline,
                          InferRequest& infer) {
-  PT2_RETURN_IF_ERROR(CheckVersion(request.model_name(), request.model_version()));
+  PT2_RETURN_IF_ERROR(CheckRequestStrings(request));
   infer.id = request.id();
   infer.deadline = DeadlineFromSystem(grpc_deadline);
   PT2_RETURN_IF_ERROR(RequestTimeout(request, infer.deadline));
   PT2_RETURN_IF_ERROR(RequestPriority(request, infer.priority));
   PT2_ASSIGN_OR_RETURN(infer.inputs, DecodeKServeInputs(request));
+  PT2_RETURN_IF_ERROR(CheckKServeOutputs(request));
   for (const auto& out : request.outputs()) infer.outputs.push_back(out.name());
   return Status::Ok();
 }
@@ -325,8 +359,8 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   return reactor;
 }
 
-grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
-KServeService::ModelStreamInfer(grpc::CallbackServerContext* ctx) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KServeService::ModelStreamInfer(
+    grpc::CallbackServerContext* ctx) {
   return new StreamInferReactor(core_, ctx);
 }
 

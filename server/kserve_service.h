@@ -35,7 +35,24 @@ Status BuildInferRequest(const inference::ModelInferRequest& request,
 void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
                          inference::ModelInferResponse& response);
 
-class KServeService final : public inference::GRPCInferenceService::CallbackService {
+// The generated CallbackService, except that ModelStreamInfer is a raw-bytes
+// method (StreamInferReactor parses each message itself, so it can tell a
+// message that does not parse from a half-close).
+using KServeServiceBase = inference::GRPCInferenceService::WithCallbackMethod_ServerLive<
+    inference::GRPCInferenceService::WithCallbackMethod_ServerReady<
+    inference::GRPCInferenceService::WithCallbackMethod_ModelReady<
+    inference::GRPCInferenceService::WithCallbackMethod_ServerMetadata<
+    inference::GRPCInferenceService::WithCallbackMethod_ModelMetadata<
+    inference::GRPCInferenceService::WithCallbackMethod_ModelInfer<
+    inference::GRPCInferenceService::WithRawCallbackMethod_ModelStreamInfer<
+    inference::GRPCInferenceService::WithCallbackMethod_ModelConfig<
+    inference::GRPCInferenceService::WithCallbackMethod_ModelStatistics<
+    inference::GRPCInferenceService::WithCallbackMethod_RepositoryIndex<
+    inference::GRPCInferenceService::WithCallbackMethod_RepositoryModelLoad<
+    inference::GRPCInferenceService::WithCallbackMethod_RepositoryModelUnload<
+    inference::GRPCInferenceService::Service>>>>>>>>>>>>;
+
+class KServeService final : public KServeServiceBase {
  public:
   // All references must outlive the service.
   KServeService(ModelRegistry& registry, InferenceCore& core, StatsTable& stats,
@@ -77,8 +94,8 @@ class KServeService final : public inference::GRPCInferenceService::CallbackServ
   // Triton's streaming extension: requests and responses on one stream,
   // responses in completion order; a failed request answers with
   // error_message and the stream goes on.
-  grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
-  ModelStreamInfer(grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ModelStreamInfer(
+      grpc::CallbackServerContext* ctx) override;
 
  private:
   ModelRegistry& registry_;

@@ -8,17 +8,20 @@
 // Flags override the config file. SIGTERM/SIGINT: health turns NOT_SERVING at
 // once while requests are still served for drain_delay_ms (a second signal
 // cuts that short), then stop accepting, drain in-flight requests
-// (drain_timeout_ms), unload models, exit 0.
+// (drain_timeout_ms), unload models, exit 0. A signal that arrives while that
+// shutdown is under way exits at once with status 1, without draining.
 #include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config/server_config.h"
@@ -223,6 +226,17 @@ int main(int argc, char** argv) {
       server::Logger("server")->info("second signal: ending the drain delay early");
     }
   }
+  // From here on one more signal means "now": the drain may be waiting on
+  // clients that never finish. The thread blocks in sigwait until then; it is
+  // detached, so a normal exit does not wait for it.
+  std::thread([signals] {
+    int again = 0;
+    sigwait(&signals, &again);
+    server::Logger("server")->warn("received {} during shutdown: exiting now without draining",
+                                   again == SIGTERM ? "SIGTERM" : "SIGINT");
+    server::Logger("server")->flush();
+    std::_Exit(1);
+  }).detach();
   (*server)->Shutdown();
   server->reset();
   return 0;

@@ -1,7 +1,9 @@
 #include "server/metrics.h"
 
+#include <netdb.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
+#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -10,7 +12,6 @@
 #include <exception>
 
 #include "devices/device_memory.h"
-#include "server/metrics_http_server.h"
 
 namespace pt2serve::server {
 namespace {
@@ -44,6 +45,39 @@ prometheus::MetricFamily Family(std::string name, std::string help, prometheus::
   f.help = std::move(help);
   f.type = type;
   return f;
+}
+
+// Civetweb's listening_ports value for "host:port": civetweb takes numeric
+// addresses only, so a host name is resolved here (first address wins).
+StatusOr<std::string> CivetListeningPort(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return InvalidArgument("metrics address '" + address + "' is not host:port");
+  }
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5) {
+    return InvalidArgument("metrics address '" + address + "': port '" + port +
+                           "' is not a number");
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) return port;  // every interface
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0) {
+    return Unavailable("cannot resolve metrics address '" + address + "': " + gai_strerror(rc));
+  }
+  char numeric[NI_MAXHOST] = {};
+  const int rc = getnameinfo(found->ai_addr, found->ai_addrlen, numeric, sizeof(numeric), nullptr,
+                             0, NI_NUMERICHOST);
+  const bool v6 = found->ai_family == AF_INET6;
+  freeaddrinfo(found);
+  if (rc != 0) return Unavailable("cannot resolve metrics address '" + address + "'");
+  return v6 ? "[" + std::string(numeric) + "]:" + port : std::string(numeric) + ":" + port;
 }
 
 }  // namespace
@@ -152,19 +186,33 @@ Metrics::Metrics(const ModelRegistry& registry)
                         .Register(*prom_);
 }
 
-Metrics::~Metrics() { http_.reset(); }  // stop serving before the registry goes
+Metrics::~Metrics() { exposer_.reset(); }  // stop serving before the registry goes
 
 StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& address,
                                                    const ModelRegistry& registry) {
   std::unique_ptr<Metrics> metrics(new Metrics(registry));
-  if (!address.empty()) {
-    PT2_ASSIGN_OR_RETURN(metrics->http_,
-                         MetricsHttpServer::Start(address, [m = metrics.get()] { return m->Render(); }));
+  if (address.empty()) return metrics;
+  PT2_ASSIGN_OR_RETURN(const std::string listen, CivetListeningPort(address));
+  try {
+    metrics->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen,
+        "num_threads", std::to_string(kMetricsThreads),
+        "request_timeout_ms", std::to_string(kMetricsRequestTimeout.count()),
+        "enable_keep_alive", "no"});
+  } catch (const std::exception& e) {
+    // civetweb reports a taken port (and any other bind failure) by throwing.
+    return Unavailable("cannot serve /metrics on " + address + ": " + e.what());
   }
+  metrics->exposer_->RegisterCollectable(metrics->prom_);
+  metrics->exposer_->RegisterCollectable(metrics->state_);
   return metrics;
 }
 
-int Metrics::port() const { return http_ ? http_->port() : 0; }
+int Metrics::port() const {
+  if (!exposer_) return 0;
+  const auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
 
 Metrics::Series& Metrics::SeriesFor(const std::string& model, Protocol protocol,
                                     StatusCode code) {
@@ -216,8 +264,36 @@ void Metrics::RecordBatch(const std::string& model, int64_t rows) {
   h->Observe(static_cast<double>(rows));
 }
 
+void Metrics::RemoveModel(const std::string& model) {
+  std::string prefix = model;
+  prefix += '\0';
+  std::lock_guard lock(mu_);
+  for (auto it = series_.begin(); it != series_.end();) {
+    if (!it->first.starts_with(prefix)) {
+      ++it;
+      continue;
+    }
+    // Histograms are shared by the series of every code: Remove ignores a
+    // metric that is already gone.
+    requests_->Remove(it->second->requests);
+    queue_seconds_->Remove(it->second->queue);
+    compute_seconds_->Remove(it->second->compute);
+    request_seconds_->Remove(it->second->total);
+    it = series_.erase(it);
+  }
+  const prometheus::Labels labels = {{"model", model}};
+  if (load_seconds_->Has(labels)) load_seconds_->Remove(&load_seconds_->Add(labels, LatencyBuckets()));
+  if (load_failures_->Has(labels)) load_failures_->Remove(&load_failures_->Add(labels));
+  if (auto it = batch_series_.find(model); it != batch_series_.end()) {
+    batch_rows_->Remove(it->second);
+    batch_series_.erase(it);
+  }
+}
+
 void Metrics::RecordStateChange(const ModelStatus& status) {
-  if (status.state == ModelState::kReady) {
+  if (status.state == ModelState::kUnloaded) {
+    RemoveModel(status.name);
+  } else if (status.state == ModelState::kReady) {
     load_seconds_->Add({{"model", status.name}}, LatencyBuckets())
         .Observe(Seconds(status.load_duration));
   } else if (status.state == ModelState::kFailed) {

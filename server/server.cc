@@ -136,6 +136,12 @@ Status Server::BuildListeners() {
       builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
                                  config_.max_connection_age_grace_ms);
     }
+    if (!config_.allow_compressed_requests) {
+      // Only "identity": a compressed request is refused (UNIMPLEMENTED)
+      // from its headers, before anything is inflated.
+      builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
+                                 1 << GRPC_COMPRESS_NONE);
+    }
     builder.AddListeningPort(config_.inference_address, creds, &inference_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
@@ -157,6 +163,10 @@ Status Server::BuildListeners() {
     grpc::ServerBuilder builder;
     PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls, "server.tls.admin"));
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    // Weight uploads are large and trusted only after authentication, which
+    // runs after decompression: never inflate on the admin port.
+    builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
+                               1 << GRPC_COMPRESS_NONE);
     builder.AddListeningPort(config_.admin_address, creds, &admin_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.RegisterService(admin_.get());
@@ -283,8 +293,7 @@ void Server::BeginDrain() {
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
 void Server::Shutdown() {
-  if (shut_down_) return;
-  shut_down_ = true;
+  if (shut_down_.exchange(true)) return;
   auto log = Logger("server");
   log->info("shutting down: draining in-flight requests (up to {} ms)", config_.drain_timeout_ms);
   if (inference_server_) {

@@ -97,7 +97,7 @@ class Server {
   std::unique_ptr<grpc::Server> admin_server_;
   int inference_port_ = 0;
   int admin_port_ = 0;
-  bool shut_down_ = false;
+  std::atomic<bool> shut_down_{false};  // read by health updates on any thread
   std::atomic<bool> draining_{false};
   // Models whose start-up weights are not (yet) live; they report not ready.
   mutable std::mutex pending_mu_;

@@ -8,26 +8,43 @@
 // `error_message` and the stream continues. The RPC finishes OK once the
 // client has half-closed and every request has been answered.
 //
+// Flow control: the next message is read only while fewer than
+// kMaxStreamOutstanding requests are outstanding (started, or answered and
+// not yet written) and they hold less than kMaxStreamOutstandingBytes; a
+// client that never reads its responses therefore stops being read, and
+// HTTP/2 flow control pushes back on its sender.
+//
+// Messages are read and written as raw bytes and parsed here: a message that
+// does not parse ends the stream with INVALID_ARGUMENT naming its position
+// (after the requests before it are answered), instead of looking like a
+// half-close.
+//
+// Cancellation (client cancel, deadline, broken stream) cancels every queued
+// request of the stream and drops the unwritten responses.
+//
 // Thread-safety: gRPC reactions and inference completions (pool threads) meet
 // under mu_. Finish() is called once, outside mu_, and nothing touches the
 // reactor after it (OnDone may delete it right away).
 #pragma once
 
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <vector>
 
 #include "kserve/grpc_service.pb.h"
 #include "server/inference_core.h"
 
 namespace pt2serve::server {
 
-class StreamInferReactor final
-    : public grpc::ServerBidiReactor<inference::ModelInferRequest,
-                                     inference::ModelStreamInferResponse> {
+inline constexpr int kMaxStreamOutstanding = 64;
+inline constexpr size_t kMaxStreamOutstandingBytes = 64u << 20;
+
+class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamInferReactor(InferenceCore& core, grpc::CallbackServerContext* ctx);
 
@@ -37,24 +54,38 @@ class StreamInferReactor final
   void OnDone() override { delete this; }
 
  private:
-  // Queues one response and starts writing if no write is outstanding.
-  void Respond(std::unique_ptr<inference::ModelStreamInferResponse> response);
+  struct Outgoing {
+    grpc::ByteBuffer bytes;
+    size_t size = 0;
+  };
+  // Starts `request` (message number `index`, `wire_bytes` long on the wire).
+  void Start(std::shared_ptr<inference::ModelInferRequest> request, size_t wire_bytes);
+  // Answers call `key`: queues `response` and starts writing if idle.
+  void Respond(uint64_t key, size_t request_bytes,
+               const inference::ModelStreamInferResponse& response);
+  // Starts the next read if flow control allows. REQUIRES: mu_ held.
+  void MaybeReadLocked();
   // Finishes the RPC when reading is over and nothing is pending. Must be the
   // caller's last use of the reactor.
   void MaybeFinish();
 
   InferenceCore& core_;
   grpc::CallbackServerContext* const ctx_;
-  inference::ModelInferRequest request_;  // the read target
+  grpc::ByteBuffer read_buffer_;  // the read target; only touched by the read reaction
 
   std::mutex mu_;  // guards everything below
-  std::deque<std::unique_ptr<inference::ModelStreamInferResponse>> to_write_;  // front in flight
+  std::deque<Outgoing> to_write_;  // front in flight while writing_
   bool writing_ = false;
   bool write_failed_ = false;  // the client went away: drop further responses
-  bool reading_done_ = false;
+  bool reading_ = false;       // a read is in flight
+  bool reading_done_ = false;  // no further read will be started
   bool finished_ = false;
-  int pending_ = 0;  // requests started and not answered yet
-  std::vector<std::shared_ptr<PendingCall>> calls_;  // to cancel on OnCancel
+  uint64_t messages_ = 0;      // messages read so far
+  int pending_ = 0;            // requests started and not answered yet
+  size_t outstanding_bytes_ = 0;  // of pending requests and unwritten responses
+  grpc::Status final_status_ = grpc::Status::OK;
+  uint64_t next_key_ = 0;
+  std::map<uint64_t, std::shared_ptr<PendingCall>> calls_;  // unanswered, to cancel on OnCancel
 };
 
 }  // namespace pt2serve::server

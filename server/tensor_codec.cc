@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/limits.h"
+
 namespace pt2serve::server {
 namespace {
 
@@ -32,8 +34,15 @@ const WireType& Wire(DType dtype) {
   return kWireTypes[0];  // unreachable: every DType is listed
 }
 
+// More dims than any model takes; bounds what an error message can echo.
+constexpr int kMaxRank = 32;
+
 Status ReadShape(const std::string& name, const google::protobuf::RepeatedField<int64_t>& dims,
                  Shape& shape) {
+  if (dims.size() > kMaxRank) {
+    return InvalidArgument("input '" + name + "': shape has " + std::to_string(dims.size()) +
+                           " dims (at most " + std::to_string(kMaxRank) + ")");
+  }
   shape.assign(dims.begin(), dims.end());
   for (int64_t d : shape) {
     if (d < 0) {
@@ -50,6 +59,56 @@ Tensor Pack(const std::string& name, DType dtype, Shape shape,
             const google::protobuf::RepeatedField<Wire>& values) {
   std::vector<Elem> packed(values.begin(), values.end());
   return Tensor::FromVector(name, dtype, std::move(shape), std::move(packed));
+}
+
+// The name of the one typed field `contents` uses: INVALID_ARGUMENT when it
+// uses several, or one that does not belong to `dtype`.
+Status CheckTypedField(const inference::ModelInferRequest::InferInputTensor& in, DType dtype) {
+  const auto& c = in.contents();
+  const std::pair<const char*, int> used[] = {
+      {"bool_contents", c.bool_contents_size()},   {"int_contents", c.int_contents_size()},
+      {"int64_contents", c.int64_contents_size()}, {"uint_contents", c.uint_contents_size()},
+      {"uint64_contents", c.uint64_contents_size()}, {"fp32_contents", c.fp32_contents_size()},
+      {"fp64_contents", c.fp64_contents_size()},   {"bytes_contents", c.bytes_contents_size()}};
+  std::string first;
+  for (const auto& [field, count] : used) {
+    if (count == 0) continue;
+    if (!first.empty()) {
+      return InvalidArgument("input '" + in.name() + "' sets both " + first + " and " + field +
+                             "; a tensor's values go in one field");
+    }
+    first = field;
+  }
+  const char* want = nullptr;
+  switch (dtype) {
+    case DType::kBool: want = "bool_contents"; break;
+    case DType::kInt8: case DType::kInt16: case DType::kInt32: want = "int_contents"; break;
+    case DType::kInt64: want = "int64_contents"; break;
+    case DType::kUInt8: want = "uint_contents"; break;
+    case DType::kFloat32: want = "fp32_contents"; break;
+    case DType::kFloat64: want = "fp64_contents"; break;
+    case DType::kFloat16: case DType::kBFloat16: break;
+  }
+  if (!first.empty() && want && first != want) {
+    return InvalidArgument("input '" + in.name() + "' is " + std::string(KServeDatatype(dtype)) +
+                           " but sets " + first + " (want " + want + ")");
+  }
+  return Status::Ok();
+}
+
+// Tensor-level parameters: pt2serve implements none (no shared memory, no
+// classification outputs), so any is refused rather than ignored.
+Status CheckTensorParameters(
+    std::string_view what, const std::string& name,
+    const google::protobuf::Map<std::string, inference::InferParameter>& parameters) {
+  if (parameters.empty()) return Status::Ok();
+  const std::string key = parameters.begin()->first;
+  const bool shm = key.starts_with("shared_memory");
+  return InvalidArgument(std::string(what) + " '" + name + "': parameter '" + Printable(key) +
+                         "' is not supported" +
+                         (shm ? " (pt2serve has no shared-memory extension; send the data in "
+                                "the request)"
+                              : key == "classification" ? " (no classification extension)" : ""));
 }
 
 // Decodes `contents` for one input; the element count is checked later
@@ -95,7 +154,7 @@ StatusOr<DType> DTypeFromKServe(std::string_view datatype) {
   for (const auto& w : kWireTypes) {
     if (w.kserve == datatype) return w.dtype;
   }
-  return InvalidArgument("unsupported datatype '" + std::string(datatype) + "'");
+  return InvalidArgument("unsupported datatype '" + Printable(datatype) + "'");
 }
 
 StatusOr<DType> FromProtoDType(pt2serve::v1::DataType dtype) {
@@ -119,6 +178,7 @@ StatusOr<std::vector<Tensor>> DecodeKServeInputs(const inference::ModelInferRequ
     const auto& in = request.inputs(i);
     auto dtype = DTypeFromKServe(in.datatype());
     if (!dtype.ok()) return dtype.status().WithPrefix("input '" + in.name() + "'");
+    PT2_RETURN_IF_ERROR(CheckTensorParameters("input", in.name(), in.parameters()));
     Shape shape;
     PT2_RETURN_IF_ERROR(ReadShape(in.name(), in.shape(), shape));
     if (raw) {
@@ -128,11 +188,19 @@ StatusOr<std::vector<Tensor>> DecodeKServeInputs(const inference::ModelInferRequ
       }
       tensors.push_back(View(in.name(), *dtype, std::move(shape), request.raw_input_contents(i)));
     } else {
+      PT2_RETURN_IF_ERROR(CheckTypedField(in, *dtype));
       PT2_ASSIGN_OR_RETURN(Tensor t, DecodeTyped(in, *dtype, std::move(shape)));
       tensors.push_back(std::move(t));
     }
   }
   return tensors;
+}
+
+Status CheckKServeOutputs(const inference::ModelInferRequest& request) {
+  for (const auto& out : request.outputs()) {
+    PT2_RETURN_IF_ERROR(CheckTensorParameters("requested output", out.name(), out.parameters()));
+  }
+  return Status::Ok();
 }
 
 void EncodeKServeOutputs(const std::vector<Tensor>& outputs,

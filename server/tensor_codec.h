@@ -25,8 +25,14 @@ pt2serve::v1::DataType ToProtoDType(DType dtype);
 StatusOr<DType> FromProtoDType(pt2serve::v1::DataType dtype);
 
 // Inputs of a ModelInfer request, from raw_input_contents or typed contents.
+// INVALID_ARGUMENT for a tensor with parameters (shared memory, ...), typed
+// values in more than one field or in a field of another dtype, contents next
+// to raw_input_contents, a negative dim or more than 32 dims.
 StatusOr<std::vector<Tensor>> DecodeKServeInputs(const inference::ModelInferRequest& request);
 // Appends outputs as raw_output_contents (the form tritonclient expects).
+// INVALID_ARGUMENT when a requested output carries parameters
+// ("classification", "shared_memory_region", ...): none is implemented.
+Status CheckKServeOutputs(const inference::ModelInferRequest& request);
 void EncodeKServeOutputs(const std::vector<Tensor>& outputs,
                          inference::ModelInferResponse& response);
 

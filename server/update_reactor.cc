@@ -1,5 +1,7 @@
 #include "server/update_reactor.h"
 
+#include "common/limits.h"
+
 #include "runtime/model.h"
 #include "server/admin_service.h"
 #include "server/logging.h"
@@ -85,6 +87,9 @@ void UpdateReactor::OnReadDone(bool ok) {
 }
 
 Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
+  PT2_RETURN_IF_ERROR(CheckLength("header.model", header.model(), kMaxModelNameBytes));
+  PT2_RETURN_IF_ERROR(CheckLength("header.version", header.version(), kMaxVersionLabelBytes));
+  PT2_RETURN_IF_ERROR(CheckLength("header.server_path", header.server_path(), kMaxPathBytes));
   model_name_ = header.model();
   if (header.version().empty()) return InvalidArgument("header.version must not be empty");
   PT2_ASSIGN_OR_RETURN(model_, service_.registry_.Get(header.model()));
@@ -135,7 +140,7 @@ Status UpdateReactor::OnChunk(const pt2serve::v1::TensorChunk& chunk) {
 
 void UpdateReactor::CommitLocked() {
   phase_ = Phase::kCommitting;  // from here on, an unload waits for the commit
-  service_.RunInBackground([this, guard = guard_] {
+  Status started = service_.RunInBackground([this, guard = guard_] {
     // Only this thread touches the reactor while committing: no read is
     // outstanding, Abort() ignores this phase, and OnDone cannot come before
     // Finish. The guard is taken to finish.
@@ -157,6 +162,7 @@ void UpdateReactor::CommitLocked() {
                           std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
     FinishLocked(grpc::Status::OK);
   });
+  if (!started.ok()) FailLocked(started);  // too many admin operations running
 }
 
 }  // namespace pt2serve::server

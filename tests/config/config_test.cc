@@ -427,5 +427,16 @@ TEST_CASE("ValidateServerConfig checks programmatic overrides") {
   CHECK_THAT(ValidateServerConfig(config).message(), Catch::StartsWith("server.inference_address"));
 }
 
+TEST_CASE("model names, paths and versions have the servers' length limits") {
+  ExpectError("models:\n  - name: " + std::string(257, 'm') + "\n    path: m.pt2\n",
+              {"models[0].name is 257 bytes long (at most 256)"});
+  ExpectError(Model("    weights_version: " + std::string(129, 'v') + "\n"),
+              {"models[0].weights_version is 129 bytes long (at most 128)"});
+  auto compressed = Parse("server: {allow_compressed_requests: true}\n");
+  REQUIRE(compressed.ok());
+  CHECK(compressed->allow_compressed_requests);
+  CHECK_FALSE(Parse("")->allow_compressed_requests);
+}
+
 }  // namespace
 }  // namespace pt2serve

@@ -79,3 +79,11 @@ TEST_CASE("describe: missing, non-zip and truncated packages are clear errors", 
   auto corrupt = DescribePackage(FixturePath("corrupt.pt2"));
   CHECK_FALSE(corrupt.ok());
 }
+
+TEST_CASE("describe: a package whose entry fails its CRC check is refused", "[package]") {
+  auto bad = DescribePackage(FixturePath("bad_crc.pt2"));
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(bad.status().message(), Catch::Contains("wrapper.cpp is corrupt"));
+  CHECK_THAT(bad.status().message(), Catch::Contains("CRC"));
+}

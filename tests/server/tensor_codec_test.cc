@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 
+#include "common/limits.h"
 #include "server/status_mapping.h"
 
 using namespace pt2serve;
@@ -114,4 +115,65 @@ TEST_CASE("Status maps onto the same gRPC code", "[codec]") {
   CHECK(s.error_message() == "queue full");
   CHECK(ToGrpcStatus(Unauthenticated("x")).error_code() == grpc::StatusCode::UNAUTHENTICATED);
   CHECK(ToGrpcStatus(DeadlineExceeded("x")).error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+namespace {
+inference::ModelInferRequest TypedRequest() {
+  inference::ModelInferRequest request;
+  auto* in = request.add_inputs();
+  in->set_name("x");
+  in->set_datatype("FP32");
+  in->add_shape(2);
+  in->mutable_contents()->add_fp32_contents(1.0f);
+  in->mutable_contents()->add_fp32_contents(2.0f);
+  return request;
+}
+
+std::string DecodeError(const inference::ModelInferRequest& request) {
+  auto decoded = DecodeKServeInputs(request);
+  if (decoded.ok()) return "decoded";
+  CHECK(decoded.status().code() == StatusCode::kInvalidArgument);
+  return decoded.status().message();
+}
+}  // namespace
+
+TEST_CASE("typed contents in two fields, or the wrong field, are refused", "[codec]") {
+  REQUIRE(DecodeKServeInputs(TypedRequest()).ok());
+  auto two = TypedRequest();
+  two.mutable_inputs(0)->mutable_contents()->add_int_contents(3);
+  CHECK(DecodeError(two) == "input 'x' sets both int_contents and fp32_contents; a tensor's "
+                            "values go in one field");
+  auto wrong = TypedRequest();
+  wrong.mutable_inputs(0)->mutable_contents()->clear_fp32_contents();
+  wrong.mutable_inputs(0)->mutable_contents()->add_int64_contents(1);
+  CHECK(DecodeError(wrong) == "input 'x' is FP32 but sets int64_contents (want fp32_contents)");
+  auto raw_too = TypedRequest();
+  raw_too.add_raw_input_contents()->assign(8, '\0');
+  CHECK_THAT(DecodeError(raw_too), Catch::Contains("sets contents although raw_input_contents"));
+}
+
+TEST_CASE("tensor parameters (shared memory, classification) are refused", "[codec]") {
+  auto shm = TypedRequest();
+  (*shm.mutable_inputs(0)->mutable_parameters())["shared_memory_region"].set_string_param("r");
+  CHECK_THAT(DecodeError(shm), Catch::Contains("parameter 'shared_memory_region' is not supported"));
+  auto cls = TypedRequest();
+  auto* out = cls.add_outputs();
+  out->set_name("y");
+  (*out->mutable_parameters())["classification"].set_int64_param(3);
+  REQUIRE(DecodeKServeInputs(cls).ok());
+  auto checked = CheckKServeOutputs(cls);
+  CHECK(checked.code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(checked.message(), Catch::Contains("requested output 'y': parameter 'classification'"));
+}
+
+TEST_CASE("shapes of more than 32 dims are refused before they are echoed", "[codec]") {
+  auto deep = TypedRequest();
+  for (int i = 0; i < 40; ++i) deep.mutable_inputs(0)->add_shape(1);
+  CHECK(DecodeError(deep) == "input 'x': shape has 41 dims (at most 32)");
+}
+
+TEST_CASE("long status messages are cut before they reach a client", "[codec]") {
+  const grpc::Status st = ToGrpcStatus(InvalidArgument(std::string(1 << 20, 'n')));
+  CHECK(st.error_message().size() <= kMaxClientMessageBytes);
+  CHECK_THAT(st.error_message(), Catch::EndsWith("(truncated)"));
 }

@@ -10,6 +10,8 @@ Usage: make_fixture_packages.py SRC_MODEL_DIR OUT_DIR
 - no_signature.pt2: mlp.pt2 without the pt2serve.signature metadata.
 - foreign_machine.pt2: mlp.pt2 claiming it was compiled for AOTI_MACHINE "riscv64" (native
   code for another CPU).
+- bad_crc.pt2: mlp.pt2 with one byte of its (stored) wrapper source changed after writing, so the
+  entry's CRC-32 no longer matches; the zip structure is intact.
 
 Alternative weight sets for the hot-swap tests (tools/export/export_model.py weights):
 - mlp.seed{7,8}.weights.safetensors / mlp.seed{7,8}.reference.safetensors: the mlp built with
@@ -43,6 +45,29 @@ def rewrite_metadata(src, dst, edit):
     os.replace(dst + ".tmp", dst)
 
 
+def flip_stored_byte(src, dst):
+    """Copies `src` with the wrapper source stored uncompressed, then changes one data byte."""
+    import struct
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst + ".tmp", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(".wrapper.cpp"):
+                item.compress_type = zipfile.ZIP_STORED
+            zout.writestr(item, data)
+    with zipfile.ZipFile(dst + ".tmp") as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(".wrapper.cpp"))
+    with open(dst + ".tmp", "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.replace(dst + ".tmp", dst)
+
+
 def main():
     src_dir, out_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
@@ -60,6 +85,7 @@ def main():
                      lambda m: m.pop("pt2serve.signature", None))
     rewrite_metadata(mlp, os.path.join(out_dir, "foreign_machine.pt2"),
                      lambda m: m.update(AOTI_MACHINE="riscv64"))
+    flip_stored_byte(mlp, os.path.join(out_dir, "bad_crc.pt2"))
     make_weight_sets(Path(out_dir))
 
 
