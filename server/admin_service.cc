@@ -13,6 +13,9 @@
 namespace pt2serve::server {
 namespace {
 
+// Same bound as models[].num_runners in the config file.
+constexpr int kMaxRunners = 64;
+
 // Compares in time independent of where the strings differ.
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -154,6 +157,11 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
     return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
   }
+  if (request->num_runners() > kMaxRunners) {
+    return FinishUnary(ctx, InvalidArgument("num_runners must be in 1.." +
+                                            std::to_string(kMaxRunners) + " (0 = default), got " +
+                                            std::to_string(request->num_runners())));
+  }
   if (request->cpu_threads() < 0 || request->cpu_threads() > kMaxCpuThreads) {
     // Checked before the load starts, so a bad request leaves no FAILED model behind.
     return FinishUnary(ctx, InvalidArgument("cpu_threads must be in 0.." +
@@ -186,6 +194,8 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   }
   auto* reactor = ctx->DefaultReactor();
   // Loading takes a while (package extraction, dlopen): off the gRPC thread.
+  // A failed load leaves no entry (ModelRepository::Load): the caller gets
+  // the error and server readiness is unaffected.
   RunInBackground([this, reactor, config, response] {
     Status status = repository_.Load(config);
     if (status.ok()) {

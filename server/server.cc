@@ -103,11 +103,23 @@ StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
   server->registry_->AddObserver([s = server.get()](const ModelStatus& st) { s->OnStateChange(st); });
   server->core_ = std::make_unique<InferenceCore>(*server->registry_, *server->metrics_,
                                                   *server->stats_, config.access_log);
-  ModelConfig defaults;  // for models loaded at run time by name/path
+  RepositoryOptions repository;
+  repository.root = config.model_repository;
+  repository.mode = config.repository_mode;
+  for (const ModelEntry& entry : config.models) repository.configured.insert(entry.name);
+  repository.drain_timeout = std::chrono::milliseconds(config.drain_timeout_ms);
   server->repository_ = std::make_unique<ModelRepository>(*server->registry_,
-                                                          config.model_repository, defaults);
+                                                          std::move(repository));
   PT2_RETURN_IF_ERROR(server->BuildListeners());
   server->LoadConfiguredModels();
+  if (config.repository_mode != "explicit") {
+    // Every model found; failures are logged and listed by RepositoryIndex.
+    server->repository_->Sync();
+  }
+  if (config.repository_mode == "poll") {
+    server->repository_->StartPolling(
+        std::chrono::milliseconds(config.repository_poll_interval_ms));
+  }
   return server;
 }
 
@@ -210,34 +222,41 @@ Status Server::ApplyStartupWeights(const ModelEntry& entry) {
 
 void Server::OnStateChange(const ModelStatus& status) {
   auto log = Logger("registry");
+  // Versions other than 1 come from a model repository's version folders.
+  const std::string version =
+      status.version == 1 ? "" : " version " + std::to_string(status.version);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(status.load_duration).count();
   if (status.availability_change) {
     // A loaded model's own change: its worker died, came back, or it failed.
     if (status.state == ModelState::kReady) {
-      log->info("model '{}' READY again ({} worker restart(s) so far)", status.name,
+      log->info("model '{}'{} READY again ({} worker restart(s) so far)", status.name, version,
                 status.restarts);
     } else {
-      log->error("model '{}' {}: {}", status.name, ModelStateName(status.state), status.reason);
+      log->error("model '{}'{} {}: {}", status.name, version, ModelStateName(status.state),
+                 status.reason);
     }
     UpdateHealth();
     return;
   }
   switch (status.state) {
+    case ModelState::kLoading:
+      log->info("model '{}'{} LOADING from {}", status.name, version, status.config.path);
+      break;
     case ModelState::kFailed:
-      log->error("model '{}' FAILED after {} ms: {}", status.name, ms, status.reason);
+      log->error("model '{}'{} FAILED after {} ms: {}", status.name, version, ms, status.reason);
       break;
     case ModelState::kReady:
-      log->info("model '{}' READY ({} ms, {} runner(s), {})", status.name, ms,
+      log->info("model '{}'{} READY ({} ms, {} runner(s), {})", status.name, version, ms,
                 status.config.num_runners, status.config.path);
       stats_->Reset(status.name);
       break;
     case ModelState::kUnloading:
-      log->info("model '{}' UNLOADING", status.name);
+      log->info("model '{}'{} UNLOADING", status.name, version);
       // An upload that is still receiving would hold the model: cancel it.
       if (admin_) admin_->AbortUploads(status.name);
       break;
     default:
-      log->info("model '{}' {}", status.name, ModelStateName(status.state));
+      log->info("model '{}'{} {}", status.name, version, ModelStateName(status.state));
   }
   metrics_->RecordStateChange(status);
   UpdateHealth();
@@ -291,6 +310,7 @@ void Server::Shutdown() {
       std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
   if (admin_server_) admin_server_->Shutdown(deadline);
   if (inference_server_) inference_server_->Shutdown(deadline);
+  repository_->StopPolling();  // no poll may load while everything unloads
   registry_->UnloadAll(std::chrono::milliseconds(config_.drain_timeout_ms));
   log->info("shutdown complete");
 }

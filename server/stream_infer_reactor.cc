@@ -32,8 +32,8 @@ void StreamInferReactor::OnReadDone(bool ok) {
     calls_.push_back(call);
   }
   auto answer = std::make_shared<inference::ModelStreamInferResponse>();
-  Reply reply{[request, answer](InferResponse& result) {
-                EncodeInferResponse(*request, result, *answer->mutable_infer_response());
+  Reply reply{[request, answer](InferResponse& result, int64_t version) {
+                EncodeInferResponse(*request, result, version, *answer->mutable_infer_response());
               },
               [this, request, answer](const Status& status) {
                 auto out = std::make_unique<inference::ModelStreamInferResponse>(
@@ -47,12 +47,13 @@ void StreamInferReactor::OnReadDone(bool ok) {
                 Respond(std::move(out));
               }};
   InferRequest infer;
-  if (Status built = BuildInferRequest(*request, ctx_->deadline(), infer); !built.ok()) {
+  int64_t version = kServingVersion;
+  if (Status built = BuildInferRequest(*request, ctx_->deadline(), infer, version); !built.ok()) {
     core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
                              received);
     reply.finish(built);
   } else {
-    core_.Start(call, Protocol::kKServe, request->model_name(), std::move(infer), received,
+    core_.Start(call, Protocol::kKServe, request->model_name(), version, std::move(infer), received,
                 Clock::now() - received, std::move(reply));
   }
   StartRead(&request_);
