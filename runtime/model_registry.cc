@@ -279,9 +279,26 @@ void ModelRegistry::UnloadAll(std::chrono::milliseconds drain_timeout) {
   for (const auto& name : names) (void)Unload(name, drain_timeout);
 }
 
+Status ModelRegistry::NotLoaded(const std::string& name, int64_t version) const {
+  std::string loaded;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = entries_.find(name); it != entries_.end()) {
+      for (const auto& [v, entry] : it->second) {
+        loaded += (loaded.empty() ? "" : ", ") + std::to_string(v);
+      }
+    }
+  }
+  if (version == kServingVersion || loaded.empty()) {
+    return NotFound(Describe(name, version) + " is not loaded");
+  }
+  return NotFound("model '" + name + "' has no version '" + std::to_string(version) +
+                  "' loaded (loaded: " + loaded + ")");
+}
+
 StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name, int64_t version) const {
   auto entry = Find(name, version);
-  if (!entry) return NotFound(Describe(name, version) + " is not loaded");
+  if (!entry) return NotLoaded(name, version);
   std::lock_guard elock(entry->mu);
   const ModelStatus status = SnapshotLocked(*entry);
   if (status.state != ModelState::kReady && status.state != ModelState::kRestarting) {
@@ -300,7 +317,7 @@ bool ModelRegistry::Contains(const std::string& name) const {
 
 StatusOr<ModelStatus> ModelRegistry::GetStatus(const std::string& name, int64_t version) const {
   auto entry = Find(name, version);
-  if (!entry) return NotFound(Describe(name, version) + " is not loaded");
+  if (!entry) return NotLoaded(name, version);
   std::lock_guard elock(entry->mu);
   return SnapshotLocked(*entry);
 }

@@ -148,6 +148,8 @@ class ModelRegistry {
   std::shared_ptr<Entry> Find(const std::string& name, int64_t version) const;
   // REQUIRES: mu_ held.
   static std::shared_ptr<Entry> PickServingLocked(const Versions& versions);
+  // NOT_FOUND for `version` of `name`, naming the versions that are loaded.
+  Status NotLoaded(const std::string& name, int64_t version) const;
   // Removes `entry` if it is still the one listed. REQUIRES: mu_ held.
   void EraseLocked(const std::string& name, int64_t version, const std::shared_ptr<Entry>& entry);
   Status UnloadVersion(const std::string& name, int64_t version,

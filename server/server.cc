@@ -94,6 +94,13 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
 
 StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
   PT2_RETURN_IF_ERROR(ValidateServerConfig(config));
+  std::error_code ec;
+  if (config.repository_mode != "explicit" &&
+      !std::filesystem::is_directory(config.model_repository, ec)) {
+    return FailedPrecondition("server.model_repository '" + config.model_repository +
+                              "' is not a directory (repository_mode " +
+                              config.repository_mode + " serves the models in it)");
+  }
   std::unique_ptr<Server> server(new Server);
   server->config_ = config;
   server->registry_ = std::make_unique<ModelRegistry>();
@@ -310,7 +317,8 @@ void Server::Shutdown() {
       std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
   if (admin_server_) admin_server_->Shutdown(deadline);
   if (inference_server_) inference_server_->Shutdown(deadline);
-  repository_->StopPolling();  // no poll may load while everything unloads
+  // No poll may load while everything unloads.
+  if (repository_) repository_->StopPolling();
   registry_->UnloadAll(std::chrono::milliseconds(config_.drain_timeout_ms));
   log->info("shutdown complete");
 }

@@ -63,13 +63,15 @@ class Clients:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0
-        self.versions: list[str] = []  # model_version of each response, in completion order
+        # model_version of each response, per thread (each thread's requests are sequential).
+        self.versions: list[list[str]] = [[] for _ in range(threads)]
         self.errors: list[tuple[float, str]] = []  # (monotonic time, message)
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(self.versions[i],), daemon=True)
+                        for i in range(threads)]
         for t in self.threads:
             t.start()
 
-    def _run(self) -> None:
+    def _run(self, versions: list[str]) -> None:
         client = grpcclient.InferenceServerClient(self.url)
         inputs = infer_inputs(self.ref["inputs"])
         while not self.stop.is_set():
@@ -79,7 +81,7 @@ class Clients:
                     assert_close(name, result.as_numpy(name), want)
                 with self.lock:
                     self.ok += 1
-                    self.versions.append(result.get_response().model_version)
+                    versions.append(result.get_response().model_version)
             except (InferenceServerException, AssertionError) as e:
                 with self.lock:
                     self.errors.append((time.monotonic(), str(e)))
@@ -136,10 +138,11 @@ def test_poll_mode_add_reversion_remove_under_load(daemon_factory, model_dir, re
 
     mlp.finish()
     assert mlp.errors == [], mlp.errors[:5]
-    # Versions only move forward: every response after the first "2" is from version 2.
-    assert mlp.versions[0] == "1" and mlp.versions[-1] == "2", set(mlp.versions)
-    first_two = mlp.versions.index("2")
-    assert set(mlp.versions[first_two:]) == {"2"}
+    # Versions only move forward: in each client, every response after its first "2" is from
+    # version 2 (a request starts after the previous one ended).
+    for versions in mlp.versions:
+        assert versions[0] == "1" and versions[-1] == "2", set(versions)
+        assert set(versions[versions.index("2"):]) == {"2"}
     log = d.stderr_text()
     assert f"loading model 'mlp' version 2 from {(repo / 'mlp/2/model.pt2').resolve()}" in log
     assert "model 'cnn' left the repository" in log
@@ -182,7 +185,11 @@ def test_explicit_mode_index_load_by_name_and_versions(daemon_factory, explicit_
     assert idx[("broken", "")][0] == "UNAVAILABLE" and "num_runner" in idx[("broken", "")][1]
     assert idx[("escape", "")][0] == "UNAVAILABLE"
     assert "outside the model repository" in idx[("escape", "")][1]
-    assert not client.get_model_repository_index(ready=True, client_timeout=T).models
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    with d.channel() as ch:
+        ready_only = service_pb2_grpc.GRPCInferenceServiceStub(ch).RepositoryIndex(
+            service_pb2.RepositoryIndexRequest(ready=True), timeout=T)
+    assert not ready_only.models
 
     client.load_model("multi", client_timeout=60)  # RepositoryModelLoad by name
     idx = index(client)
@@ -203,7 +210,7 @@ def test_explicit_mode_index_load_by_name_and_versions(daemon_factory, explicit_
             assert_close(name, r.as_numpy(name), want)
     with pytest.raises(InferenceServerException) as e:
         client.infer("multi", infer_inputs(ref["inputs"]), model_version="3", client_timeout=T)
-    assert e.value.status() == "StatusCode.NOT_FOUND" and "version 3" in e.value.message()
+    assert e.value.status() == "StatusCode.NOT_FOUND" and "version '3'" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         client.infer("multi", infer_inputs(ref["inputs"]), model_version="v1", client_timeout=T)
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
@@ -213,7 +220,7 @@ def test_explicit_mode_index_load_by_name_and_versions(daemon_factory, explicit_
         stub = pb.inference_pb2_grpc.InferenceStub(ch)
         x = ref["inputs"]["x"]
         tensor = pb.inference_pb2.Tensor(name="x", dtype=pb.inference_pb2.DT_FLOAT32,
-                                         shape=list(x.shape), raw_data=x.tobytes())
+                                         shape=list(x.shape), data=x.tobytes())
         for asked, served in ((0, 2), (1, 1)):
             resp = stub.Run(pb.inference_pb2.RunRequest(model="multi", inputs=[tensor],
                                                         model_version=asked), timeout=T)
@@ -285,3 +292,16 @@ def test_confinement_and_rejected_admin_loads(daemon_factory, explicit_repo, mod
         assert "outside the model repository" in p.stderr
     assert d.alive()
     client.close()
+
+
+def test_all_mode_needs_a_repository_folder(daemon_path, tmp_path):
+    from conftest import free_port
+
+    base = [str(daemon_path), "--admin-address", "", "--metrics-address", "",
+            "--inference-address", f"127.0.0.1:{free_port()}"]
+    p = subprocess.run([*base, "--repository-mode", "all"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0 and "needs server.model_repository" in p.stderr, p.stderr
+    p = subprocess.run([*base, "--repository-mode", "poll", "--model-repository",
+                        str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "is not a directory" in p.stderr, p.stderr

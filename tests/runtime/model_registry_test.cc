@@ -137,7 +137,8 @@ TEST_CASE("versions: the highest READY one serves, each can be named", "[registr
   CHECK((*registry.Get("m", 1))->signature().inputs[0].name == "x");
   auto missing = registry.Get("m", 7);
   CHECK(missing.status().code() == StatusCode::kNotFound);
-  CHECK_THAT(missing.status().message(), Catch::Contains("version 7"));
+  CHECK_THAT(missing.status().message(), Catch::Contains("no version '7'") &&
+                                            Catch::Contains("loaded: 1, 2"));
   REQUIRE(registry.List().size() == 1);  // one row per name: the serving version
   CHECK(registry.List()[0].version == 2);
   REQUIRE(registry.ListVersions().size() == 2);
