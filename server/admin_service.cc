@@ -176,6 +176,17 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
     return FinishUnary(ctx, InvalidArgument("isolation must be 'in_process' or 'process', got '" +
                                             request->isolation().substr(0, 64) + "'"));
   }
+  const bool options = !request->device().empty() || request->num_runners() != 0 ||
+                       request->max_queue_size() != 0 || request->cpu_threads() != 0 ||
+                       !request->isolation().empty() || request->inputs_size() > 0 ||
+                       request->outputs_size() > 0 || request->max_batch_size() != 0;
+  if (request->package_path().empty() && options) {
+    // A load by name takes a repository model's options from its config.yaml.
+    return FinishUnary(ctx, InvalidArgument("model '" + request->name() +
+                                            "': options need a package_path; a repository "
+                                            "model loaded by name takes them from its "
+                                            "config.yaml"));
+  }
   ModelConfig config = repository_.defaults();
   config.isolation = *isolation;
   config.name = request->name();

@@ -240,6 +240,20 @@ def test_explicit_mode_index_load_by_name_and_versions(daemon_factory, explicit_
     assert client.is_server_ready(client_timeout=T)
     client.unload_model("multi", client_timeout=60)
     assert index(client)[("multi", "2")] == ("UNAVAILABLE", "not loaded")
+
+    if PT2CTL.is_file():
+        # pt2ctl loads by name too (admin LoadModel with no package_path); options would
+        # contradict the model's config.yaml, so they need a path.
+        base = [str(PT2CTL), "--admin-address", d.admin_url, "--token", ADMIN_TOKEN]
+        p = subprocess.run([*base, "models", "load", "multi"], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.startswith("loaded multi from the repository: READY"), p.stdout
+        assert index(client)[("multi", "1")] == ("READY", "")
+        p = subprocess.run([*base, "models", "load", "flat", "--runners", "2"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "INVALID_ARGUMENT" in p.stderr, p.stderr
+        assert "config.yaml" in p.stderr
     client.close()
 
 
