@@ -229,9 +229,13 @@ Status Server::ApplyStartupWeights(const ModelEntry& entry) {
 
 void Server::OnStateChange(const ModelStatus& status) {
   auto log = Logger("registry");
-  // Versions other than 1 come from a model repository's version folders.
-  const std::string version =
-      status.version == 1 ? "" : " version " + std::to_string(status.version);
+  // Versions come from a model repository's version folders; a model with
+  // only version 1 (the usual case) is logged without one.
+  bool versioned = status.version != 1;
+  for (const ModelStatus& other : registry_->ListVersions()) {
+    versioned = versioned || (other.name == status.name && other.version != 1);
+  }
+  const std::string version = versioned ? " version " + std::to_string(status.version) : "";
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(status.load_duration).count();
   if (status.availability_change) {
     // A loaded model's own change: its worker died, came back, or it failed.
