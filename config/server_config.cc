@@ -492,10 +492,12 @@ Status ValidateModelEntry(const ModelEntry& m, const std::string& p) {
   std::string problem = DeviceProblem(m.device);
   if (!problem.empty()) return Error(Child(p, "device"), problem);
   if (m.num_runners < 1 || m.num_runners > 64) {
-    return Error(Child(p, "num_runners"), "must be in 1..64, got " + std::to_string(m.num_runners));
+    return Error(Child(p, "num_runners"),
+                 "must be in 1..64, got " + std::to_string(m.num_runners));
   }
   if (m.max_queue_size < 0) {
-    return Error(Child(p, "max_queue_size"), "must be >= 0, got " + std::to_string(m.max_queue_size));
+    return Error(Child(p, "max_queue_size"),
+                 "must be >= 0, got " + std::to_string(m.max_queue_size));
   }
   if (m.timeout_ms < 0) {
     return Error(Child(p, "timeout_ms"), "must be >= 0 (0 = no deadline), got " +
@@ -522,7 +524,8 @@ Status ValidateModelEntry(const ModelEntry& m, const std::string& p) {
                  "'" + m.weights_sha256 + "' is not a hex SHA-256 (64 hex digits)");
   }
   if (m.isolation != "in_process" && m.isolation != "process") {
-    return Error(Child(p, "isolation"), "must be 'in_process' or 'process', got '" + m.isolation + "'");
+    return Error(Child(p, "isolation"),
+                 "must be 'in_process' or 'process', got '" + m.isolation + "'");
   }
   return Status::Ok();
 }

@@ -1,7 +1,8 @@
 // ModelRegistry: the set of served models, by name, with their lifecycle.
 //
 // States: LOADING -> READY -> UNLOADING -> (removed); LOADING -> FAILED (with
-// a reason, kept until the next load of that name or an unload). A READY
+// a reason, kept until the next load of that name or an unload; or removed at
+// once, for loads with LoadOptions::keep_failed false). A READY
 // model whose worker process died reports RESTARTING (requests wait for it)
 // and READY again once its worker is back; one that cannot serve any more
 // (a poisoned in-process device context, a worker that fails to restart)

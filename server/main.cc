@@ -125,7 +125,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> model_flags;
   std::optional<std::string> inference_address, admin_address, metrics_address, repository,
       log_level, log_format, token_file, token_env, repository_mode;
-  std::optional<int> repository_poll_ms, drain_ms, drain_delay_ms, max_connection_age_ms, max_connection_age_grace_ms;
+  std::optional<int> repository_poll_ms, drain_ms, drain_delay_ms, max_connection_age_ms,
+      max_connection_age_grace_ms;
   std::vector<std::string> initial_weights;
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");

@@ -216,7 +216,9 @@ std::string ModelRepository::Stamp(const RepositoryModel& model, int64_t version
 
 Status ModelRepository::ApplyLocked(const RepositoryModel& model, bool retry_failed) {
   auto log = Logger("repository");
-  if (!model.problem.empty()) return FailedPrecondition("model '" + model.name + "': " + model.problem);
+  if (!model.problem.empty()) {
+    return FailedPrecondition("model '" + model.name + "': " + model.problem);
+  }
   const std::vector<int64_t> selected = model.Selected();
   if (selected.empty() && !model.refused.empty()) {
     return PermissionDenied("model '" + model.name + "': " + model.refused.begin()->second);

@@ -470,9 +470,11 @@ TEST_CASE("a repository model's config.yaml") {
   CHECK_THAT(error("name: other\n"), Catch::Contains("differs from the folder's name 'm'"));
   CHECK_THAT(error("num_runners: 0\n"), Catch::Contains("num_runners") && Catch::Contains("1..64"));
   CHECK_THAT(error("version_policy: {latest: 0}\n"), Catch::Contains("version_policy.latest"));
-  CHECK_THAT(error("version_policy: {specific: [0]}\n"), Catch::Contains("version_policy.specific[0]"));
+  CHECK_THAT(error("version_policy: {specific: [0]}\n"),
+             Catch::Contains("version_policy.specific[0]"));
   CHECK_THAT(error("version_policy: newest\n"), Catch::Contains("expected 'all'"));
-  CHECK_THAT(error("version_policy: {latest: 1, specific: [1]}\n"), Catch::Contains("expected 'all'"));
+  CHECK_THAT(error("version_policy: {latest: 1, specific: [1]}\n"),
+             Catch::Contains("expected 'all'"));
   CHECK_THAT(error("num_runners: [\n"), Catch::Contains("invalid YAML"));
 }
 

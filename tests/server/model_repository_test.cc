@@ -106,7 +106,8 @@ TEST_CASE("scan reads versions, config.yaml and version policies", "[repository]
   fs::create_directories(root + "/multi/007");  // not a canonical number: ignored
   Put(root, "pinned/1/model.pt2");
   Put(root, "pinned/2/model.pt2");
-  std::ofstream(root + "/pinned/config.yaml") << "num_runners: 2\nversion_policy: {specific: [1]}\n";
+  std::ofstream(root + "/pinned/config.yaml")
+      << "num_runners: 2\nversion_policy: {specific: [1]}\n";
   Put(root, "every/1/model.pt2");
   Put(root, "every/2/model.pt2");
   std::ofstream(root + "/every/config.yaml") << "version_policy: all\n";
@@ -213,7 +214,8 @@ TEST_CASE("a failed repository load leaves no entry and is retried when the file
   std::ofstream(root + "/bad/model.pt2") << "not a zip";
   ModelRegistry registry;
   int failed_events = 0;
-  registry.AddObserver([&](const ModelStatus& s) { failed_events += s.state == ModelState::kFailed; });
+  registry.AddObserver(
+      [&](const ModelStatus& s) { failed_events += s.state == ModelState::kFailed; });
   ModelRepository repo(registry, Options(root, "all"));
   repo.Sync();
   CHECK_FALSE(registry.Contains("bad"));
