@@ -88,8 +88,7 @@ grpc::ServerUnaryReactor* KServeService::ServerLive(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KServeService::ServerReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ServerReadyRequest*,
                                                      inference::ServerReadyResponse* response) {
-  response->set_ready(registry_.AllReady() &&
-                      (!options_.server_ready || options_.server_ready()));
+  response->set_ready(options_.server_ready ? options_.server_ready() : registry_.AllReady());
   return FinishUnary(ctx, Status::Ok());
 }
 

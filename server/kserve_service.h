@@ -19,9 +19,8 @@ struct KServeOptions {
   // RepositoryModelLoad/Unload are admin operations: PERMISSION_DENIED on
   // the inference port unless this is set.
   bool allow_repository_admin = false;
-  // Extra readiness condition for ServerReady (the daemon: not draining, start-up
-  // weights live), on top of every model being READY. Unset = none. Must be
-  // callable from any thread.
+  // ServerReady's answer (the daemon: Server::Ready). Unset = every model
+  // READY (ModelRegistry::AllReady). Must be callable from any thread.
   std::function<bool()> server_ready;
 };
 

@@ -123,6 +123,8 @@ StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
     // Every model found; failures are logged and listed by RepositoryIndex.
     server->repository_->Sync();
   }
+  server->started_ = true;
+  server->UpdateHealth();
   if (config.repository_mode == "poll") {
     server->repository_->StartPolling(
         std::chrono::milliseconds(config.repository_poll_interval_ms));
@@ -138,7 +140,7 @@ Status Server::BuildListeners() {
   kserve_ = std::make_unique<KServeService>(
       *registry_, *core_, *stats_, *repository_,
       KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port,
-                    [this] { return ServingState(); }});
+                    [this] { return Ready(); }});
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;
@@ -283,7 +285,7 @@ void Server::UpdateHealth() {
     pending = weights_pending_;
   }
   const bool serving = !shut_down_ && !draining_;
-  const bool ready = registry_->AllReady() && pending.empty() && serving;
+  const bool ready = !shut_down_ && Ready();
   health->SetServingStatus("", ready);
   health->SetServingStatus("inference.GRPCInferenceService", ready);
   health->SetServingStatus("pt2serve.v1.Inference", ready);
@@ -294,10 +296,21 @@ void Server::UpdateHealth() {
   }
 }
 
-bool Server::ServingState() const {
-  if (draining_) return false;
-  std::lock_guard lock(pending_mu_);
-  return weights_pending_.empty();
+bool Server::Ready() const {
+  if (!started_ || draining_) return false;
+  {
+    std::lock_guard lock(pending_mu_);
+    if (!weights_pending_.empty()) return false;
+  }
+  bool any_ready = false;
+  for (const ModelStatus& s : registry_->List()) {
+    if (s.state == ModelState::kReady) {
+      any_ready = true;
+    } else if (s.state != ModelState::kLoading && s.state != ModelState::kUnloading) {
+      return false;  // FAILED or RESTARTING
+    }
+  }
+  return any_ready;
 }
 
 void Server::BeginDrain() {

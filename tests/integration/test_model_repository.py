@@ -1,8 +1,9 @@
 """Model repository (docs/model-repository.md) against the real daemon and real clients.
 
 * poll mode: a model added, re-versioned and removed while tritonclient clients run: no request
-  to a model that is in the repository fails, every response matches eager, and responses report
-  the version that computed them (traffic moves to a new version once it is READY).
+  to a model that is in the repository fails, every response matches eager, responses report
+  the version that computed them (traffic moves to a new version once it is READY), and
+  ServerReady never turns false.
 * explicit mode: RepositoryIndex lists every repository model and version with its state
   (UNAVAILABLE ones with the reason), RepositoryModelLoad by name applies the version policy,
   requests name versions (KServe model_version, pt2serve.v1 RunRequest.model_version).
@@ -109,6 +110,20 @@ def test_poll_mode_add_reversion_remove_under_load(daemon_factory, model_dir, re
 
     mlp = Clients(d.url, "mlp", refs["mlp"])
     wait_for(lambda: mlp.count() > 20, 30, "mlp traffic")
+    # Readiness is the pod's: models coming and going must not flip it (Server::Ready).
+    not_ready: list[float] = []
+    sampling = threading.Event()
+
+    def sample_readiness() -> None:
+        probe = grpcclient.InferenceServerClient(d.url)
+        while not sampling.is_set():
+            if not probe.is_server_ready(client_timeout=T):
+                not_ready.append(time.monotonic())
+            time.sleep(0.002)
+        probe.close()
+
+    sampler = threading.Thread(target=sample_readiness, daemon=True)
+    sampler.start()
 
     # Added while clients run.
     publish(model_dir, "cnn", repo / "cnn" / "model.pt2")
@@ -137,6 +152,9 @@ def test_poll_mode_add_reversion_remove_under_load(daemon_factory, model_dir, re
     assert client.is_server_ready(client_timeout=T)
 
     mlp.finish()
+    sampling.set()
+    sampler.join(timeout=30)
+    assert not_ready == [], f"ServerReady was false {len(not_ready)} time(s)"
     assert mlp.errors == [], mlp.errors[:5]
     # Versions only move forward: in each client, every response after its first "2" is from
     # version 2 (a request starts after the previous one ended).

@@ -74,7 +74,8 @@ def test_reflection_lists_services(server):
         assert {"ModelInfer", "ModelMetadata", "ModelConfig", "ModelStatistics",
                 "RepositoryIndex", "ServerReady"} <= {m.name for m in kserve.methods}
         run_req = pool.FindMessageTypeByName("pt2serve.v1.RunRequest")
-        assert [f.name for f in run_req.fields] == ["model", "inputs", "outputs", "request_id"]
+        assert [f.name for f in run_req.fields] == ["model", "inputs", "outputs", "request_id",
+                                                "model_version"]
     finally:
         ch.close()
 
