@@ -145,11 +145,14 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       {"inference_address", "admin_address", "metrics_address", "model_repository",
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
-       "tls", "allow_compressed_requests"}));
+       "tls", "allow_compressed_requests", "repository_mode", "repository_poll_interval_ms"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "model_repository", p, &c->model_repository));
+  PT2_RETURN_IF_ERROR(ReadString(s, "repository_mode", p, &c->repository_mode));
+  PT2_RETURN_IF_ERROR(
+      ReadInt(s, "repository_poll_interval_ms", p, &c->repository_poll_interval_ms));
   PT2_RETURN_IF_ERROR(ReadInt64(s, "max_message_bytes", p, &c->max_message_bytes));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_delay_ms", p, &c->drain_delay_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_timeout_ms", p, &c->drain_timeout_ms));
@@ -269,6 +272,61 @@ Status ReadInt64List(const YAML::Node& map, std::string_view key, std::string_vi
 }
 
 Status ReadBatching(const YAML::Node& m, const std::string& p,
+                    std::optional<BatchingEntry>* out);
+
+// The keys of one model entry (the caller checked which keys may appear).
+Status ReadModelEntry(const YAML::Node& m, const std::string& p, ModelEntry* e) {
+  PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e->name));
+  PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e->path));
+  PT2_RETURN_IF_ERROR(ReadString(m, "device", p, &e->device));
+  PT2_RETURN_IF_ERROR(ReadInt(m, "num_runners", p, &e->num_runners));
+  PT2_RETURN_IF_ERROR(ReadInt(m, "max_queue_size", p, &e->max_queue_size));
+  PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e->timeout_ms));
+  PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e->cpu_threads));
+  PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e->weights_version));
+  PT2_RETURN_IF_ERROR(ReadString(m, "weights_file", p, &e->weights_file));
+  PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e->weights_sha256));
+  PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e->isolation));
+  PT2_RETURN_IF_ERROR(ReadBatching(m, p, &e->dynamic_batching));
+  return ReadDeclaredSignature(m, p, &e->signature);
+}
+
+// version_policy: latest: N | all | specific: [V, ...]
+Status ReadVersionPolicy(const YAML::Node& m, VersionPolicy* out) {
+  if (!Has(m, "version_policy")) return Status::Ok();
+  const std::string p = "version_policy";
+  const YAML::Node n = Get(m, "version_policy");
+  if (n.IsScalar() && n.Scalar() == "all") {
+    out->kind = VersionPolicy::Kind::kAll;
+    return Status::Ok();
+  }
+  if (!n.IsMap() || n.size() != 1) {
+    return Error(p, "expected 'all', {latest: N} or {specific: [V, ...]}");
+  }
+  PT2_RETURN_IF_ERROR(CheckMap(n, p, {"latest", "specific"}));
+  if (Has(n, "latest")) {
+    out->kind = VersionPolicy::Kind::kLatest;
+    PT2_RETURN_IF_ERROR(ReadInt(n, "latest", p, &out->latest));
+    if (out->latest < 1) return Error(Child(p, "latest"), "must be >= 1");
+    return Status::Ok();
+  }
+  out->kind = VersionPolicy::Kind::kSpecific;
+  const YAML::Node list = Get(n, "specific");
+  if (!list.IsSequence() || list.size() == 0) {
+    return Error(Child(p, "specific"), "expected a non-empty list of versions (>= 1)");
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    int64_t v = 0;
+    if (!list[i].IsScalar() || !YAML::convert<int64_t>::decode(list[i], v) || v < 1) {
+      return Error(Child(p, "specific") + "[" + std::to_string(i) + "]",
+                   "expected a version number >= 1");
+    }
+    out->specific.push_back(v);
+  }
+  return Status::Ok();
+}
+
+Status ReadBatching(const YAML::Node& m, const std::string& p,
                     std::optional<BatchingEntry>* out) {
   if (!Has(m, "dynamic_batching")) return Status::Ok();
   const YAML::Node b = Get(m, "dynamic_batching");
@@ -316,19 +374,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
                                         "isolation", "inputs", "outputs", "max_batch_size",
                                         "dynamic_batching"}));
     ModelEntry e;
-    PT2_RETURN_IF_ERROR(ReadString(m, "name", p, &e.name));
-    PT2_RETURN_IF_ERROR(ReadString(m, "path", p, &e.path));
-    PT2_RETURN_IF_ERROR(ReadString(m, "device", p, &e.device));
-    PT2_RETURN_IF_ERROR(ReadInt(m, "num_runners", p, &e.num_runners));
-    PT2_RETURN_IF_ERROR(ReadInt(m, "max_queue_size", p, &e.max_queue_size));
-    PT2_RETURN_IF_ERROR(ReadInt(m, "timeout_ms", p, &e.timeout_ms));
-    PT2_RETURN_IF_ERROR(ReadInt(m, "cpu_threads", p, &e.cpu_threads));
-    PT2_RETURN_IF_ERROR(ReadString(m, "weights_version", p, &e.weights_version));
-    PT2_RETURN_IF_ERROR(ReadString(m, "weights_file", p, &e.weights_file));
-    PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e.weights_sha256));
-    PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e.isolation));
-    PT2_RETURN_IF_ERROR(ReadDeclaredSignature(m, p, &e.signature));
-    PT2_RETURN_IF_ERROR(ReadBatching(m, p, &e.dynamic_batching));
+    PT2_RETURN_IF_ERROR(ReadModelEntry(m, p, &e));
     c->models.push_back(std::move(e));
   }
   return Status::Ok();
@@ -498,6 +544,50 @@ Status ReadWholeFile(const std::string& path, std::string_view what, std::string
   return Status::Ok();
 }
 
+// Per-entry rules shared by the models list and repository config.yaml
+// files; `p` is the key path ("models[1]").
+Status ValidateModelEntry(const ModelEntry& m, const std::string& p) {
+  std::string problem = DeviceProblem(m.device);
+  if (!problem.empty()) return Error(Child(p, "device"), problem);
+  if (m.num_runners < 1 || m.num_runners > 64) {
+    return Error(Child(p, "num_runners"),
+                 "must be in 1..64, got " + std::to_string(m.num_runners));
+  }
+  if (m.max_queue_size < 0) {
+    return Error(Child(p, "max_queue_size"),
+                 "must be >= 0, got " + std::to_string(m.max_queue_size));
+  }
+  if (m.timeout_ms < 0) {
+    return Error(Child(p, "timeout_ms"), "must be >= 0 (0 = no deadline), got " +
+                                        std::to_string(m.timeout_ms));
+  }
+  if (m.cpu_threads < 0 || m.cpu_threads > 1024) {
+    return Error(Child(p, "cpu_threads"), "must be in 0..1024 (0 = the process default), got " +
+                                         std::to_string(m.cpu_threads));
+  }
+  if (m.weights_version.empty()) return Error(Child(p, "weights_version"), "must not be empty");
+  if (!m.weights_file.empty() && m.weights_version == "initial") {
+    return Error(Child(p, "weights_version"),
+                 "must name the version of weights_file '" + m.weights_file +
+                     "' ('initial' is the package's compiled-in weights)");
+  }
+  if (m.weights_file.empty() && !m.weights_sha256.empty()) {
+    return Error(Child(p, "weights_sha256"), "is set but weights_file is not");
+  }
+  if (!m.weights_sha256.empty() &&
+      (m.weights_sha256.size() != 64 || !AllOf(m.weights_sha256, [](char ch) {
+        return std::isxdigit(static_cast<unsigned char>(ch)) != 0;
+      }))) {
+    return Error(Child(p, "weights_sha256"),
+                 "'" + m.weights_sha256 + "' is not a hex SHA-256 (64 hex digits)");
+  }
+  if (m.isolation != "in_process" && m.isolation != "process") {
+    return Error(Child(p, "isolation"),
+                 "must be 'in_process' or 'process', got '" + m.isolation + "'");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status ValidateServerConfig(const ServerConfig& c) {
@@ -556,6 +646,19 @@ Status ValidateServerConfig(const ServerConfig& c) {
     return Error("logging.format", "unknown format '" + c.log_format + "' (expected text or json)");
   }
 
+  if (std::find(std::begin(kRepositoryModes), std::end(kRepositoryModes), c.repository_mode) ==
+      std::end(kRepositoryModes)) {
+    return Error("server.repository_mode",
+                 "unknown mode '" + c.repository_mode + "' (expected explicit, all or poll)");
+  }
+  if (c.repository_mode != "explicit" && c.model_repository.empty()) {
+    return Error("server.repository_mode",
+                 "'" + c.repository_mode + "' needs server.model_repository");
+  }
+  if (c.repository_poll_interval_ms < 100 || c.repository_poll_interval_ms > 86'400'000) {
+    return Error("server.repository_poll_interval_ms",
+                 "must be in 100..86400000, got " + std::to_string(c.repository_poll_interval_ms));
+  }
   std::map<std::string, size_t, std::less<>> index_by_name;
   for (size_t i = 0; i < c.models.size(); ++i) {
     const ModelEntry& m = c.models[i];
@@ -576,41 +679,7 @@ Status ValidateServerConfig(const ServerConfig& c) {
                                     std::to_string(it->second) + "])");
     }
     if (m.path.empty()) return Error(p + ".path", "must not be empty");
-    std::string problem = DeviceProblem(m.device);
-    if (!problem.empty()) return Error(p + ".device", problem);
-    if (m.num_runners < 1 || m.num_runners > 64) {
-      return Error(p + ".num_runners", "must be in 1..64, got " + std::to_string(m.num_runners));
-    }
-    if (m.max_queue_size < 0) {
-      return Error(p + ".max_queue_size", "must be >= 0, got " + std::to_string(m.max_queue_size));
-    }
-    if (m.timeout_ms < 0) {
-      return Error(p + ".timeout_ms", "must be >= 0 (0 = no deadline), got " +
-                                          std::to_string(m.timeout_ms));
-    }
-    if (m.cpu_threads < 0 || m.cpu_threads > 1024) {
-      return Error(p + ".cpu_threads", "must be in 0..1024 (0 = the process default), got " +
-                                           std::to_string(m.cpu_threads));
-    }
-    if (m.weights_version.empty()) return Error(p + ".weights_version", "must not be empty");
-    if (!m.weights_file.empty() && m.weights_version == "initial") {
-      return Error(p + ".weights_version",
-                   "must name the version of weights_file '" + m.weights_file +
-                       "' ('initial' is the package's compiled-in weights)");
-    }
-    if (m.weights_file.empty() && !m.weights_sha256.empty()) {
-      return Error(p + ".weights_sha256", "is set but weights_file is not");
-    }
-    if (!m.weights_sha256.empty() &&
-        (m.weights_sha256.size() != 64 || !AllOf(m.weights_sha256, [](char ch) {
-          return std::isxdigit(static_cast<unsigned char>(ch)) != 0;
-        }))) {
-      return Error(p + ".weights_sha256",
-                   "'" + m.weights_sha256 + "' is not a hex SHA-256 (64 hex digits)");
-    }
-    if (m.isolation != "in_process" && m.isolation != "process") {
-      return Error(p + ".isolation", "must be 'in_process' or 'process', got '" + m.isolation + "'");
-    }
+    PT2_RETURN_IF_ERROR(ValidateModelEntry(m, p));
   }
   return Status::Ok();
 }
@@ -678,6 +747,34 @@ StatusOr<std::string> ResolveAdminToken(const ServerConfig& c) {
     }
   }
   return token;
+}
+
+StatusOr<RepositoryModelConfig> ParseRepositoryModelConfig(std::string_view yaml_text,
+                                                           std::string_view origin,
+                                                           std::string_view name) {
+  const std::string where(origin);
+  RepositoryModelConfig config;
+  config.entry.name = std::string(name);
+  try {
+    const YAML::Node root = YAML::Load(std::string(yaml_text));
+    // Not weights_file / weights_sha256: start-up weights are staged only for
+    // configured models (Server::ApplyStartupWeights); push them after the load.
+    Status status = CheckMap(root, "", {"name", "device", "num_runners", "max_queue_size",
+                                        "timeout_ms", "cpu_threads", "weights_version",
+                                        "isolation", "inputs", "outputs", "max_batch_size",
+                                        "dynamic_batching", "version_policy"});
+    if (status.ok()) status = ReadModelEntry(root, "", &config.entry);
+    if (status.ok()) status = ReadVersionPolicy(root, &config.version_policy);
+    if (status.ok() && config.entry.name != name) {
+      status = Error("name", "'" + config.entry.name + "' differs from the folder's name '" +
+                                 std::string(name) + "'");
+    }
+    if (status.ok()) status = ValidateModelEntry(config.entry, "");
+    if (!status.ok()) return status.WithPrefix(where);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(where + ": invalid YAML: " + e.msg);
+  }
+  return config;
 }
 
 }  // namespace pt2serve

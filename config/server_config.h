@@ -61,6 +61,31 @@ struct ModelEntry {
   std::optional<BatchingEntry> dynamic_batching = std::nullopt;
 };
 
+// Which versions of a repository model are served (a model's config.yaml
+// key `version_policy`): the `latest` N, every version, or the `specific`
+// ones listed.
+struct VersionPolicy {
+  enum class Kind { kLatest, kAll, kSpecific };
+  Kind kind = Kind::kLatest;
+  int latest = 1;                 // >= 1, with kLatest
+  std::vector<int64_t> specific;  // >= 1 each, with kSpecific
+};
+
+// A model folder's optional config.yaml in the model repository: the keys of
+// a `models` entry except `path` (the repository decides it; `name`, when
+// given, must be the folder's name) and weights_file / weights_sha256, plus
+// `version_policy`.
+struct RepositoryModelConfig {
+  ModelEntry entry;
+  VersionPolicy version_policy;
+};
+
+// How the model repository is used (key server.repository_mode).
+// explicit: only the `models` list loads at start; admin / KServe loads by
+// name. all: every model in the repository also loads at start. poll: like
+// all, then the repository is rescanned every repository_poll_interval_ms.
+inline constexpr std::string_view kRepositoryModes[] = {"explicit", "all", "poll"};
+
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).
 inline constexpr int kMaxDrainDelayMs = 600'000;
 
@@ -73,6 +98,8 @@ struct ServerConfig {
   // Root that admin LoadModel paths and server-side weight paths are confined
   // to; "" disables admin loads.
   std::string model_repository;
+  std::string repository_mode = "explicit";  // kRepositoryModes; all/poll need model_repository
+  int repository_poll_interval_ms = 5000;     // with poll: 100..86400000
   int64_t max_message_bytes = 64 << 20;  // 1..INT32_MAX (gRPC takes an int)
   // On SIGTERM: health turns NOT_SERVING at once, but requests are still
   // served for this long (0..kMaxDrainDelayMs), so load balancers and
@@ -111,6 +138,12 @@ StatusOr<ServerConfig> ParseServerConfig(std::string_view yaml_text,
 // Reads and parses `path`; relative paths inside resolve against its
 // (absolute) directory. NOT_FOUND if the file does not exist.
 StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path);
+
+// Parses a model folder's config.yaml for model `name` (the folder's name).
+// Errors are INVALID_ARGUMENT naming `origin` and the key.
+StatusOr<RepositoryModelConfig> ParseRepositoryModelConfig(std::string_view yaml_text,
+                                                           std::string_view origin,
+                                                           std::string_view name);
 
 // Checks values and cross-field rules (addresses, ranges, names, TLS pairs).
 // Both parse paths call it; the daemon calls it again after CLI overrides.

@@ -45,14 +45,18 @@ void ModelHandle::Reset() {
   entry_.reset();
 }
 
+int64_t ModelHandle::version() const { return entry_->status.version; }
+
 ModelRegistry::~ModelRegistry() {
   UnloadAll();
   // Models still held after the drain timeout must not call back into a
   // destroyed registry.
   std::lock_guard lock(mu_);
-  for (const auto& [name, entry] : entries_) {
-    std::lock_guard elock(entry->mu);
-    if (entry->model) entry->model->SetAvailabilityListener(nullptr);
+  for (const auto& [name, versions] : entries_) {
+    for (const auto& [version, entry] : versions) {
+      std::lock_guard elock(entry->mu);
+      if (entry->model) entry->model->SetAvailabilityListener(nullptr);
+    }
   }
 }
 
@@ -85,32 +89,61 @@ void ModelRegistry::Notify(const ModelStatus& status) {
   for (const auto& observer : observers_) observer(status);
 }
 
-std::shared_ptr<ModelHandle::Entry> ModelRegistry::Find(const std::string& name) const {
-  std::lock_guard lock(mu_);
-  auto it = entries_.find(name);
-  return it == entries_.end() ? nullptr : it->second;
+std::shared_ptr<ModelHandle::Entry> ModelRegistry::PickServingLocked(const Versions& versions) {
+  for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
+    std::lock_guard elock(it->second->mu);
+    const ModelState state = SnapshotLocked(*it->second).state;
+    if (state == ModelState::kReady || state == ModelState::kRestarting) return it->second;
+  }
+  return versions.empty() ? nullptr : versions.rbegin()->second;
 }
 
-Status ModelRegistry::Load(const ModelConfig& config) {
+std::shared_ptr<ModelHandle::Entry> ModelRegistry::Find(const std::string& name,
+                                                        int64_t version) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return nullptr;
+  if (version == kServingVersion) return PickServingLocked(it->second);
+  auto v = it->second.find(version);
+  return v == it->second.end() ? nullptr : v->second;
+}
+
+namespace {
+
+std::string Describe(const std::string& name, int64_t version) {
+  return version == kServingVersion
+             ? "model '" + name + "'"
+             : "model '" + name + "' version " + std::to_string(version);
+}
+
+}  // namespace
+
+Status ModelRegistry::Load(const ModelConfig& config, LoadOptions options) {
   if (config.name.empty()) return InvalidArgument("model name must not be empty");
+  if (options.version < 1) {
+    return InvalidArgument("model version must be >= 1, got " + std::to_string(options.version));
+  }
+  const std::string what = Describe(config.name, options.version);
   std::shared_ptr<Entry> entry;
   {
     std::lock_guard lock(mu_);
-    auto it = entries_.find(config.name);
-    if (it != entries_.end()) {
+    Versions& versions = entries_[config.name];
+    auto it = versions.find(options.version);
+    if (it != versions.end()) {
       std::lock_guard elock(it->second->mu);
       if (it->second->busy || it->second->status.state != ModelState::kFailed) {
-        return AlreadyExists("model '" + config.name + "' is already " +
+        return AlreadyExists(what + " is already " +
                              std::string(ModelStateName(it->second->status.state)));
       }
     }
     entry = std::make_shared<Entry>();
     entry->busy = true;
     entry->status.name = config.name;
+    entry->status.version = options.version;
     entry->status.config = config;
     entry->status.state = ModelState::kLoading;
     entry->status.since = std::chrono::system_clock::now();
-    entries_[config.name] = entry;
+    versions[options.version] = entry;
   }
   ModelStatus snapshot;
   {
@@ -151,20 +184,53 @@ Status ModelRegistry::Load(const ModelConfig& config) {
     }
     snapshot = entry->status;
   }
+  if (!loaded.ok() && !options.keep_failed) {
+    std::lock_guard lock(mu_);
+    EraseLocked(config.name, options.version, entry);
+  }
   Notify(snapshot);
   return loaded.ok() ? Status::Ok() : loaded.status();
 }
 
-Status ModelRegistry::Unload(const std::string& name, std::chrono::milliseconds drain_timeout) {
-  auto entry = Find(name);
-  if (!entry) return NotFound("model '" + name + "' is not loaded");
+void ModelRegistry::EraseLocked(const std::string& name, int64_t version,
+                                const std::shared_ptr<Entry>& entry) {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return;
+  auto v = it->second.find(version);
+  if (v != it->second.end() && v->second == entry) it->second.erase(v);
+  if (it->second.empty()) entries_.erase(it);
+}
+
+Status ModelRegistry::Unload(const std::string& name, std::chrono::milliseconds drain_timeout,
+                             int64_t version) {
+  if (version != kServingVersion) return UnloadVersion(name, version, drain_timeout);
+  std::vector<int64_t> versions;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return NotFound("model '" + name + "' is not loaded");
+    for (const auto& [v, entry] : it->second) versions.push_back(v);
+  }
+  Status first = Status::Ok();
+  for (int64_t v : versions) {
+    Status s = UnloadVersion(name, v, drain_timeout);
+    // A version that went away meanwhile is not an error of this call.
+    if (!s.ok() && s.code() != StatusCode::kNotFound && first.ok()) first = s;
+  }
+  return first;
+}
+
+Status ModelRegistry::UnloadVersion(const std::string& name, int64_t version,
+                                    std::chrono::milliseconds drain_timeout) {
+  auto entry = Find(name, version);
+  if (!entry) return NotFound(Describe(name, version) + " is not loaded");
   ModelStatus snapshot;
   std::shared_ptr<Model> model;
   {
     std::unique_lock elock(entry->mu);
     if (entry->busy) {
-      return FailedPrecondition("a load or unload of model '" + name +
-                                "' is already in progress");
+      return FailedPrecondition("a load or unload of " + Describe(name, version) +
+                                " is already in progress");
     }
     if (entry->status.state == ModelState::kReady) {
       entry->busy = true;
@@ -183,15 +249,14 @@ Status ModelRegistry::Unload(const std::string& name, std::chrono::milliseconds 
       snapshot = entry->status;
       elock.unlock();
       Notify(snapshot);
-      return DeadlineExceeded("model '" + name + "' still has requests in flight after " +
+      return DeadlineExceeded(Describe(name, version) + " still has requests in flight after " +
                               std::to_string(drain_timeout.count()) + " ms; not unloaded");
     }
     model = std::move(entry->model);
   }
   {
     std::lock_guard lock(mu_);
-    auto it = entries_.find(name);
-    if (it != entries_.end() && it->second == entry) entries_.erase(it);
+    EraseLocked(name, version, entry);
   }
   model.reset();  // destroys the container: no handle can reach it any more
   {
@@ -214,13 +279,30 @@ void ModelRegistry::UnloadAll(std::chrono::milliseconds drain_timeout) {
   for (const auto& name : names) (void)Unload(name, drain_timeout);
 }
 
-StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name) const {
-  auto entry = Find(name);
-  if (!entry) return NotFound("model '" + name + "' is not loaded");
+Status ModelRegistry::NotLoaded(const std::string& name, int64_t version) const {
+  std::string loaded;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = entries_.find(name); it != entries_.end()) {
+      for (const auto& [v, entry] : it->second) {
+        loaded += (loaded.empty() ? "" : ", ") + std::to_string(v);
+      }
+    }
+  }
+  if (version == kServingVersion || loaded.empty()) {
+    return NotFound(Describe(name, version) + " is not loaded");
+  }
+  return NotFound("model '" + name + "' has no version '" + std::to_string(version) +
+                  "' loaded (loaded: " + loaded + ")");
+}
+
+StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name, int64_t version) const {
+  auto entry = Find(name, version);
+  if (!entry) return NotLoaded(name, version);
   std::lock_guard elock(entry->mu);
   const ModelStatus status = SnapshotLocked(*entry);
   if (status.state != ModelState::kReady && status.state != ModelState::kRestarting) {
-    std::string msg = "model '" + name + "' is " + std::string(ModelStateName(status.state));
+    std::string msg = Describe(name, version) + " is " + std::string(ModelStateName(status.state));
     if (!status.reason.empty()) msg += ": " + status.reason;
     return Unavailable(std::move(msg));
   }
@@ -228,11 +310,14 @@ StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name) const {
   return ModelHandle(entry, entry->model);
 }
 
-bool ModelRegistry::Contains(const std::string& name) const { return Find(name) != nullptr; }
+bool ModelRegistry::Contains(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  return entries_.contains(name);
+}
 
-StatusOr<ModelStatus> ModelRegistry::GetStatus(const std::string& name) const {
-  auto entry = Find(name);
-  if (!entry) return NotFound("model '" + name + "' is not loaded");
+StatusOr<ModelStatus> ModelRegistry::GetStatus(const std::string& name, int64_t version) const {
+  auto entry = Find(name, version);
+  if (!entry) return NotLoaded(name, version);
   std::lock_guard elock(entry->mu);
   return SnapshotLocked(*entry);
 }
@@ -241,7 +326,23 @@ std::vector<ModelStatus> ModelRegistry::List() const {
   std::vector<std::shared_ptr<Entry>> entries;
   {
     std::lock_guard lock(mu_);
-    for (const auto& [name, entry] : entries_) entries.push_back(entry);
+    for (const auto& [name, versions] : entries_) entries.push_back(PickServingLocked(versions));
+  }
+  std::vector<ModelStatus> out;
+  for (const auto& entry : entries) {
+    std::lock_guard elock(entry->mu);
+    out.push_back(SnapshotLocked(*entry));
+  }
+  return out;
+}
+
+std::vector<ModelStatus> ModelRegistry::ListVersions() const {
+  std::vector<std::shared_ptr<Entry>> entries;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [name, versions] : entries_) {
+      for (const auto& [version, entry] : versions) entries.push_back(entry);
+    }
   }
   std::vector<ModelStatus> out;
   for (const auto& entry : entries) {

@@ -1,7 +1,8 @@
 // ModelRegistry: the set of served models, by name, with their lifecycle.
 //
 // States: LOADING -> READY -> UNLOADING -> (removed); LOADING -> FAILED (with
-// a reason, kept until the next load of that name or an unload). A READY
+// a reason, kept until the next load of that name or an unload; or removed at
+// once, for loads with LoadOptions::keep_failed false). A READY
 // model whose worker process died reports RESTARTING (requests wait for it)
 // and READY again once its worker is back; one that cannot serve any more
 // (a poisoned in-process device context, a worker that fails to restart)
@@ -10,6 +11,13 @@
 // holds a ModelHandle for its whole duration; Unload() waits until every
 // handle to the model is gone, so a model is never destroyed under a request.
 // A failed load never affects other models.
+//
+// Versions: a name may have several numbered versions loaded at once (a
+// model repository loads a new version next to the old one). Requests that
+// name no version go to the serving version: the highest version that is
+// READY (or RESTARTING), so traffic moves to a new version the moment it is
+// READY. Per-name views (List, GetStatus, AllReady, metrics, health) report
+// that serving version; ListVersions reports every one.
 //
 // Thread-safety: all methods may be called concurrently. Load and Unload of
 // the same name are serialized (a second one gets FAILED_PRECONDITION while
@@ -34,8 +42,12 @@ namespace pt2serve {
 enum class ModelState { kLoading, kReady, kUnloading, kFailed, kUnloaded, kRestarting };
 std::string_view ModelStateName(ModelState state);  // "LOADING", "READY", ...
 
+// A request or load that names no version; versions themselves are >= 1.
+inline constexpr int64_t kServingVersion = 0;
+
 struct ModelStatus {
   std::string name;
+  int64_t version = 1;
   ModelState state = ModelState::kLoading;
   std::string reason;  // why it FAILED (empty otherwise)
   ModelConfig config;
@@ -62,6 +74,8 @@ class ModelHandle {
   Model* operator->() const { return model_.get(); }
   Model& operator*() const { return *model_; }
   explicit operator bool() const { return model_ != nullptr; }
+  // The version this handle serves. REQUIRES: a non-empty handle.
+  int64_t version() const;
 
  private:
   friend class ModelRegistry;
@@ -71,6 +85,15 @@ class ModelHandle {
   void Reset();
   std::shared_ptr<Entry> entry_;
   std::shared_ptr<Model> model_;
+};
+
+struct LoadOptions {
+  int64_t version = 1;  // >= 1
+  // What a failed load leaves behind. true: a FAILED entry with the reason
+  // (models the operator configured: the server is not ready until they are
+  // fixed). false: nothing (loads requested at run time, like Triton's
+  // explicit loads: the caller gets the error, readiness is unaffected).
+  bool keep_failed = true;
 };
 
 class ModelRegistry {
@@ -84,42 +107,60 @@ class ModelRegistry {
 
   void AddObserver(Observer observer);
 
-  // Loads a model (blocking) and makes it READY. ALREADY_EXISTS when a model
-  // of that name is loading or loaded; a FAILED one is replaced. On failure
-  // the model stays listed as FAILED with the reason, and that Status is
-  // returned.
-  Status Load(const ModelConfig& config);
+  // Loads version `options.version` of a model (blocking) and makes it
+  // READY. ALREADY_EXISTS when that version is loading or loaded; a FAILED
+  // one is replaced. On failure the Status is returned and, with
+  // keep_failed, the version stays listed as FAILED with the reason.
+  Status Load(const ModelConfig& config, LoadOptions options = {});
 
-  // Stops new requests to the model, waits up to `drain_timeout` for the
-  // requests holding handles, then destroys it. NOT_FOUND when unknown.
-  // DEADLINE_EXCEEDED if requests are still in flight after the timeout (the
-  // model then stays READY).
+  // Stops new requests to the model (every version, or only `version`),
+  // waits up to `drain_timeout` for the requests holding handles, then
+  // destroys it. NOT_FOUND when unknown. DEADLINE_EXCEEDED if requests are
+  // still in flight after the timeout (that version then stays READY).
   Status Unload(const std::string& name,
-                std::chrono::milliseconds drain_timeout = std::chrono::seconds(30));
+                std::chrono::milliseconds drain_timeout = std::chrono::seconds(30),
+                int64_t version = kServingVersion);
   void UnloadAll(std::chrono::milliseconds drain_timeout = std::chrono::seconds(30));
 
-  // A handle to a READY (or RESTARTING) model: NOT_FOUND when unknown,
+  // A handle to a READY (or RESTARTING) model version (kServingVersion: the
+  // serving version): NOT_FOUND when the name or version is unknown,
   // UNAVAILABLE while it is loading, unloading or failed (the message says
   // which).
-  StatusOr<ModelHandle> Get(const std::string& name) const;
+  StatusOr<ModelHandle> Get(const std::string& name, int64_t version = kServingVersion) const;
 
-  StatusOr<ModelStatus> GetStatus(const std::string& name) const;
-  // Whether a model of that name is listed (in any state); no copies.
+  StatusOr<ModelStatus> GetStatus(const std::string& name,
+                                  int64_t version = kServingVersion) const;
+  // Whether a model of that name is listed (any version, any state); no copies.
   bool Contains(const std::string& name) const;
-  std::vector<ModelStatus> List() const;  // sorted by name
-  // True when every model is READY (and there is at least one).
+  // One status per name (its serving version, else its highest), by name.
+  std::vector<ModelStatus> List() const;
+  // Every version of every model, by name then version.
+  std::vector<ModelStatus> ListVersions() const;
+  // True when every listed name has a READY serving version (and there is at
+  // least one name).
   bool AllReady() const;
 
  private:
   using Entry = ModelHandle::Entry;
+  using Versions = std::map<int64_t, std::shared_ptr<Entry>>;
   void Notify(const ModelStatus& status);
-  std::shared_ptr<Entry> Find(const std::string& name) const;
+  // `version` of `name`, or (kServingVersion) the serving version: the
+  // highest READY/RESTARTING one, else the highest. nullptr when unknown.
+  std::shared_ptr<Entry> Find(const std::string& name, int64_t version) const;
+  // REQUIRES: mu_ held.
+  static std::shared_ptr<Entry> PickServingLocked(const Versions& versions);
+  // NOT_FOUND for `version` of `name`, naming the versions that are loaded.
+  Status NotLoaded(const std::string& name, int64_t version) const;
+  // Removes `entry` if it is still the one listed. REQUIRES: mu_ held.
+  void EraseLocked(const std::string& name, int64_t version, const std::shared_ptr<Entry>& entry);
+  Status UnloadVersion(const std::string& name, int64_t version,
+                       std::chrono::milliseconds drain_timeout);
   // The entry's status with the model's availability folded in.
   // REQUIRES: entry.mu held.
   static ModelStatus SnapshotLocked(const Entry& entry);
 
   mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Entry>> entries_;  // guarded by mu_
+  std::map<std::string, Versions> entries_;  // guarded by mu_; no empty Versions
   std::mutex observers_mu_;
   std::vector<Observer> observers_;  // guarded by observers_mu_
 };

@@ -17,6 +17,9 @@
 namespace pt2serve::server {
 namespace {
 
+// Same bound as models[].num_runners in the config file.
+constexpr int kMaxRunners = 64;
+
 // Compares in time independent of where the strings differ.
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -176,6 +179,11 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (request->num_runners() < 0 || request->max_queue_size() < 0) {
     return FinishUnary(ctx, InvalidArgument("num_runners and max_queue_size must not be negative"));
   }
+  if (request->num_runners() > kMaxRunners) {
+    return FinishUnary(ctx, InvalidArgument("num_runners must be in 1.." +
+                                            std::to_string(kMaxRunners) + " (0 = default), got " +
+                                            std::to_string(request->num_runners())));
+  }
   if (request->cpu_threads() < 0 || request->cpu_threads() > kMaxCpuThreads) {
     // Checked before the load starts, so a bad request leaves no FAILED model behind.
     return FinishUnary(ctx, InvalidArgument("cpu_threads must be in 0.." +
@@ -189,6 +197,17 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   if (!isolation) {
     return FinishUnary(ctx, InvalidArgument("isolation must be 'in_process' or 'process', got '" +
                                             Printable(request->isolation()) + "'"));
+  }
+  const bool options = !request->device().empty() || request->num_runners() != 0 ||
+                       request->max_queue_size() != 0 || request->cpu_threads() != 0 ||
+                       !request->isolation().empty() || request->inputs_size() > 0 ||
+                       request->outputs_size() > 0 || request->max_batch_size() != 0;
+  if (request->package_path().empty() && options) {
+    // A load by name takes a repository model's options from its config.yaml.
+    return FinishUnary(ctx, InvalidArgument("model '" + request->name() +
+                                            "': options need a package_path; a repository "
+                                            "model loaded by name takes them from its "
+                                            "config.yaml"));
   }
   ModelConfig config = repository_.defaults();
   config.isolation = *isolation;
@@ -211,6 +230,8 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(grpc::CallbackServerContext* c
   }
   auto* reactor = ctx->DefaultReactor();
   // Loading takes a while (package extraction, dlopen): off the gRPC thread.
+  // A failed load leaves no entry (ModelRepository::Load): the caller gets
+  // the error and server readiness is unaffected.
   Status started = RunInBackground([this, reactor, config, response] {
     Status status = repository_.Load(config);
     if (status.ok()) {

@@ -104,10 +104,10 @@ void InferenceCore::RecordEarlyFailure(Protocol protocol, const std::string& mod
 }
 
 void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol protocol,
-                          const std::string& model, InferRequest request,
+                          const std::string& model, int64_t version, InferRequest request,
                           Clock::time_point received, std::chrono::nanoseconds decode_time,
                           Reply reply) {
-  auto handle = registry_.Get(model);
+  auto handle = registry_.Get(model, version);
   if (!handle.ok()) {
     Record(protocol, model, request.id, handle.status(), {}, received, nullptr);
     reply.finish(handle.status());
@@ -144,7 +144,7 @@ void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol pro
     }
     InferResponse& response = *result;
     const auto encode_start = Clock::now();
-    reply.encode(response);
+    reply.encode(response, shared->version());
     const auto encoded = Clock::now();
     RequestTimes times;
     times.total = encoded - received;

@@ -44,7 +44,8 @@ class PendingCall {
 // RPC with the outcome. Both run on a pool thread, or inline when the request
 // fails before it is queued (then only `finish`).
 struct Reply {
-  std::function<void(InferResponse& result)> encode;
+  // `version`: the model version that computed the result.
+  std::function<void(InferResponse& result, int64_t version)> encode;
   std::function<void(const Status& status)> finish;
 };
 
@@ -54,11 +55,13 @@ class InferenceCore {
   InferenceCore(ModelRegistry& registry, Metrics& metrics, StatsTable& stats,
                 bool access_log);
 
-  // Starts `request` on `model`. `received` is when the RPC arrived and
+  // Starts `request` on `version` of `model` (kServingVersion: the serving
+  // version). `received` is when the RPC arrived and
   // `decode_time` how long decoding its tensors took (for statistics).
   // REQUIRES: `call` is fresh; the caller keeps it to cancel.
   void Start(const std::shared_ptr<PendingCall>& call, Protocol protocol,
-             const std::string& model, InferRequest request, Clock::time_point received,
+             const std::string& model, int64_t version, InferRequest request,
+             Clock::time_point received,
              std::chrono::nanoseconds decode_time, Reply reply);
 
   // Records a request that failed before it reached Start (e.g. undecodable).

@@ -81,16 +81,24 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
     reactor->Finish(ToGrpcStatus(inputs.status()));
     return reactor;
   }
+  if (request->model_version() < 0) {
+    const Status bad = InvalidArgument("model_version must be >= 0 (0 = the serving version)");
+    core_.RecordEarlyFailure(Protocol::kNative, request->model(), request->request_id(), bad,
+                             received);
+    reactor->Finish(ToGrpcStatus(bad));
+    return reactor;
+  }
   InferRequest infer;
   infer.id = request->request_id();
   infer.deadline = DeadlineFromSystem(ctx->deadline());
   infer.inputs = std::move(inputs).value();
   infer.outputs.assign(request->outputs().begin(), request->outputs().end());
   infer.priority = request->priority();
-  core_.Start(reactor->call(), Protocol::kNative, request->model(), std::move(infer), received,
-              Clock::now() - received,
-              Reply{[request, response](InferResponse& result) {
+  core_.Start(reactor->call(), Protocol::kNative, request->model(), request->model_version(),
+              std::move(infer), received, Clock::now() - received,
+              Reply{[request, response](InferResponse& result, int64_t version) {
                       response->set_model(request->model());
+                      response->set_model_version(version);
                       response->set_request_id(request->request_id());
                       response->set_weights_version(result.weights_version);
                       response->set_queue_time_us(Micros(result.timing.queue));

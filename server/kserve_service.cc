@@ -1,6 +1,7 @@
 #include "server/kserve_service.h"
 
 #include "common/limits.h"
+#include <algorithm>
 
 #include "server/infer_reactor.h"
 #include "server/stream_infer_reactor.h"
@@ -11,26 +12,21 @@ namespace pt2serve::server {
 namespace {
 
 constexpr char kPlatform[] = "pytorch_aoti";
-constexpr char kVersion[] = "1";  // pt2serve serves one version per model
-
-// Only version "" or "1" exists. Also bounds the model name, which every
-// caller checks through here first.
-Status CheckVersion(const std::string& model, const std::string& version) {
-  PT2_RETURN_IF_ERROR(CheckLength("model name", model, kMaxModelNameBytes));
-  if (version.empty() || version == kVersion) return Status::Ok();
-  return NotFound("model '" + Printable(model) + "' has no version '" + Printable(version) +
-                  "' (only '1')");
-}
 
 StatusOr<ModelHandle> ReadyModel(ModelRegistry& registry, const std::string& name,
                                  const std::string& version) {
-  PT2_RETURN_IF_ERROR(CheckVersion(name, version));
-  return registry.Get(name);
+  PT2_ASSIGN_OR_RETURN(int64_t v, ParseModelVersion(name, version));
+  return registry.Get(name, v);
+}
+
+// The version a KServe message reports ("" for a model with no usable version).
+std::string VersionText(int64_t version) {
+  return version == kServingVersion ? "" : std::to_string(version);
 }
 
 // Lengths of the request's strings, before any of them is echoed.
 Status CheckRequestStrings(const inference::ModelInferRequest& request) {
-  PT2_RETURN_IF_ERROR(CheckVersion(request.model_name(), request.model_version()));
+  PT2_RETURN_IF_ERROR(CheckLength("model name", request.model_name(), kMaxModelNameBytes));
   PT2_RETURN_IF_ERROR(CheckLength("request id", request.id(), kMaxRequestIdBytes));
   for (const auto& in : request.inputs()) {
     PT2_RETURN_IF_ERROR(CheckLength("an input name", in.name(), kMaxTensorNameBytes));
@@ -56,15 +52,6 @@ void FillDims(const TensorSpec& spec, bool batched, Field* out) {
 void FillDuration(const Duration& d, inference::StatisticDuration* out) {
   out->set_count(d.count);
   out->set_ns(d.ns);
-}
-
-std::string KServeState(ModelState state) {
-  switch (state) {
-    case ModelState::kLoading: return "LOADING";
-    case ModelState::kReady: return "READY";
-    case ModelState::kUnloading: return "UNLOADING";
-    default: return "UNAVAILABLE";
-  }
 }
 
 Status RequestTimeout(const inference::ModelInferRequest& request, Deadline& deadline) {
@@ -110,6 +97,20 @@ Status RequestPriority(const inference::ModelInferRequest& request, uint32_t& pr
 
 }  // namespace
 
+StatusOr<int64_t> ParseModelVersion(const std::string& model, const std::string& version) {
+  PT2_RETURN_IF_ERROR(CheckLength("model name", model, kMaxModelNameBytes));
+  if (version.empty()) return kServingVersion;
+  const bool digits = version.size() <= 18 && version[0] != '0' &&
+                      std::all_of(version.begin(), version.end(),
+                                  [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits) {
+    return InvalidArgument("model '" + Printable(model) + "': version '" +
+                           Printable(version.substr(0, 32)) +
+                           "' is not a version number (1, 2, ...)");
+  }
+  return std::stoll(version);
+}
+
 KServeService::KServeService(ModelRegistry& registry, InferenceCore& core, StatsTable& stats,
                              ModelRepository& repository, KServeOptions options)
     : registry_(registry),
@@ -128,16 +129,16 @@ grpc::ServerUnaryReactor* KServeService::ServerLive(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KServeService::ServerReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ServerReadyRequest*,
                                                      inference::ServerReadyResponse* response) {
-  response->set_ready(registry_.AllReady() &&
-                      (!options_.server_ready || options_.server_ready()));
+  response->set_ready(options_.server_ready ? options_.server_ready() : registry_.AllReady());
   return FinishUnary(ctx, Status::Ok());
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelReady(grpc::CallbackServerContext* ctx,
                                                     const inference::ModelReadyRequest* request,
                                                     inference::ModelReadyResponse* response) {
-  if (Status v = CheckVersion(request->name(), request->version()); !v.ok()) return FinishUnary(ctx, v);
-  auto status = registry_.GetStatus(request->name());
+  auto version = ParseModelVersion(request->name(), request->version());
+  if (!version.ok()) return FinishUnary(ctx, version.status());
+  auto status = registry_.GetStatus(request->name(), *version);
   response->set_ready(status.ok() && status->state == ModelState::kReady);
   return FinishUnary(ctx, Status::Ok());
 }
@@ -160,7 +161,12 @@ grpc::ServerUnaryReactor* KServeService::ModelMetadata(
   if (!model.ok()) return FinishUnary(ctx, model.status());
   const Signature& sig = (*model)->signature();
   response->set_name(request->name());
-  response->add_versions(kVersion);
+  for (const ModelStatus& s : registry_.ListVersions()) {
+    if (s.name == request->name() &&
+        (s.state == ModelState::kReady || s.state == ModelState::kRestarting)) {
+      response->add_versions(VersionText(s.version));
+    }
+  }
   response->set_platform(kPlatform);
   for (const auto& in : sig.inputs) FillMetadata(in, response->add_inputs());
   for (const auto& out : sig.outputs) FillMetadata(out, response->add_outputs());
@@ -232,21 +238,22 @@ grpc::ServerUnaryReactor* KServeService::ModelConfig(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* KServeService::ModelStatistics(
     grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  std::vector<std::string> names;
+  // Statistics are kept per name; they are reported with the serving version.
+  std::vector<std::pair<std::string, int64_t>> names;
   if (request->name().empty()) {
     for (const auto& s : registry_.List()) {
-      if (s.state == ModelState::kReady) names.push_back(s.name);
+      if (s.state == ModelState::kReady) names.emplace_back(s.name, s.version);
     }
   } else {
     auto model = ReadyModel(registry_, request->name(), request->version());
     if (!model.ok()) return FinishUnary(ctx, model.status());
-    names.push_back(request->name());
+    names.emplace_back(request->name(), model->version());
   }
-  for (const auto& name : names) {
+  for (const auto& [name, version] : names) {
     const ModelStatsSnapshot stats = stats_.Get(name)->Snapshot();
     auto* out = response->add_model_stats();
     out->set_name(name);
-    out->set_version(kVersion);
+    out->set_version(VersionText(version));
     out->set_last_inference(stats.last_inference_ms);
     out->set_inference_count(stats.inference_count);
     out->set_execution_count(stats.execution_count);
@@ -271,13 +278,14 @@ grpc::ServerUnaryReactor* KServeService::ModelStatistics(
 grpc::ServerUnaryReactor* KServeService::RepositoryIndex(
     grpc::CallbackServerContext* ctx, const inference::RepositoryIndexRequest* request,
     inference::RepositoryIndexResponse* response) {
-  for (const auto& s : registry_.List()) {
-    if (request->ready() && s.state != ModelState::kReady) continue;
+  // Lists the repository (a scan: off the hot path, on request only).
+  for (const IndexEntry& e : repository_.Index()) {
+    if (request->ready() && e.state != "READY") continue;
     auto* m = response->add_models();
-    m->set_name(s.name);
-    m->set_version(kVersion);
-    m->set_state(KServeState(s.state));
-    m->set_reason(s.reason);
+    m->set_name(e.name);
+    m->set_version(VersionText(e.version));
+    m->set_state(e.state);
+    m->set_reason(e.reason);
   }
   return FinishUnary(ctx, Status::Ok());
 }
@@ -294,10 +302,9 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelLoad(
       !name.ok()) {
     return FinishUnary(ctx, name);
   }
-  pt2serve::ModelConfig config = repository_.defaults();
-  config.name = request->model_name();
-  config.path.clear();
-  return FinishUnary(ctx, repository_.Load(config));
+  // Inline, as before: the load blocks this callback thread (an admin
+  // operation, rare); nothing may outlive the service.
+  return FinishUnary(ctx, repository_.LoadByName(request->model_name()));
 }
 
 grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
@@ -317,8 +324,9 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
 
 Status BuildInferRequest(const inference::ModelInferRequest& request,
                          std::chrono::system_clock::time_point grpc_deadline,
-                         InferRequest& infer) {
+                         InferRequest& infer, int64_t& version) {
   PT2_RETURN_IF_ERROR(CheckRequestStrings(request));
+  PT2_ASSIGN_OR_RETURN(version, ParseModelVersion(request.model_name(), request.model_version()));
   infer.id = request.id();
   infer.deadline = DeadlineFromSystem(grpc_deadline);
   PT2_RETURN_IF_ERROR(RequestTimeout(request, infer.deadline));
@@ -330,9 +338,9 @@ Status BuildInferRequest(const inference::ModelInferRequest& request,
 }
 
 void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
-                         inference::ModelInferResponse& response) {
+                         int64_t version, inference::ModelInferResponse& response) {
   response.set_model_name(request.model_name());
-  response.set_model_version(kVersion);
+  response.set_model_version(VersionText(version));
   response.set_id(request.id());
   (*response.mutable_parameters())["weights_version"].set_string_param(result.weights_version);
   EncodeKServeOutputs(result.outputs, response);
@@ -344,16 +352,17 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   const auto received = Clock::now();
   auto* reactor = new InferReactor();
   InferRequest infer;
-  if (Status built = BuildInferRequest(*request, ctx->deadline(), infer); !built.ok()) {
+  int64_t version = kServingVersion;
+  if (Status built = BuildInferRequest(*request, ctx->deadline(), infer, version); !built.ok()) {
     core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
                              received);
     reactor->Finish(ToGrpcStatus(built));
     return reactor;
   }
-  core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), std::move(infer),
-              received, Clock::now() - received,
-              Reply{[request, response](InferResponse& result) {
-                      EncodeInferResponse(*request, result, *response);
+  core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), version,
+              std::move(infer), received, Clock::now() - received,
+              Reply{[request, response](InferResponse& result, int64_t served) {
+                      EncodeInferResponse(*request, result, served, *response);
                     },
                     [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;

@@ -19,21 +19,26 @@ struct KServeOptions {
   // RepositoryModelLoad/Unload are admin operations: PERMISSION_DENIED on
   // the inference port unless this is set.
   bool allow_repository_admin = false;
-  // Extra readiness condition for ServerReady (the daemon: not draining, start-up
-  // weights live), on top of every model being READY. Unset = none. Must be
-  // callable from any thread.
+  // ServerReady's answer (the daemon: Server::Ready). Unset = every model
+  // READY (ModelRegistry::AllReady). Must be callable from any thread.
   std::function<bool()> server_ready;
 };
 
+// A KServe model_version: "" = the serving version (kServingVersion), else a
+// number >= 1; anything else is INVALID_ARGUMENT.
+StatusOr<int64_t> ParseModelVersion(const std::string& model, const std::string& version);
+
 // Shared by ModelInfer and ModelStreamInfer: the runtime request for a KServe
-// request (version, deadline and `timeout` parameter, decoded inputs, requested
-// outputs). The inputs point into `request`, which must outlive them.
+// request (deadline and `timeout` parameter, decoded inputs, requested
+// outputs) and the version it names. The inputs point into `request`, which
+// must outlive them.
 Status BuildInferRequest(const inference::ModelInferRequest& request,
                          std::chrono::system_clock::time_point grpc_deadline,
-                         InferRequest& infer);
-// Fills a KServe response from a result (raw outputs, weights_version parameter).
+                         InferRequest& infer, int64_t& version);
+// Fills a KServe response from a result (raw outputs, weights_version
+// parameter) computed by model version `version`.
 void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
-                         inference::ModelInferResponse& response);
+                         int64_t version, inference::ModelInferResponse& response);
 
 // The generated CallbackService, except that ModelStreamInfer is a raw-bytes
 // method (StreamInferReactor parses each message itself, so it can tell a

@@ -4,6 +4,7 @@
 //   pt2serve                                   # the bundled demo model
 //   pt2serve --config config/pt2serve.example.yaml
 //   pt2serve --model mlp=/path/mlp.pt2 --model other=/p/o.pt2:runners=4,device=cpu
+//   pt2serve --model-repository ./models --repository-mode poll   # every model in it
 //
 // Flags override the config file. SIGTERM/SIGINT: health turns NOT_SERVING at
 // once while requests are still served for drain_delay_ms (a second signal
@@ -133,8 +134,9 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> model_flags;
   std::optional<std::string> inference_address, admin_address, metrics_address, repository,
-      log_level, log_format, token_file, token_env;
-  std::optional<int> drain_ms, drain_delay_ms, max_connection_age_ms, max_connection_age_grace_ms;
+      log_level, log_format, token_file, token_env, repository_mode;
+  std::optional<int> repository_poll_ms, drain_ms, drain_delay_ms, max_connection_age_ms,
+      max_connection_age_grace_ms;
   std::vector<std::string> initial_weights;
   bool access_log = false;
   app.add_option("-c,--config", config_path, "YAML config file (see config/)");
@@ -145,7 +147,14 @@ int main(int argc, char** argv) {
   app.add_option("--inference-address", inference_address, "host:port for inference (KServe v2 + pt2serve.v1)");
   app.add_option("--admin-address", admin_address, "host:port or unix:PATH for the admin API; '' disables");
   app.add_option("--metrics-address", metrics_address, "host:port for Prometheus /metrics; '' disables");
-  app.add_option("--model-repository", repository, "Root folder for admin loads and server-side weight files");
+  app.add_option("--model-repository", repository,
+                 "Model repository: NAME/[VERSION/]model.pt2 folders (docs/model-repository.md); "
+                 "the root for admin loads and server-side weight files");
+  app.add_option("--repository-mode", repository_mode,
+                 "explicit (only --model/config models; load others by name) | all (load every "
+                 "repository model at start) | poll (and rescan)");
+  app.add_option("--repository-poll-ms", repository_poll_ms,
+                 "With --repository-mode poll: rescan interval (default 5000)");
   app.add_option("--admin-token-file", token_file, "File holding the admin bearer token");
   app.add_option("--admin-token-env", token_env, "Environment variable holding the admin bearer token");
   app.add_option("--drain-timeout-ms", drain_ms, "How long shutdown waits for in-flight requests");
@@ -174,6 +183,8 @@ int main(int argc, char** argv) {
   if (admin_address) config.admin_address = *admin_address;
   if (metrics_address) config.metrics_address = *metrics_address;
   if (repository) config.model_repository = *repository;
+  if (repository_mode) config.repository_mode = *repository_mode;
+  if (repository_poll_ms) config.repository_poll_interval_ms = *repository_poll_ms;
   if (token_file) config.admin_token_file = *token_file;
   if (token_env) config.admin_token_env = *token_env;
   if (drain_ms) config.drain_timeout_ms = *drain_ms;
@@ -190,7 +201,7 @@ int main(int argc, char** argv) {
     if (!entry.ok()) return Fail(entry.status());
     config.models.push_back(std::move(entry).value());
   }
-  if (config_path.empty() && config.models.empty()) {
+  if (config_path.empty() && config.models.empty() && config.repository_mode == "explicit") {
     // No arguments: the bundled demo model (exported by scripts/setup.sh).
     ModelEntry demo;
     demo.name = "mlp";

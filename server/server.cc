@@ -97,6 +97,13 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
 
 StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
   PT2_RETURN_IF_ERROR(ValidateServerConfig(config));
+  std::error_code ec;
+  if (config.repository_mode != "explicit" &&
+      !std::filesystem::is_directory(config.model_repository, ec)) {
+    return FailedPrecondition("server.model_repository '" + config.model_repository +
+                              "' is not a directory (repository_mode " +
+                              config.repository_mode + " serves the models in it)");
+  }
   std::unique_ptr<Server> server(new Server);
   server->config_ = config;
   server->registry_ = std::make_unique<ModelRegistry>();
@@ -106,11 +113,25 @@ StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
   server->registry_->AddObserver([s = server.get()](const ModelStatus& st) { s->OnStateChange(st); });
   server->core_ = std::make_unique<InferenceCore>(*server->registry_, *server->metrics_,
                                                   *server->stats_, config.access_log);
-  ModelConfig defaults;  // for models loaded at run time by name/path
+  RepositoryOptions repository;
+  repository.root = config.model_repository;
+  repository.mode = config.repository_mode;
+  for (const ModelEntry& entry : config.models) repository.configured.insert(entry.name);
+  repository.drain_timeout = std::chrono::milliseconds(config.drain_timeout_ms);
   server->repository_ = std::make_unique<ModelRepository>(*server->registry_,
-                                                          config.model_repository, defaults);
+                                                          std::move(repository));
   PT2_RETURN_IF_ERROR(server->BuildListeners());
   server->LoadConfiguredModels();
+  if (config.repository_mode != "explicit") {
+    // Every model found; failures are logged and listed by RepositoryIndex.
+    server->repository_->Sync();
+  }
+  server->started_ = true;
+  server->UpdateHealth();
+  if (config.repository_mode == "poll") {
+    server->repository_->StartPolling(
+        std::chrono::milliseconds(config.repository_poll_interval_ms));
+  }
   return server;
 }
 
@@ -122,7 +143,7 @@ Status Server::BuildListeners() {
   kserve_ = std::make_unique<KServeService>(
       *registry_, *core_, *stats_, *repository_,
       KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port,
-                    [this] { return ServingState(); }});
+                    [this] { return Ready(); }});
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;
@@ -223,34 +244,45 @@ Status Server::ApplyStartupWeights(const ModelEntry& entry) {
 
 void Server::OnStateChange(const ModelStatus& status) {
   auto log = Logger("registry");
+  // Versions come from a model repository's version folders; a model with
+  // only version 1 (the usual case) is logged without one.
+  bool versioned = status.version != 1;
+  for (const ModelStatus& other : registry_->ListVersions()) {
+    versioned = versioned || (other.name == status.name && other.version != 1);
+  }
+  const std::string version = versioned ? " version " + std::to_string(status.version) : "";
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(status.load_duration).count();
   if (status.availability_change) {
     // A loaded model's own change: its worker died, came back, or it failed.
     if (status.state == ModelState::kReady) {
-      log->info("model '{}' READY again ({} worker restart(s) so far)", status.name,
+      log->info("model '{}'{} READY again ({} worker restart(s) so far)", status.name, version,
                 status.restarts);
     } else {
-      log->error("model '{}' {}: {}", status.name, ModelStateName(status.state), status.reason);
+      log->error("model '{}'{} {}: {}", status.name, version, ModelStateName(status.state),
+                 status.reason);
     }
     UpdateHealth();
     return;
   }
   switch (status.state) {
+    case ModelState::kLoading:
+      log->info("model '{}'{} LOADING from {}", status.name, version, status.config.path);
+      break;
     case ModelState::kFailed:
-      log->error("model '{}' FAILED after {} ms: {}", status.name, ms, status.reason);
+      log->error("model '{}'{} FAILED after {} ms: {}", status.name, version, ms, status.reason);
       break;
     case ModelState::kReady:
-      log->info("model '{}' READY ({} ms, {} runner(s), {})", status.name, ms,
+      log->info("model '{}'{} READY ({} ms, {} runner(s), {})", status.name, version, ms,
                 status.config.num_runners, status.config.path);
       stats_->Reset(status.name);
       break;
     case ModelState::kUnloading:
-      log->info("model '{}' UNLOADING", status.name);
+      log->info("model '{}'{} UNLOADING", status.name, version);
       // An upload that is still receiving would hold the model: cancel it.
       if (admin_) admin_->AbortUploads(status.name);
       break;
     default:
-      log->info("model '{}' {}", status.name, ModelStateName(status.state));
+      log->info("model '{}'{} {}", status.name, version, ModelStateName(status.state));
   }
   metrics_->RecordStateChange(status);
   UpdateHealth();
@@ -266,7 +298,7 @@ void Server::UpdateHealth() {
     pending = weights_pending_;
   }
   const bool serving = !shut_down_ && !draining_;
-  const bool ready = registry_->AllReady() && pending.empty() && serving;
+  const bool ready = !shut_down_ && Ready();
   health->SetServingStatus("", ready);
   health->SetServingStatus("inference.GRPCInferenceService", ready);
   health->SetServingStatus("pt2serve.v1.Inference", ready);
@@ -277,10 +309,21 @@ void Server::UpdateHealth() {
   }
 }
 
-bool Server::ServingState() const {
-  if (draining_) return false;
-  std::lock_guard lock(pending_mu_);
-  return weights_pending_.empty();
+bool Server::Ready() const {
+  if (!started_ || draining_) return false;
+  {
+    std::lock_guard lock(pending_mu_);
+    if (!weights_pending_.empty()) return false;
+  }
+  bool any_ready = false;
+  for (const ModelStatus& s : registry_->List()) {
+    if (s.state == ModelState::kReady) {
+      any_ready = true;
+    } else if (s.state != ModelState::kLoading && s.state != ModelState::kUnloading) {
+      return false;  // FAILED or RESTARTING
+    }
+  }
+  return any_ready;
 }
 
 void Server::BeginDrain() {
@@ -303,6 +346,8 @@ void Server::Shutdown() {
       std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
   if (admin_server_) admin_server_->Shutdown(deadline);
   if (inference_server_) inference_server_->Shutdown(deadline);
+  // No poll may load while everything unloads.
+  if (repository_) repository_->StopPolling();
   registry_->UnloadAll(std::chrono::milliseconds(config_.drain_timeout_ms));
   log->info("shutdown complete");
 }

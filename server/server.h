@@ -80,9 +80,14 @@ class Server {
   Status ApplyStartupWeights(const ModelEntry& entry);
   void OnStateChange(const ModelStatus& status);
   void UpdateHealth();
-  // Readiness beyond "every model READY": not draining, start-up weights
-  // live. Any thread.
-  bool ServingState() const;
+  // Whether the server is ready (health "", KServe ServerReady): start-up
+  // loads done (configured models, and the repository's in modes all/poll),
+  // not draining, start-up weights live, at least one model READY and none
+  // FAILED or RESTARTING. A model LOADING or UNLOADING after start-up (an
+  // admin or repository load, a poll adding or removing a model) changes
+  // only that model's own status: readiness is the whole pod's, and must not
+  // flap whenever one model comes or goes. Any thread.
+  bool Ready() const;
 
   ServerConfig config_;
   std::unique_ptr<ModelRegistry> registry_;
@@ -99,6 +104,7 @@ class Server {
   int admin_port_ = 0;
   std::atomic<bool> shut_down_{false};  // read by health updates on any thread
   std::atomic<bool> draining_{false};
+  std::atomic<bool> started_{false};  // start-up loads are done
   // Models whose start-up weights are not (yet) live; they report not ready.
   mutable std::mutex pending_mu_;
   std::set<std::string> weights_pending_;  // guarded by pending_mu_

@@ -71,8 +71,8 @@ void StreamInferReactor::Start(std::shared_ptr<inference::ModelInferRequest> req
   }
   // The request must outlive its inference (its inputs point into it).
   auto answer = std::make_shared<inference::ModelStreamInferResponse>();
-  Reply reply{[request, answer](InferResponse& result) {
-                EncodeInferResponse(*request, result, *answer->mutable_infer_response());
+  Reply reply{[request, answer](InferResponse& result, int64_t version) {
+                EncodeInferResponse(*request, result, version, *answer->mutable_infer_response());
               },
               [this, key, wire_bytes, request, answer](const Status& status) {
                 if (!status.ok()) {
@@ -84,12 +84,13 @@ void StreamInferReactor::Start(std::shared_ptr<inference::ModelInferRequest> req
                 Respond(key, wire_bytes, *answer);
               }};
   InferRequest infer;
-  if (Status built = BuildInferRequest(*request, ctx_->deadline(), infer); !built.ok()) {
+  int64_t version = kServingVersion;
+  if (Status built = BuildInferRequest(*request, ctx_->deadline(), infer, version); !built.ok()) {
     core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
                              received);
     reply.finish(built);
   } else {
-    core_.Start(call, Protocol::kKServe, request->model_name(), std::move(infer), received,
+    core_.Start(call, Protocol::kKServe, request->model_name(), version, std::move(infer), received,
                 Clock::now() - received, std::move(reply));
   }
 }

@@ -438,5 +438,55 @@ TEST_CASE("model names, paths and versions have the servers' length limits") {
   CHECK_FALSE(Parse("")->allow_compressed_requests);
 }
 
+TEST_CASE("repository mode and poll interval") {
+  auto config = Parse("server:\n  model_repository: /m\n  repository_mode: poll\n"
+                      "  repository_poll_interval_ms: 250\n");
+  REQUIRE(config.ok());
+  CHECK(config->repository_mode == "poll");
+  CHECK(config->repository_poll_interval_ms == 250);
+  CHECK(Parse("").value().repository_mode == "explicit");
+  ExpectError("server:\n  model_repository: /m\n  repository_mode: sometimes\n",
+              {"server.repository_mode", "unknown mode 'sometimes'"});
+  ExpectError("server:\n  repository_mode: all\n",
+              {"server.repository_mode", "needs server.model_repository"});
+  ExpectError("server:\n  model_repository: /m\n  repository_poll_interval_ms: 5\n",
+              {"server.repository_poll_interval_ms", "100..86400000"});
+}
+
+TEST_CASE("a repository model's config.yaml") {
+  auto parsed = ParseRepositoryModelConfig(
+      "num_runners: 3\ndevice: cpu\nversion_policy: {latest: 2}\n", "m/config.yaml", "m");
+  REQUIRE(parsed.ok());
+  CHECK(parsed->entry.name == "m");
+  CHECK(parsed->entry.num_runners == 3);
+  CHECK(parsed->version_policy.kind == VersionPolicy::Kind::kLatest);
+  CHECK(parsed->version_policy.latest == 2);
+  auto specific = ParseRepositoryModelConfig("version_policy: {specific: [1, 3]}\n", "c", "m");
+  REQUIRE(specific.ok());
+  CHECK(specific->version_policy.specific == std::vector<int64_t>{1, 3});
+  CHECK(ParseRepositoryModelConfig("version_policy: all\n", "c", "m")->version_policy.kind ==
+        VersionPolicy::Kind::kAll);
+  CHECK(ParseRepositoryModelConfig("", "c", "m").ok());  // an empty file: the defaults
+
+  auto error = [](const std::string& yaml) {
+    auto r = ParseRepositoryModelConfig(yaml, "m/config.yaml", "m");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(r.status().message(), Catch::StartsWith("m/config.yaml"));
+    return r.status().message();
+  };
+  CHECK_THAT(error("path: x.pt2\n"), Catch::Contains("unknown key 'path'"));
+  CHECK_THAT(error("weights_file: w.safetensors\n"), Catch::Contains("unknown key 'weights_file'"));
+  CHECK_THAT(error("name: other\n"), Catch::Contains("differs from the folder's name 'm'"));
+  CHECK_THAT(error("num_runners: 0\n"), Catch::Contains("num_runners") && Catch::Contains("1..64"));
+  CHECK_THAT(error("version_policy: {latest: 0}\n"), Catch::Contains("version_policy.latest"));
+  CHECK_THAT(error("version_policy: {specific: [0]}\n"),
+             Catch::Contains("version_policy.specific[0]"));
+  CHECK_THAT(error("version_policy: newest\n"), Catch::Contains("expected 'all'"));
+  CHECK_THAT(error("version_policy: {latest: 1, specific: [1]}\n"),
+             Catch::Contains("expected 'all'"));
+  CHECK_THAT(error("num_runners: [\n"), Catch::Contains("invalid YAML"));
+}
+
 }  // namespace
 }  // namespace pt2serve

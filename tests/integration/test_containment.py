@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,7 +270,8 @@ def test_isolation_flag_admin_load_and_bad_values(daemon_factory, model_dir, lm_
         pytest.skip(f"pt2ctl not built at {PT2CTL}")
     repo = tmp_path / "repo"
     repo.mkdir()
-    os.symlink(model_dir / "mlp.pt2", repo / "mlp.pt2")
+    # A copy: a symlink leaving the repository would be refused.
+    shutil.copy(model_dir / "mlp.pt2", repo / "mlp.pt2")
     d = daemon_factory(models=[], server={"model_repository": str(repo)}, admin=True,
                        wait="live")
     pt2ctl = [str(PT2CTL), "--admin-address", d.admin_url, "--token", ADMIN_TOKEN]

@@ -75,7 +75,7 @@ def test_reflection_lists_services(server):
                 "RepositoryIndex", "ServerReady"} <= {m.name for m in kserve.methods}
         run_req = pool.FindMessageTypeByName("pt2serve.v1.RunRequest")
         assert [f.name for f in run_req.fields] == ["model", "inputs", "outputs", "request_id",
-                                                "priority"]
+                                                "priority", "model_version"]
     finally:
         ch.close()
 

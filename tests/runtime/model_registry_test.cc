@@ -124,3 +124,53 @@ TEST_CASE("unload during traffic: requests finish or get a clear status", "[regi
   CHECK(ok > 0);
   CHECK(not_found + unavailable > 0);
 }
+
+TEST_CASE("versions: the highest READY one serves, each can be named", "[registry]") {
+  ModelRegistry registry;
+  REQUIRE(registry.Load(Config("m", "mlp"), LoadOptions{1}).ok());
+  REQUIRE(registry.Load(Config("m", "cnn"), LoadOptions{2}).ok());
+  CHECK(registry.Load(Config("m", "mlp"), LoadOptions{2}).code() == StatusCode::kAlreadyExists);
+  CHECK(registry.Load(Config("m", "mlp"), LoadOptions{0}).code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(registry.Get("m")->version() == 2);
+  CHECK(registry.Get("m", 1)->version() == 1);
+  CHECK((*registry.Get("m", 1))->signature().inputs[0].name == "x");
+  auto missing = registry.Get("m", 7);
+  CHECK(missing.status().code() == StatusCode::kNotFound);
+  CHECK_THAT(missing.status().message(), Catch::Contains("no version '7'") &&
+                                            Catch::Contains("loaded: 1, 2"));
+  REQUIRE(registry.List().size() == 1);  // one row per name: the serving version
+  CHECK(registry.List()[0].version == 2);
+  REQUIRE(registry.ListVersions().size() == 2);
+  CHECK(registry.AllReady());
+
+  // A FAILED newer version does not take traffic from the READY one.
+  ModelConfig bad = Config("m", "mlp");
+  bad.path = "/nonexistent.pt2";
+  CHECK_FALSE(registry.Load(bad, LoadOptions{3}).ok());
+  CHECK(registry.GetStatus("m", 3)->state == ModelState::kFailed);
+  CHECK(registry.Get("m")->version() == 2);
+  CHECK(registry.AllReady());
+
+  REQUIRE(registry.Unload("m", 5s, 2).ok());
+  CHECK(registry.Get("m")->version() == 1);
+  REQUIRE(registry.Unload("m").ok());  // every version, the FAILED one included
+  CHECK_FALSE(registry.Contains("m"));
+  CHECK(registry.ListVersions().empty());
+}
+
+TEST_CASE("a load with keep_failed=false leaves nothing behind", "[registry]") {
+  ModelRegistry registry;
+  REQUIRE(registry.Load(Config("good", "mlp")).ok());
+  std::vector<std::string> events;
+  registry.AddObserver([&](const ModelStatus& s) {
+    events.push_back(s.name + ":" + std::string(ModelStateName(s.state)));
+  });
+  ModelConfig bad = Config("bad", "mlp");
+  bad.path = "/nonexistent.pt2";
+  Status s = registry.Load(bad, LoadOptions{1, /*keep_failed=*/false});
+  CHECK(s.code() == StatusCode::kNotFound);
+  CHECK_FALSE(registry.Contains("bad"));
+  CHECK(registry.AllReady());  // readiness is not affected
+  CHECK(events == std::vector<std::string>{"bad:LOADING", "bad:FAILED"});
+}

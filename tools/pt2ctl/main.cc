@@ -2,7 +2,7 @@
 //
 //   pt2ctl check [--model M]          (ready + one inference; the chart's helm test)
 //   pt2ctl models list
-//   pt2ctl models load NAME PACKAGE_PATH [--device D] [--runners N] [--queue N]
+//   pt2ctl models load NAME [PACKAGE_PATH] [--device D] [--runners N] [--queue N]
 //       [--cpu-threads N] [--input N:DTYPE:DIMS ... --output N:DTYPE:DIMS ... [--max-batch N]]
 //   pt2ctl models unload NAME
 //   pt2ctl models inspect PACKAGE.pt2     (local, no server)
@@ -320,7 +320,8 @@ int ModelsLoad(const Globals& g, const LoadArgs& a) {
   if (g.json) {
     std::printf("%s\n", ToJson(response).c_str());
   } else {
-    std::printf("loaded %s from %s: %s, weights '%s'\n", a.name.c_str(), a.package_path.c_str(),
+    std::printf("loaded %s from %s: %s, weights '%s'\n", a.name.c_str(),
+                a.package_path.empty() ? "the repository" : a.package_path.c_str(),
                 std::string(ModelStateName(response.model().state())).c_str(),
                 response.model().weights_version().c_str());
   }
@@ -699,8 +700,8 @@ int Main(int argc, char** argv) {
   auto* load_cmd = models->add_subcommand("load", "Load a package from the server's repository");
   load_cmd->add_option("name", load.name, "Name to serve the model under")->required();
   load_cmd->add_option("package_path", load.package_path,
-                       "Path of the .pt2 relative to the server's model repository")
-      ->required();
+                       "Path of the .pt2 relative to the server's model repository; omitted: "
+                       "load repository model NAME by name (its versions and config.yaml)");
   load_cmd->add_option("--device", load.device, "cpu, cuda, cuda:N (default: server's)");
   load_cmd->add_option("--runners", load.runners, "Concurrent runners (default: server's)")
       ->check(CLI::NonNegativeNumber);
