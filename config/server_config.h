@@ -49,6 +49,8 @@ struct ModelEntry {
 
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).
 inline constexpr int kMaxDrainDelayMs = 600'000;
+// Upper bound of ServerConfig::upload_idle_timeout_ms (1 hour).
+inline constexpr int kMaxUploadIdleTimeoutMs = 3'600'000;
 
 struct ServerConfig {
   std::string inference_address = "127.0.0.1:8001";
@@ -69,6 +71,10 @@ struct ServerConfig {
   // and rebalance after scale-out; the grace lets in-flight RPCs finish.
   int max_connection_age_ms = 0;
   int max_connection_age_grace_ms = 30000;
+  // A weight upload (UpdateConstantBuffer stream) that receives no message
+  // for this long is aborted and releases the model's weight operations
+  // (1..kMaxUploadIdleTimeoutMs; there is no "never").
+  int upload_idle_timeout_ms = 30000;
   // Serve KServe RepositoryModelLoad/Unload on the inference port too.
   bool allow_repository_admin_on_inference_port = false;
   // Bearer token for the admin listener; see ResolveAdminToken().

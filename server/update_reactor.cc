@@ -1,5 +1,8 @@
 #include "server/update_reactor.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include "runtime/model.h"
 #include "server/admin_service.h"
 #include "server/logging.h"
@@ -7,17 +10,27 @@
 #include "server/tensor_codec.h"
 
 namespace pt2serve::server {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 UpdateReactor::UpdateReactor(AdminService& service, grpc::CallbackServerContext* ctx,
-                             pt2serve::v1::UpdateConstantBufferResponse* response)
+                             grpc::ByteBuffer* response)
     : guard_(std::make_shared<UploadGuard>()), service_(service), ctx_(ctx), response_(response) {
   guard_->reactor = this;
+  guard_->last_activity_ns = NowNs();
   std::lock_guard lock(guard_->mu);
   if (Status auth = service_.Authenticate(ctx_); !auth.ok()) {
     FinishLocked(ToGrpcStatus(auth));
     return;
   }
-  StartRead(&request_);
+  StartRead(&raw_);
 }
 
 void UpdateReactor::FinishLocked(const grpc::Status& status) {
@@ -43,6 +56,22 @@ void UpdateReactor::Abort(const std::shared_ptr<UploadGuard>& guard, const std::
   self->ctx_->TryCancel();
 }
 
+void UpdateReactor::Expire(const std::shared_ptr<UploadGuard>& guard,
+                           std::chrono::steady_clock::time_point idle_since,
+                           const std::string& why) {
+  std::lock_guard lock(guard->mu);
+  UpdateReactor* self = guard->reactor;
+  if (!self || self->phase_ != Phase::kReceiving) return;
+  const auto since_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            idle_since.time_since_epoch())
+                            .count();
+  if (guard->last_activity_ns.load() > since_ns) return;  // a message came meanwhile
+  // Finishing with a read outstanding is allowed: the transport closes the
+  // stream, the read completes with ok=false and OnReadDone sees kFinished.
+  self->FailLocked(Aborted("weight upload to model '" + self->model_name_ + "' aborted: " + why +
+                           "; nothing was staged"));
+}
+
 void UpdateReactor::OnDone() {
   const std::shared_ptr<UploadGuard> guard = guard_;
   {
@@ -64,24 +93,49 @@ void UpdateReactor::OnReadDone(bool ok) {
                                 abort_reason_));
     }
     if (ctx_->IsCancelled()) return FailLocked(Cancelled("client cancelled the update"));
+    if (options_.sha256_follows && !have_trailer_) {
+      return FailLocked(InvalidArgument(
+          "the header announced a trailer with the sha256 (sha256_in_trailer) but the stream "
+          "ended without one"));
+    }
     return CommitLocked();
   }
-  Status status;
+  guard->last_activity_ns = NowNs();
+  if (Status status = OnMessage(); !status.ok()) return FailLocked(status);
+  StartRead(&raw_);
+}
+
+Status UpdateReactor::OnMessage() {
+  ++messages_;
+  {
+    grpc::ProtoBufferReader reader(&raw_);
+    const bool parsed = request_.ParseFromZeroCopyStream(&reader);
+    raw_.Clear();
+    if (!parsed) {
+      return InvalidArgument("message " + std::to_string(messages_) +
+                             " of the UpdateConstantBuffer stream does not parse as an "
+                             "UpdateConstantBufferRequest; nothing was staged");
+    }
+  }
+  if (have_trailer_) return InvalidArgument("no message may follow the trailer");
   if (!have_header_) {
     if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kHeader) {
-      return FailLocked(
-          InvalidArgument("the first message of UpdateConstantBuffer must be a header"));
+      return InvalidArgument("the first message of UpdateConstantBuffer must be a header");
     }
-    status = OnHeader(request_.header());
     have_header_ = true;
-    if (status.ok()) service_.AddUpload(model_name_, guard_);
-  } else if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kChunk) {
-    status = InvalidArgument("only the first message may be a header; later ones are chunks");
-  } else {
-    status = OnChunk(request_.chunk());
+    PT2_RETURN_IF_ERROR(OnHeader(request_.header()));
+    service_.AddUpload(model_name_, guard_);
+    return Status::Ok();
   }
-  if (!status.ok()) return FailLocked(status);
-  StartRead(&request_);
+  switch (request_.kind_case()) {
+    case pt2serve::v1::UpdateConstantBufferRequest::kChunk: return OnChunk(request_.chunk());
+    case pt2serve::v1::UpdateConstantBufferRequest::kTrailer:
+      have_trailer_ = true;
+      return OnTrailer(request_.trailer());
+    default:
+      return InvalidArgument(
+          "only the first message may be a header; later ones are chunks and a final trailer");
+  }
 }
 
 Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
@@ -90,8 +144,12 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
   PT2_ASSIGN_OR_RETURN(model_, service_.registry_.Get(header.model()));
   options_.version = header.version();
   options_.sha256 = header.sha256();
+  options_.sha256_follows = header.sha256_in_trailer();
   switch (header.source_case()) {
     case pt2serve::v1::UpdateHeader::kServerPath: {
+      if (options_.sha256_follows) {
+        return InvalidArgument("sha256_in_trailer is for streamed tensors, not a server_path");
+      }
       PT2_ASSIGN_OR_RETURN(server_path_, service_.repository_.Resolve(header.server_path()));
       options_.source = header.server_path();
       return Status::Ok();
@@ -125,6 +183,11 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
   }
 }
 
+Status UpdateReactor::OnTrailer(const pt2serve::v1::UpdateTrailer& trailer) {
+  if (!session_) return InvalidArgument("a trailer is not allowed with a server_path header");
+  return session_->ExpectSha256(trailer.sha256());
+}
+
 Status UpdateReactor::OnChunk(const pt2serve::v1::TensorChunk& chunk) {
   if (!session_) {
     return InvalidArgument("chunks are not allowed when the header names a server_path");
@@ -146,12 +209,20 @@ void UpdateReactor::CommitLocked() {
     std::lock_guard lock(guard->mu);
     if (!status.ok()) return FailLocked(status);
     const auto st = model_->weights().status();
-    response_->set_model(model_name_);
-    response_->set_version(options_.version);
-    response_->set_staged_bytes(st.inactive.bytes);
-    response_->set_tensors(static_cast<uint32_t>(model_->info().constants.size()));
-    response_->set_fold_time_us(
+    pt2serve::v1::UpdateConstantBufferResponse response;
+    response.set_model(model_name_);
+    response.set_version(options_.version);
+    response.set_staged_bytes(st.inactive.bytes);
+    response.set_tensors(static_cast<uint32_t>(model_->info().constants.size()));
+    response.set_fold_time_us(
         std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+    {
+      grpc::ProtoBufferWriter writer(response_, grpc::kProtoBufferWriterMaxBufferLength,
+                                     static_cast<int>(response.ByteSizeLong()));
+      if (!response.SerializeToZeroCopyStream(&writer)) {
+        return FailLocked(Internal("cannot serialize the UpdateConstantBuffer response"));
+      }
+    }
     Logger("admin")->info("model '{}': weights '{}' staged from {} ({} bytes, {} ms)",
                           model_name_, options_.version, options_.source, st.inactive.bytes,
                           std::chrono::duration_cast<std::chrono::milliseconds>(took).count());

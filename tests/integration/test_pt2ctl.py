@@ -614,3 +614,124 @@ def test_second_daemon_on_the_same_admin_address_fails_to_start(daemon, tmp_path
             f"running after 8 s; its log:\n{second.stderr_tail(1500)}")
     finally:
         second.kill()
+
+
+# ------------------------------------------------------------- upload hardening (issue 14)
+
+
+def raw_update(ch, pb, frames: list[bytes], timeout: float = 30):
+    """UpdateConstantBuffer with each stream message given as raw bytes (so one can be garbage)."""
+    call = ch.stream_unary("/pt2serve.v1.Admin/UpdateConstantBuffer",
+                           request_serializer=lambda b: b,
+                           response_deserializer=pb.admin_pb2.UpdateConstantBufferResponse.FromString)
+    return call(iter(frames), metadata=AUTH, timeout=timeout)
+
+
+# Field 1 (header), length-delimited, declaring far more bytes than follow: never parses.
+UNPARSABLE = b"\x0a\xff\xff\xff\x0f\x01"
+
+
+@pytest.mark.parametrize("where", ["after_complete_upload", "mid_upload"])
+def test_unparsable_upload_message_ends_the_stream_with_an_error(daemon, pb, repo, references,
+                                                                   where):
+    """A stream message that does not parse must end the upload with INVALID_ARGUMENT and stage
+    nothing, even when every announced byte already arrived (issue 14: it used to end like a
+    half-close and stage)."""
+    frames = [m.SerializeToString() for m in update_messages(pb, seed_weights(repo), "v-garbage")]
+    if where == "after_complete_upload":
+        frames.append(UNPARSABLE)
+    else:
+        frames.insert(len(frames) // 2, UNPARSABLE)
+    with admin_channel(daemon) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            raw_update(ch, pb, frames)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+    assert "does not parse" in e.value.details(), e.value.details()
+    st = status_json(daemon)
+    assert st["inactive"]["state"] == "EMPTY", st
+    refused(run_ctl(daemon, "weights", "swap", "mlp"), "FAILED_PRECONDITION")
+    assert_serves(pb, daemon, references, "initial")
+    # The writer slot is free again.
+    ok(run_ctl(daemon, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors"), "--swap"))
+    assert_serves(pb, daemon, references, f"seed{SEED}")
+
+
+def test_stalled_upload_is_aborted_after_the_idle_timeout(tmp_path, pb, repo, references):
+    """A client that sends the header and a few bytes and then goes silent (connection open)
+    must not hold the model's writer slot: after server.upload_idle_timeout_ms the stream ends
+    with ABORTED naming the timeout, nothing is staged, and the next push goes through."""
+    d = start_daemon(tmp_path / "daemon",
+                     models=[{"name": "mlp", "path": str(repo / "mlp.pt2"), "num_runners": 2}],
+                     server={"model_repository": str(repo), "upload_idle_timeout_ms": 1000},
+                     admin=True, metrics=False)
+    release = threading.Event()
+    msgs = update_messages(pb, seed_weights(repo), "v-stalled")
+
+    def requests():
+        yield from msgs[:2]  # header and one chunk, then silence
+        release.wait(60)
+
+    ch = admin_channel(d)
+    try:
+        fut = admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
+                                                             timeout=120)
+        time.sleep(0.3)
+        # While the upload is live (not idle yet), the slot is taken.
+        refused(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors")),
+                "FAILED_PRECONDITION")
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            fut.result(timeout=20)
+        took = time.monotonic() - start
+        assert e.value.code() == grpc.StatusCode.ABORTED, e.value
+        assert "upload_idle_timeout_ms" in e.value.details(), e.value.details()
+        assert took < 5, f"the stalled upload ended only after {took:.1f} s"
+        st = status_json(d)
+        assert st["inactive"]["state"] == "EMPTY", st
+        ok(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors"), "--swap"))
+        assert_serves(pb, d, references, f"seed{SEED}")
+    finally:
+        release.set()
+        ch.close()
+        d.kill()
+
+
+def write_overlapping_safetensors(path: Path, weights: dict[str, np.ndarray], alias: str,
+                                  onto: str) -> Path:
+    """A safetensors file of `weights` whose tensor `alias` points into `onto`'s bytes."""
+    header, blob, offsets = {}, b"", {}
+    for name, v in weights.items():
+        data = np.ascontiguousarray(v).tobytes()
+        offsets[name] = (len(blob), len(blob) + len(data))
+        blob += data
+    begin = offsets[onto][0]
+    offsets[alias] = (begin, begin + weights[alias].nbytes)
+    for name, v in weights.items():
+        header[name] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": list(offsets[name])}
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob)
+    return path
+
+
+def test_overlapping_data_offsets_are_refused(daemon, pb, repo, references, tmp_path):
+    """fc1.bias aliasing the first bytes of fc1.weight: pt2ctl refuses it locally (exit 2) and
+    the server refuses it as a server-side file (INVALID_ARGUMENT), both naming the tensors."""
+    w = seed_weights(repo)
+    name = "overlap.safetensors"
+    write_overlapping_safetensors(tmp_path / name, w, alias="fc1.bias", onto="fc1.weight")
+    shutil.copyfile(tmp_path / name, repo / name)
+    try:
+        p = run_ctl(daemon, "weights", "push", "mlp", str(tmp_path / name))
+        assert p.returncode == 2, p.stderr
+        for text in ("'fc1.weight'", "'fc1.bias'", "overlapping"):
+            assert text in p.stderr, p.stderr
+        other = tmp_path / "elsewhere"  # no local copy: only the server checks the file
+        other.mkdir()
+        p = run_ctl(daemon, "weights", "push", "mlp", name, "--server-side", cwd=other)
+        refused(p, "INVALID_ARGUMENT")
+        for text in ("'fc1.weight'", "'fc1.bias'", "overlapping"):
+            assert text in p.stderr, p.stderr
+    finally:
+        (repo / name).unlink()
+    assert status_json(daemon)["inactive"]["state"] == "EMPTY"
+    assert_serves(pb, daemon, references, "initial")
