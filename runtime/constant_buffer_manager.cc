@@ -473,6 +473,14 @@ UploadSession::~UploadSession() = default;
 
 Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,
                             size_t size) {
+  return Write(name, offset, size, [&](std::byte* dest) {
+    std::memcpy(dest, data, size);
+    return true;
+  });
+}
+
+Status UploadSession::Write(std::string_view name, uint64_t offset, size_t size,
+                            const std::function<bool(std::byte* dest)>& fill) {
   if (committed_) return FailedPrecondition("upload already committed");
   auto found = index_.find(name);
   if (found == index_.end()) {
@@ -496,7 +504,10 @@ Status UploadSession::Write(std::string_view name, uint64_t offset, const void* 
                            " were already written");
   }
   std::byte* dest = part.data.get() + offset;
-  std::memcpy(dest, data, size);
+  if (!fill(dest)) {
+    return InvalidArgument("upload: chunk data for bytes [" + std::to_string(offset) + ", " +
+                           std::to_string(end) + ") of tensor " + Quoted(name) + " is truncated");
+  }
   // The staged copy is written once and outlives the hasher: hash it there.
   if (!options_.sha256.empty() || options_.sha256_follows) hasher_.Update(dest, size);
   part.received += size;

@@ -65,6 +65,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -268,6 +269,12 @@ class UploadSession {
   // recorded, for an unannounced name, a range outside the tensor, or bytes
   // already written; FAILED_PRECONDITION once Commit() was called.
   Status Write(std::string_view name, uint64_t offset, const void* data, size_t size);
+  // The same, but `fill` writes the `size` bytes straight into the staging
+  // buffer at `dest` (e.g. from the network), saving a copy. `fill` runs
+  // only after the checks pass; when it returns false the chunk counts as not
+  // written (INVALID_ARGUMENT "chunk data ... truncated").
+  Status Write(std::string_view name, uint64_t offset, size_t size,
+               const std::function<bool(std::byte* dest)>& fill);
 
   // Gives the SHA-256 announced as following the data (options.sha256_follows).
   // INVALID_ARGUMENT if none was announced, one was already given, or `sha256`

@@ -12,6 +12,7 @@ Exit codes checked (tools/pt2ctl/README.md): 0 ok, 1 server refused, 2 usage/loc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -555,6 +556,19 @@ def test_checksum_failure_keeps_rollback_target(daemon, pb, repo, references):
     print(f"inactive buffer after a DATA_LOSS update: {st['inactive']['state']}")
 
 
+def start_stalled_upload(d, pb, msgs, release: threading.Event):
+    """An upload that sends the header and one chunk, then nothing until `release` is set
+    (the connection stays open). Returns (channel, future); the caller closes the channel."""
+
+    def requests():
+        yield from msgs[:2]
+        release.wait(60)
+
+    ch = admin_channel(d)
+    return ch, admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
+                                                              timeout=120)
+
+
 def test_unload_is_not_blocked_by_an_idle_upload_stream(daemon, pb, repo):
     """An UpdateConstantBuffer stream that sent its header and then sits idle (a stalled or
     crashed pusher whose connection stays open) must not hold UnloadModel hostage.
@@ -564,18 +578,10 @@ def test_unload_is_not_blocked_by_an_idle_upload_stream(daemon, pb, repo):
     half-closes or its deadline passes; the upload then even commits into the UNLOADING model
     and the uploader gets OK. Expected: unload finishes promptly (cancelling the upload).
     """
-    w = seed_weights(repo)
-    msgs = update_messages(pb, w, "idle")
     release = threading.Event()
-
-    def requests():
-        yield from msgs[:2]  # header and one chunk, then nothing
-        release.wait(60)
-
-    ch = admin_channel(daemon)
+    ch, fut = start_stalled_upload(daemon, pb, update_messages(pb, seed_weights(repo), "idle"),
+                                   release)
     try:
-        fut = admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
-                                                             timeout=120)
         time.sleep(0.5)
         start = time.monotonic()
         p = run_ctl(daemon, "--timeout", "10", "models", "unload", "mlp", timeout=60)
@@ -656,6 +662,41 @@ def test_unparsable_upload_message_ends_the_stream_with_an_error(daemon, pb, rep
     assert_serves(pb, daemon, references, f"seed{SEED}")
 
 
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def reversed_chunk(name: str, offset: int, data: bytes) -> bytes:
+    """An UpdateConstantBufferRequest{chunk} with TensorChunk's fields written data, offset, name
+    (legal protobuf that no library writes: the server's copy-free chunk scan must fall back)."""
+    body = (b"\x1a" + _varint(len(data)) + data + b"\x10" + _varint(offset) +
+            b"\x0a" + _varint(len(name)) + name.encode())
+    return b"\x12" + _varint(len(body)) + body
+
+
+def test_chunks_in_any_field_order_stage_the_same_weights(daemon, pb, repo, references):
+    """Half the chunks with TensorChunk's fields reversed: the upload stages exactly the weights
+    (checked by the server's SHA-256 and by serving the reference output)."""
+    w = seed_weights(repo)
+    msgs = update_messages(pb, w, f"seed{SEED}")
+    msgs[0].header.sha256 = hashlib.sha256(b"".join(m.chunk.data for m in msgs[1:])).hexdigest()
+    frames = [msgs[0].SerializeToString()]
+    for i, m in enumerate(msgs[1:]):
+        c = m.chunk
+        frames.append(reversed_chunk(c.name, c.offset, c.data) if i % 2 else
+                      m.SerializeToString())
+    with admin_channel(daemon) as ch:
+        resp = raw_update(ch, pb, frames)
+    assert resp.version == f"seed{SEED}"
+    ok(run_ctl(daemon, "weights", "swap", "mlp"))
+    assert_serves(pb, daemon, references, f"seed{SEED}")
+
+
 def test_stalled_upload_is_aborted_after_the_idle_timeout(tmp_path, pb, repo, references):
     """A client that sends the header and a few bytes and then goes silent (connection open)
     must not hold the model's writer slot: after server.upload_idle_timeout_ms the stream ends
@@ -665,16 +706,9 @@ def test_stalled_upload_is_aborted_after_the_idle_timeout(tmp_path, pb, repo, re
                      server={"model_repository": str(repo), "upload_idle_timeout_ms": 1000},
                      admin=True, metrics=False)
     release = threading.Event()
-    msgs = update_messages(pb, seed_weights(repo), "v-stalled")
-
-    def requests():
-        yield from msgs[:2]  # header and one chunk, then silence
-        release.wait(60)
-
-    ch = admin_channel(d)
+    ch, fut = start_stalled_upload(d, pb, update_messages(pb, seed_weights(repo), "v-stalled"),
+                                   release)
     try:
-        fut = admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
-                                                             timeout=120)
         time.sleep(0.3)
         # While the upload is live (not idle yet), the slot is taken.
         refused(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors")),
