@@ -1,5 +1,6 @@
 #include "common/background_sha256.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace pt2serve {
@@ -38,10 +39,18 @@ void BackgroundSha256::Run() {
     queue_.clear();
     busy_ = true;
     lock.unlock();
+    // Slices keep progress current and let the destructor stop an abandoned
+    // stream within one slice.
+    constexpr size_t kSlice = 16 << 20;
+    bool stopping = false;
     for (const Range& r : batch) {
-      hasher_.Update(r.data, r.size);
-      std::lock_guard progress(mu_);
-      hashed_ += r.size;
+      for (size_t done = 0; done < r.size && !stopping; done += kSlice) {
+        const size_t n = std::min(kSlice, r.size - done);
+        hasher_.Update(r.data + done, n);
+        std::lock_guard progress(mu_);
+        hashed_ += n;
+        stopping = stop_;
+      }
     }
     lock.lock();
     busy_ = false;
