@@ -10,6 +10,7 @@ shapes, and a push broken off mid-stream leaving the active weights intact.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -137,3 +138,16 @@ def test_push_broken_off_mid_stream_keeps_the_active_weights(sdk, client, pb, da
                 raise
             time.sleep(0.1)
     assert_serves(pb, daemon, references, f"seed{SEED}")
+
+
+def test_training_loop_example(sdk, daemon):
+    """sdk/python/examples/train_and_push.py: 3 pushes while requests run; every response
+    matches the version it names, and every pushed version is seen."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sdk" / "python" / "examples" / "train_and_push.py"),
+         "--admin-address", daemon.admin_url, "--address", daemon.url,
+         "--token-file", str(daemon.workdir / "admin.token"), "--steps", "30",
+         "--push-every", "10"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "0 mismatched" in proc.stdout and "step-30" in proc.stdout, proc.stdout
