@@ -151,3 +151,34 @@ def test_training_loop_example(sdk, daemon):
          "--push-every", "10"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
     assert "0 mismatched" in proc.stdout and "step-30" in proc.stdout, proc.stdout
+
+
+def test_rollout_across_two_daemons(sdk, daemon, tmp_path, repo, pb, references):
+    """Two replicas: stage on both, then commit both; a re-run is a no-op; a set the
+    package refuses aborts in the stage phase with nothing changed and nothing left staged."""
+    second = start_daemon(tmp_path / "second",
+                          models=[{"name": "mlp", "path": str(repo / "mlp.pt2"),
+                                   "num_runners": 2}],
+                          server={"model_repository": str(repo)}, admin=True, metrics=False)
+    try:
+        endpoints = [daemon.admin_url, second.admin_url]
+        reports = sdk.rollout(endpoints, "mlp", seed_weights(repo), f"seed{SEED}",
+                              token=ADMIN_TOKEN)
+        assert [r.outcome for r in reports] == ["committed", "committed"]
+        for d in (daemon, second):
+            assert_serves(pb, d, references, f"seed{SEED}")
+        again = sdk.rollout(endpoints, "mlp", seed_weights(repo), f"seed{SEED}",
+                            token=ADMIN_TOKEN)
+        assert [r.outcome for r in again] == ["already active", "already active"]
+
+        bad = dict(seed_weights(repo))
+        bad.pop("fc2.bias")
+        with pytest.raises(sdk.RolloutError) as e:
+            sdk.rollout(endpoints, "mlp", bad, "bad", token=ADMIN_TOKEN)
+        assert "stage phase" in str(e.value) and "missing 'fc2.bias'" in str(e.value)
+        for d in (daemon, second):
+            assert_serves(pb, d, references, f"seed{SEED}")
+            with sdk.Client(d.admin_url, token=ADMIN_TOKEN) as c:
+                assert c.status("mlp").inactive.version != "bad"
+    finally:
+        second.kill()

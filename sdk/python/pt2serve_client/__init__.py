@@ -7,6 +7,8 @@
 See sdk/python/README.md for the key mapping and the error rules.
 """
 
-from pt2serve_client.client import Client, PushError, PushResult, map_keys
+from pt2serve_client.client import (Client, PushError, PushResult, ReplicaOutcome, RolloutError,
+                                    map_keys, rollout)
 
-__all__ = ["Client", "PushError", "PushResult", "map_keys"]
+__all__ = ["Client", "PushError", "PushResult", "ReplicaOutcome", "RolloutError", "map_keys",
+           "rollout"]

@@ -198,7 +198,16 @@ class Client:
             raise ValueError("version must not be empty")
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be positive")
-        entries = _entries(weights, key_map)
+        result = self._push_entries(model, _entries(weights, key_map), version, progress,
+                                    chunk_bytes)
+        if swap:
+            self.swap(model, expected_version=version)
+            result.swapped = True
+        return result
+
+    def _push_entries(self, model: str, entries: list[_Entry], version: str,
+                      progress: Optional[Callable[[int, int], None]],
+                      chunk_bytes: int) -> PushResult:
         total = sum(e.data.nbytes for e in entries)
         hasher = hashlib.sha256()
         sent = 0
@@ -241,17 +250,17 @@ class Client:
                             tensors=len(entries), sha256=hasher.hexdigest(),
                             staged_bytes=reply.staged_bytes,
                             server_staging_us=reply.fold_time_us)
-        if swap:
-            self.swap(model, expected_version=version)
-            result.swapped = True
         return result
 
     # ----------------------------------------------------------- other operations
 
-    def swap(self, model: str, expected_version: str = "") -> admin_pb2.SwapResponse:
-        """Makes the STAGED set active (guarded: only if it is `expected_version`)."""
+    def swap(self, model: str, expected_version: str = "",
+             expected_active: str = "") -> admin_pb2.SwapResponse:
+        """Makes the STAGED set active (guarded: only if it is `expected_version`, and only
+        if `expected_active` is what serves now; see SwapRequest)."""
         return self._call("swap", self._admin.SwapConstantBuffer,
-                          admin_pb2.SwapRequest(model=model, expected_version=expected_version))
+                          admin_pb2.SwapRequest(model=model, expected_version=expected_version,
+                                                expected_active_version=expected_active))
 
     def rollback(self, model: str) -> admin_pb2.SwapResponse:
         return self._call("rollback", self._admin.Rollback, admin_pb2.RollbackRequest(model=model))
@@ -265,3 +274,94 @@ class Client:
     def status(self, model: str) -> admin_pb2.ConstantBufferStatus:
         return self._call("status", self._admin.GetConstantBufferStatus,
                           admin_pb2.ConstantBufferStatusRequest(model=model))
+
+
+# ------------------------------------------------------------------------ fleet rollout
+
+
+@dataclass
+class ReplicaOutcome:
+    endpoint: str
+    before: str = ""          # ACTIVE version seen in phase 0
+    outcome: str = ""         # "committed", "already active", "aborted", "failed: ..."
+    committed_at: float = 0.0  # time.monotonic() of the commit reply
+
+
+class RolloutError(RuntimeError):
+    def __init__(self, message: str, replicas: list[ReplicaOutcome]):
+        self.replicas = replicas
+        super().__init__(message + ": " + "; ".join(f"{r.endpoint}: {r.outcome}" for r in replicas))
+
+
+def rollout(endpoints: Iterable[str], model: str, weights, version: str, *,
+            token: Optional[str] = None, tls=None, key_map: Optional[Mapping[str, str]] = None,
+            timeout: float = 600.0) -> list[ReplicaOutcome]:
+    """One weight change across every replica (admin endpoint) of a deployment, in the two
+    phases of `pt2ctl weights rollout` (tools/pt2ctl/fleet_rollout.h):
+
+    0. inspect: the ACTIVE version of every replica; those already on `version` are skipped.
+    1. stage: push to every other replica in parallel, then check that each reports `version`
+       STAGED with one and the same SHA-256. Any failure: free the set where it was staged
+       under `version` and raise RolloutError; nothing served changes.
+    2. commit: swap on every staged replica in parallel, guarded by the staged version and by
+       the ACTIVE version seen in phase 0. Failures are reported (RolloutError) with the
+       replicas that did commit; there is no automatic rollback.
+
+    A single endpoint is the single-server flow (push, then guarded swap). Returns one
+    ReplicaOutcome per endpoint."""
+    from concurrent.futures import ThreadPoolExecutor
+    import time
+
+    endpoints = list(endpoints)
+    if not endpoints:
+        raise ValueError("no endpoints")
+    clients = [Client(e, token=token, tls=tls, timeout=timeout) for e in endpoints]
+    reports = [ReplicaOutcome(e) for e in endpoints]
+    entries = _entries(weights, key_map)  # one conversion, shared by every push
+    try:
+        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+            for r, st in zip(reports, pool.map(lambda c: c.status(model), clients)):
+                r.before = st.active.version
+            todo = [i for i, r in enumerate(reports) if r.before != version]
+            for i, r in enumerate(reports):
+                if i not in todo:
+                    r.outcome = "already active"
+            if not todo:
+                return reports
+
+            def stage(i: int) -> str:
+                try:
+                    clients[i]._push_entries(model, entries, version, None, DEFAULT_CHUNK_BYTES)
+                    st = clients[i].status(model)
+                    if st.inactive.state != admin_pb2.STAGED or st.inactive.version != version:
+                        return f"not STAGED after the push (inactive '{st.inactive.version}')"
+                    return "sha256:" + st.inactive.sha256
+                except PushError as e:
+                    return f"failed: {e}"
+
+            results = list(pool.map(stage, todo))
+            if len(set(results)) != 1 or not results[0].startswith("sha256:"):
+                for i, res in zip(todo, results):
+                    reports[i].outcome = res if not res.startswith("sha256:") else "aborted"
+                    st = clients[i].status(model)
+                    if st.inactive.state == admin_pb2.STAGED and st.inactive.version == version:
+                        clients[i].free_inactive(model)
+                raise RolloutError("rollout aborted in the stage phase", reports)
+
+            def commit(i: int) -> None:
+                try:
+                    clients[i].swap(model, expected_version=version,
+                                    expected_active=reports[i].before)
+                    reports[i].outcome = "committed"
+                except PushError as e:
+                    reports[i].outcome = f"failed: {e}"
+                reports[i].committed_at = time.monotonic()
+
+            list(pool.map(commit, todo))
+        failed = [r for r in reports if r.outcome.startswith("failed")]
+        if failed:
+            raise RolloutError(f"{len(failed)} of {len(todo)} replicas did not commit", reports)
+        return reports
+    finally:
+        for c in clients:
+            c.close()
