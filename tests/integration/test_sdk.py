@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from conftest import ADMIN_TOKEN, REPO, start_daemon
-from test_pt2ctl import SEED, assert_serves, references, repo, seed_weights  # noqa: F401 (fixtures)
+# daemon, repo, references: fixtures (mlp with 2 runners, a repository with the seed-7 set).
+from test_pt2ctl import (SEED, assert_serves, daemon, references, repo,  # noqa: F401
+                         seed_weights)
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +41,6 @@ def sdk(tmp_path_factory):
     assert proc.returncode == 0, f"installing the wheel failed:\n{proc.stderr[-3000:]}"
     sys.path.insert(0, str(work / "site"))
     return importlib.import_module("pt2serve_client")
-
-
-@pytest.fixture
-def daemon(tmp_path, repo):
-    d = start_daemon(tmp_path / "daemon",
-                     models=[{"name": "mlp", "path": str(repo / "mlp.pt2"), "num_runners": 2}],
-                     server={"model_repository": str(repo)}, admin=True, metrics=False)
-    try:
-        yield d
-    finally:
-        d.kill()
 
 
 @pytest.fixture
