@@ -84,6 +84,9 @@ UpdateReactor::UpdateReactor(AdminService& service, grpc::CallbackServerContext*
     FinishLocked(ToGrpcStatus(auth));
     return;
   }
+  // Watched from the start (under no model until the header names one), so a
+  // stream that never sends its header is ended by the idle timeout too.
+  service_.AddUpload("", guard_);
   StartRead(&raw_);
 }
 
@@ -122,8 +125,10 @@ void UpdateReactor::Expire(const std::shared_ptr<UploadGuard>& guard,
   if (guard->last_activity_ns.load() > since_ns) return;  // a message came meanwhile
   // Finishing with a read outstanding is allowed: the transport closes the
   // stream, the read completes with ok=false and OnReadDone sees kFinished.
-  self->FailLocked(Aborted("weight upload to model '" + self->model_name_ + "' aborted: " + why +
-                           "; nothing was staged"));
+  const std::string what = self->have_header_
+                               ? "weight upload to model '" + self->model_name_ + "'"
+                               : std::string("weight upload (no header received)");
+  self->FailLocked(Aborted(what + " aborted: " + why + "; nothing was staged"));
 }
 
 void UpdateReactor::OnDone() {
@@ -196,6 +201,7 @@ Status UpdateReactor::OnMessage() {
     }
     have_header_ = true;
     PT2_RETURN_IF_ERROR(OnHeader(request_.header()));
+    service_.RemoveUpload(guard_);  // re-filed under its model, for AbortUploads
     service_.AddUpload(model_name_, guard_);
     return Status::Ok();
   }

@@ -724,6 +724,13 @@ def test_stalled_upload_is_aborted_after_the_idle_timeout(tmp_path, pb, repo, re
         assert st["inactive"]["state"] == "EMPTY", st
         ok(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors"), "--swap"))
         assert_serves(pb, d, references, f"seed{SEED}")
+        # A stream that never sends its header is ended the same way.
+        silent = admin_stub(pb, ch).UpdateConstantBuffer.future(
+            iter(lambda: release.wait(60), True), metadata=AUTH, timeout=120)
+        with pytest.raises(grpc.RpcError) as e:
+            silent.result(timeout=20)
+        assert e.value.code() == grpc.StatusCode.ABORTED, e.value
+        assert "no header received" in e.value.details(), e.value.details()
     finally:
         release.set()
         ch.close()
