@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -31,6 +32,30 @@ struct Mapping {
     if (addr != MAP_FAILED) munmap(addr, size);
   }
 };
+
+// Every byte of the data block belongs to at most one tensor: overlapping
+// ranges would make two constants alias (and an upload of the file write one
+// tensor's bytes twice). Empty tensors occupy nothing.
+Status CheckDisjoint(const std::vector<Tensor>& tensors, const std::byte* block) {
+  std::vector<const Tensor*> by_offset;
+  for (const Tensor& t : tensors) {
+    if (t.nbytes > 0) by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const Tensor* a, const Tensor* b) { return a->data < b->data; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const Tensor& prev = *by_offset[i - 1];
+    const Tensor& cur = *by_offset[i];
+    if (prev.data + prev.nbytes <= cur.data) continue;
+    const auto range = [block](const Tensor& t) {
+      return "[" + std::to_string(t.data - block) + ", " +
+             std::to_string(t.data - block + static_cast<std::ptrdiff_t>(t.nbytes)) + ")";
+    };
+    return InvalidArgument("tensors '" + prev.name + "' " + range(prev) + " and '" + cur.name +
+                           "' " + range(cur) + " have overlapping data offsets");
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -131,6 +156,7 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t s
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgument(std::string("malformed safetensors header: ") + e.what());
   }
+  PT2_RETURN_IF_ERROR(CheckDisjoint(file.tensors, block));
   return file;
 }
 

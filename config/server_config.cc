@@ -145,7 +145,8 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
       {"inference_address", "admin_address", "metrics_address", "model_repository",
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
-       "tls", "allow_compressed_requests", "repository_mode", "repository_poll_interval_ms"}));
+       "tls", "allow_compressed_requests", "repository_mode", "repository_poll_interval_ms",
+       "upload_idle_timeout_ms"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
@@ -156,6 +157,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
   PT2_RETURN_IF_ERROR(ReadInt64(s, "max_message_bytes", p, &c->max_message_bytes));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_delay_ms", p, &c->drain_delay_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_timeout_ms", p, &c->drain_timeout_ms));
+  PT2_RETURN_IF_ERROR(ReadInt(s, "upload_idle_timeout_ms", p, &c->upload_idle_timeout_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "max_connection_age_ms", p, &c->max_connection_age_ms));
   PT2_RETURN_IF_ERROR(
       ReadInt(s, "max_connection_age_grace_ms", p, &c->max_connection_age_grace_ms));
@@ -614,6 +616,11 @@ Status ValidateServerConfig(const ServerConfig& c) {
   if (c.drain_timeout_ms < 0) {
     return Error("server.drain_timeout_ms",
                  "must be >= 0, got " + std::to_string(c.drain_timeout_ms));
+  }
+  if (c.upload_idle_timeout_ms < 1 || c.upload_idle_timeout_ms > kMaxUploadIdleTimeoutMs) {
+    return Error("server.upload_idle_timeout_ms",
+                 "must be in 1.." + std::to_string(kMaxUploadIdleTimeoutMs) + ", got " +
+                     std::to_string(c.upload_idle_timeout_ms));
   }
   if (c.drain_delay_ms < 0 || c.drain_delay_ms > kMaxDrainDelayMs) {
     return Error("server.drain_delay_ms", "must be in 0.." + std::to_string(kMaxDrainDelayMs) +

@@ -88,6 +88,8 @@ inline constexpr std::string_view kRepositoryModes[] = {"explicit", "all", "poll
 
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).
 inline constexpr int kMaxDrainDelayMs = 600'000;
+// Upper bound of ServerConfig::upload_idle_timeout_ms (1 hour).
+inline constexpr int kMaxUploadIdleTimeoutMs = 3'600'000;
 
 struct ServerConfig {
   std::string inference_address = "127.0.0.1:8001";
@@ -110,6 +112,10 @@ struct ServerConfig {
   // and rebalance after scale-out; the grace lets in-flight RPCs finish.
   int max_connection_age_ms = 0;
   int max_connection_age_grace_ms = 30000;
+  // A weight upload (UpdateConstantBuffer stream) that receives no message
+  // for this long is aborted and releases the model's weight operations
+  // (1..kMaxUploadIdleTimeoutMs; there is no "never").
+  int upload_idle_timeout_ms = 30000;
   // Serve KServe RepositoryModelLoad/Unload on the inference port too.
   bool allow_repository_admin_on_inference_port = false;
   // Accept gzip/deflate-compressed request messages on the inference port.

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <fstream>
 #include <iterator>
 #include <new>
 #include <optional>
@@ -84,6 +83,9 @@ void FindProblems(const std::vector<ConstantInfo>& constants, const std::vector<
 
 void CheckOptions(const StageOptions& options, std::vector<std::string>& problems) {
   if (options.version.empty()) problems.push_back("no version label given");
+  if (options.sha256_follows && !options.sha256.empty()) {
+    problems.push_back("a sha256 was given up front and announced to follow the data");
+  }
   if (!options.sha256.empty() && !Sha256::IsHexDigest(options.sha256)) {
     problems.push_back("sha256 " + Quoted(options.sha256) + " is not 64 hex digits");
   }
@@ -108,20 +110,6 @@ Status ProblemsStatus(const std::string& model, const std::vector<std::string>& 
 std::string ToLower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-// Maps an exception from LibTorch or the container to a Status.
-StatusOr<std::string> HashFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("weights file not found: " + path);
-  Sha256 hasher;
-  std::vector<char> buffer(1 << 20);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    hasher.Update(buffer.data(), static_cast<size_t>(in.gcount()));
-  }
-  if (in.bad()) return DataLoss("error reading " + path);
-  return hasher.FinishHex();
 }
 
 }  // namespace
@@ -195,7 +183,7 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   auto file = SafetensorsFile::Open(safetensors_path);
   if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
   if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
-    auto actual = HashFile(safetensors_path);
+    auto actual = Sha256::HexOfFile(safetensors_path);
     if (!actual.ok()) return FailStage(actual.status(), false);
     if (*actual != ToLower(options.sha256)) {
       return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
@@ -528,6 +516,14 @@ UploadSession::~UploadSession() = default;
 
 Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,
                             size_t size) {
+  return Write(name, offset, size, [&](std::byte* dest) {
+    std::memcpy(dest, data, size);
+    return true;
+  });
+}
+
+Status UploadSession::Write(std::string_view name, uint64_t offset, size_t size,
+                            const std::function<bool(std::byte* dest)>& fill) {
   if (committed_) return FailedPrecondition("upload already committed");
   auto found = index_.find(name);
   if (found == index_.end()) {
@@ -550,8 +546,13 @@ Status UploadSession::Write(std::string_view name, uint64_t offset, const void* 
                            std::to_string(end) + ") of tensor " + Quoted(name) +
                            " were already written");
   }
-  std::memcpy(part.data.get() + offset, data, size);
-  if (!options_.sha256.empty()) hasher_.Update(data, size);
+  std::byte* dest = part.data.get() + offset;
+  if (!fill(dest)) {
+    return InvalidArgument("upload: chunk data for bytes [" + std::to_string(offset) + ", " +
+                           std::to_string(end) + ") of tensor " + Quoted(name) + " is truncated");
+  }
+  // The staged copy is written once and outlives the hasher: hash it there.
+  if (!options_.sha256.empty() || options_.sha256_follows) hasher_.Update(dest, size);
   part.received += size;
   bytes_received_ += size;
   // Record [offset, end), merged with touching neighbours.
@@ -565,6 +566,20 @@ Status UploadSession::Write(std::string_view name, uint64_t offset, const void* 
     part.written.erase(next);
   }
   part.written[begin] = stop;
+  return Status::Ok();
+}
+
+Status UploadSession::ExpectSha256(std::string sha256) {
+  if (!options_.sha256.empty()) return InvalidArgument("upload: sha256 given twice");
+  if (!options_.sha256_follows) {
+    return InvalidArgument("upload: no sha256 was announced to follow the data");
+  }
+  if (!Sha256::IsHexDigest(sha256)) {
+    return InvalidArgument("upload: sha256 " + Quoted(sha256) + " is not 64 hex digits");
+  }
+  // From here on the options read as if the sha256 had come up front.
+  options_.sha256 = std::move(sha256);
+  options_.sha256_follows = false;
   return Status::Ok();
 }
 
@@ -592,6 +607,10 @@ Status UploadSession::Commit() {
       msg += "; ... and " + std::to_string(incomplete.size() - kMaxListedProblems) + " more";
     }
     return manager_.FailStage(InvalidArgument(std::move(msg)), false);
+  }
+  if (options_.sha256_follows && options_.sha256.empty()) {
+    return manager_.FailStage(
+        InvalidArgument("upload: the sha256 announced to follow the data never came"), false);
   }
   if (!options_.sha256.empty()) {
     const std::string actual = hasher_.FinishHex();

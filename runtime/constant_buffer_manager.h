@@ -73,6 +73,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/background_sha256.h"
 #include "common/sha256.h"
 #include "common/status.h"
 #include "common/tensor.h"
@@ -89,6 +90,10 @@ struct StageOptions {
   // the file's bytes, UploadSession::Commit against the uploaded chunks (in
   // arrival order); Stage only records it.
   std::string sha256;
+  // BeginUpload only: the expected SHA-256 arrives after the data
+  // (UploadSession::ExpectSha256), so the chunks are hashed while they come
+  // in. Excludes `sha256`.
+  bool sha256_follows = false;
   // Free text for status(): a path, a URL, a training job. StageFromFile
   // defaults it to the path.
   std::string source;
@@ -284,11 +289,25 @@ class UploadSession {
   // recorded, for an unannounced name, a range outside the tensor, or bytes
   // already written; FAILED_PRECONDITION once Commit() was called.
   Status Write(std::string_view name, uint64_t offset, const void* data, size_t size);
+  // The same, but `fill` writes the `size` bytes straight into the staging
+  // buffer at `dest` (e.g. from the network), saving a copy. `fill` runs
+  // only after the checks pass; when it returns false the chunk counts as not
+  // written (INVALID_ARGUMENT "chunk data ... truncated").
+  Status Write(std::string_view name, uint64_t offset, size_t size,
+               const std::function<bool(std::byte* dest)>& fill);
+
+  // Gives the SHA-256 announced as following the data (options.sha256_follows).
+  // INVALID_ARGUMENT if none was announced, one was already given, or `sha256`
+  // is not 64 hex digits.
+  Status ExpectSha256(std::string sha256);
 
   // Checks that every byte of every tensor arrived (INVALID_ARGUMENT naming
   // the incomplete tensors), then the checksum when options.sha256 was given
   // (DATA_LOSS "checksum mismatch: expected X, got Y", over the chunks in
-  // arrival order), then stages the set as Stage() does. One-shot: the
+  // arrival order; hashed by a helper thread while the chunks arrived, so
+  // Commit only waits for the last ones), then stages the set as Stage()
+  // does. With options.sha256_follows and no ExpectSha256 call,
+  // INVALID_ARGUMENT. One-shot: the
   // session is finished afterwards whatever the outcome, and its writer slot
   // is released.
   Status Commit();
@@ -315,8 +334,10 @@ class UploadSession {
   const std::vector<TensorSpec> specs_;
   std::vector<Part> parts_;  // parallel to specs_
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in specs_
-  const StageOptions options_;
-  Sha256 hasher_;  // fed only when options_.sha256 is non-empty
+  StageOptions options_;
+  // Fed (with views of parts_' buffers, written once) when a checksum is
+  // expected. Declared after parts_: destroyed, and its thread joined, first.
+  BackgroundSha256 hasher_;
   uint64_t bytes_expected_ = 0;
   uint64_t bytes_received_ = 0;
   bool committed_ = false;

@@ -17,7 +17,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libtbb-dev libspdlog-dev prometheus-cpp-dev catch2 libyaml-cpp-dev
-  nlohmann-json3-dev libcli11-dev libzip-dev ccache
+  nlohmann-json3-dev libcli11-dev libzip-dev ccache libssl-dev
 )
 
 # --- 1. Debian packages --------------------------------------------------------

@@ -1,11 +1,10 @@
 #include "server/admin_service.h"
 
-#include "server/batching_convert.h"
-
+#include <algorithm>
 #include <thread>
 
 #include "common/limits.h"
-
+#include "server/batching_convert.h"
 #include "server/inference_service.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
@@ -69,12 +68,39 @@ pt2serve::v1::BufferState ToProto(InactiveState state) {
 }  // namespace
 
 AdminService::AdminService(ModelRegistry& registry, ModelRepository& repository,
-                           std::string token)
-    : registry_(registry), repository_(repository), token_(std::move(token)) {}
+                           std::string token, std::chrono::milliseconds upload_idle_timeout)
+    : registry_(registry),
+      repository_(repository),
+      token_(std::move(token)),
+      upload_idle_timeout_(upload_idle_timeout),
+      watchdog_([this] { WatchUploads(); }) {}
 
 AdminService::~AdminService() {
+  {
+    std::lock_guard lock(uploads_mu_);
+    stopping_ = true;
+  }
+  watchdog_wake_.notify_all();
+  watchdog_.join();
   std::unique_lock lock(background_mu_);
   background_done_.wait(lock, [&] { return background_ == 0; });
+}
+
+void AdminService::WatchUploads() {
+  // Checking four times per timeout ends an idle upload within 1.25x of it.
+  const auto period = std::max<std::chrono::milliseconds>(upload_idle_timeout_ / 4,
+                                                          std::chrono::milliseconds(10));
+  const std::string why = "no message for " + std::to_string(upload_idle_timeout_.count()) +
+                          " ms (server.upload_idle_timeout_ms)";
+  std::unique_lock lock(uploads_mu_);
+  while (!watchdog_wake_.wait_for(lock, period, [&] { return stopping_; })) {
+    std::vector<std::shared_ptr<UploadGuard>> live;
+    for (const auto& [model, guard] : uploads_) live.push_back(guard);
+    lock.unlock();  // Expire takes the guard's mutex, which is never held with uploads_mu_
+    const auto idle_since = std::chrono::steady_clock::now() - upload_idle_timeout_;
+    for (const auto& guard : live) UpdateReactor::Expire(guard, idle_since, why);
+    lock.lock();
+  }
 }
 
 Status AdminService::RunInBackground(std::function<void()> work) {
@@ -288,9 +314,8 @@ void AdminService::AbortUploads(const std::string& model) {
   for (const auto& guard : targets) UpdateReactor::Abort(guard, "the model is being unloaded");
 }
 
-grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest>*
-AdminService::UpdateConstantBuffer(grpc::CallbackServerContext* ctx,
-                                   pt2serve::v1::UpdateConstantBufferResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::UpdateConstantBuffer(
+    grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response) {
   return new UpdateReactor(*this, ctx, response);
 }
 

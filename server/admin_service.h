@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "pt2serve/v1/admin.grpc.pb.h"
 #include "runtime/model_registry.h"
@@ -27,10 +28,22 @@ struct UploadGuard;
 
 inline constexpr int kMaxAdminBackground = 8;
 
-class AdminService final : public pt2serve::v1::Admin::CallbackService {
+// UpdateConstantBuffer is served raw (grpc::ByteBuffer) so that the reactor
+// parses each message itself and can tell a malformed message from the end
+// of the stream (see update_reactor.h).
+using AdminServiceBase = pt2serve::v1::Admin::WithRawCallbackMethod_UpdateConstantBuffer<
+    pt2serve::v1::Admin::CallbackService>;
+
+// Default of ServerConfig::upload_idle_timeout_ms.
+inline constexpr std::chrono::milliseconds kDefaultUploadIdleTimeout{30000};
+
+class AdminService final : public AdminServiceBase {
  public:
   // An empty `token` refuses every call. References must outlive the service.
-  AdminService(ModelRegistry& registry, ModelRepository& repository, std::string token);
+  // A weight upload that receives no message for `upload_idle_timeout` is
+  // aborted (ABORTED), releasing the model's writer slot.
+  AdminService(ModelRegistry& registry, ModelRepository& repository, std::string token,
+               std::chrono::milliseconds upload_idle_timeout = kDefaultUploadIdleTimeout);
   // Waits for background operations (loads, unloads) still running.
   ~AdminService();
 
@@ -44,9 +57,9 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* ctx,
                                         const pt2serve::v1::UnloadModelRequest* request,
                                         pt2serve::v1::UnloadModelResponse* response) override;
-  grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest>* UpdateConstantBuffer(
-      grpc::CallbackServerContext* ctx,
-      pt2serve::v1::UpdateConstantBufferResponse* response) override;
+  using AdminServiceBase::UpdateConstantBuffer;  // the typed overload is not registered
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UpdateConstantBuffer(
+      grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* SwapConstantBuffer(grpc::CallbackServerContext* ctx,
                                                const pt2serve::v1::SwapRequest* request,
                                                pt2serve::v1::SwapResponse* response) override;
@@ -81,6 +94,8 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   // waits for it, so it never outlives the registry. RESOURCE_EXHAUSTED (and
   // `work` is not run) when kMaxAdminBackground operations are running.
   Status RunInBackground(std::function<void()> work);
+  // The upload watchdog loop: expires idle uploads until the destructor.
+  void WatchUploads();
 
   ModelRegistry& registry_;
   ModelRepository& repository_;
@@ -93,6 +108,10 @@ class AdminService final : public pt2serve::v1::Admin::CallbackService {
   // Live UpdateConstantBuffer streams by model; removed in the reactor's
   // OnDone. Guarded by uploads_mu_ (never held while taking a guard's mutex).
   std::multimap<std::string, std::shared_ptr<UploadGuard>> uploads_;
+  const std::chrono::milliseconds upload_idle_timeout_;
+  std::condition_variable watchdog_wake_;  // with uploads_mu_
+  bool stopping_ = false;                  // guarded by uploads_mu_
+  std::thread watchdog_;                   // runs WatchUploads
   std::mutex errors_mu_;
   // Last failed weight operation per model name. Guarded by errors_mu_.
   std::map<std::string, LastError> last_errors_;

@@ -180,7 +180,9 @@ Status Server::BuildListeners() {
       log->warn("admin listener {} has no token configured: admin RPCs are refused",
                 config_.admin_address);
     }
-    admin_ = std::make_unique<AdminService>(*registry_, *repository_, std::move(token));
+    admin_ = std::make_unique<AdminService>(
+        *registry_, *repository_, std::move(token),
+        std::chrono::milliseconds(config_.upload_idle_timeout_ms));
     grpc::ServerBuilder builder;
     PT2_ASSIGN_OR_RETURN(auto creds, Credentials(config_.admin_tls, "server.tls.admin"));
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -1,5 +1,12 @@
 #include "server/update_reactor.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
+#include <optional>
+
 #include "common/limits.h"
 
 #include "runtime/model.h"
@@ -9,17 +16,80 @@
 #include "server/tensor_codec.h"
 
 namespace pt2serve::server {
+namespace {
+
+using google::protobuf::io::CodedInputStream;
+using google::protobuf::internal::WireFormatLite;
+
+// Where the fields of a chunk lie in a raw UpdateConstantBufferRequest.
+struct ChunkLayout {
+  std::string name;
+  uint64_t offset = 0;
+  int data_at = 0;  // byte position of TensorChunk.data in the message
+  uint32_t data_size = 0;
+};
+
+constexpr uint32_t Tag(int field, WireFormatLite::WireType type) {
+  return (static_cast<uint32_t>(field) << 3) | static_cast<uint32_t>(type);
+}
+
+// Scans `raw` without copying TensorChunk.data: succeeds for a message that
+// is exactly one `chunk` field with name, offset and data at most once each
+// (what every protobuf library writes). nullopt for anything else, which the
+// caller then parses the ordinary way (and so gets protobuf's exact rules).
+std::optional<ChunkLayout> ScanChunk(grpc::ByteBuffer& raw) {
+  constexpr auto kBytes = WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+  grpc::ProtoBufferReader reader(&raw);
+  CodedInputStream in(&reader);
+  uint32_t length = 0;
+  if (in.ReadTag() != Tag(2, kBytes) || !in.ReadVarint32(&length)) return std::nullopt;
+  const auto limit = in.PushLimit(static_cast<int>(length));
+  ChunkLayout chunk;
+  bool name = false, offset = false, data = false;
+  while (const uint32_t tag = in.ReadTag()) {
+    if (tag == Tag(1, kBytes) && !name) {
+      if (!WireFormatLite::ReadString(&in, &chunk.name)) return std::nullopt;
+      name = true;
+    } else if (tag == Tag(2, WireFormatLite::WIRETYPE_VARINT) && !offset) {
+      if (!in.ReadVarint64(&chunk.offset)) return std::nullopt;
+      offset = true;
+    } else if (tag == Tag(3, kBytes) && !data) {
+      if (!in.ReadVarint32(&chunk.data_size)) return std::nullopt;
+      chunk.data_at = in.CurrentPosition();
+      if (!in.Skip(static_cast<int>(chunk.data_size))) return std::nullopt;
+      data = true;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (in.BytesUntilLimit() != 0) return std::nullopt;  // a malformed field inside
+  in.PopLimit(limit);
+  if (in.ReadTag() != 0 || !in.ConsumedEntireMessage()) return std::nullopt;
+  return chunk;
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 UpdateReactor::UpdateReactor(AdminService& service, grpc::CallbackServerContext* ctx,
-                             pt2serve::v1::UpdateConstantBufferResponse* response)
+                             grpc::ByteBuffer* response)
     : guard_(std::make_shared<UploadGuard>()), service_(service), ctx_(ctx), response_(response) {
   guard_->reactor = this;
+  guard_->last_activity_ns = NowNs();
   std::lock_guard lock(guard_->mu);
   if (Status auth = service_.Authenticate(ctx_); !auth.ok()) {
     FinishLocked(ToGrpcStatus(auth));
     return;
   }
-  StartRead(&request_);
+  // Watched from the start (under no model until the header names one), so a
+  // stream that never sends its header is ended by the idle timeout too.
+  service_.AddUpload("", guard_);
+  StartRead(&raw_);
 }
 
 void UpdateReactor::FinishLocked(const grpc::Status& status) {
@@ -45,6 +115,24 @@ void UpdateReactor::Abort(const std::shared_ptr<UploadGuard>& guard, const std::
   self->ctx_->TryCancel();
 }
 
+void UpdateReactor::Expire(const std::shared_ptr<UploadGuard>& guard,
+                           std::chrono::steady_clock::time_point idle_since,
+                           const std::string& why) {
+  std::lock_guard lock(guard->mu);
+  UpdateReactor* self = guard->reactor;
+  if (!self || self->phase_ != Phase::kReceiving) return;
+  const auto since_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            idle_since.time_since_epoch())
+                            .count();
+  if (guard->last_activity_ns.load() > since_ns) return;  // a message came meanwhile
+  // Finishing with a read outstanding is allowed: the transport closes the
+  // stream, the read completes with ok=false and OnReadDone sees kFinished.
+  const std::string what = self->have_header_
+                               ? "weight upload to model '" + self->model_name_ + "'"
+                               : std::string("weight upload (no header received)");
+  self->FailLocked(Aborted(what + " aborted: " + why + "; nothing was staged"));
+}
+
 void UpdateReactor::OnDone() {
   const std::shared_ptr<UploadGuard> guard = guard_;
   {
@@ -66,24 +154,68 @@ void UpdateReactor::OnReadDone(bool ok) {
                                 abort_reason_));
     }
     if (ctx_->IsCancelled()) return FailLocked(Cancelled("client cancelled the update"));
+    if (options_.sha256_follows && !have_trailer_) {
+      return FailLocked(InvalidArgument(
+          "the header announced a trailer with the sha256 (sha256_in_trailer) but the stream "
+          "ended without one"));
+    }
     return CommitLocked();
   }
-  Status status;
+  guard->last_activity_ns = NowNs();
+  if (Status status = OnMessage(); !status.ok()) return FailLocked(status);
+  StartRead(&raw_);
+}
+
+Status UpdateReactor::OnMessage() {
+  ++messages_;
+  // Chunks (all but two messages of an upload) are read from gRPC's buffers
+  // straight into their staging buffer: no intermediate protobuf string.
+  if (session_ && !have_trailer_) {
+    if (auto chunk = ScanChunk(raw_)) {
+      ++chunks_;
+      grpc::ProtoBufferReader reader(&raw_);
+      CodedInputStream in(&reader);
+      const Status written = in.Skip(chunk->data_at)
+                                 ? session_->Write(chunk->name, chunk->offset, chunk->data_size,
+                                                   [&](std::byte* dest) {
+                                                     return in.ReadRaw(dest, static_cast<int>(
+                                                                                 chunk->data_size));
+                                                   })
+                                 : Internal("cannot re-read a scanned chunk");
+      raw_.Clear();
+      return written;
+    }
+  }
+  {
+    grpc::ProtoBufferReader reader(&raw_);
+    const bool parsed = request_.ParseFromZeroCopyStream(&reader);
+    raw_.Clear();
+    if (!parsed) {
+      return InvalidArgument("message " + std::to_string(messages_) +
+                             " of the UpdateConstantBuffer stream does not parse as an "
+                             "UpdateConstantBufferRequest; nothing was staged");
+    }
+  }
+  if (have_trailer_) return InvalidArgument("no message may follow the trailer");
   if (!have_header_) {
     if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kHeader) {
-      return FailLocked(
-          InvalidArgument("the first message of UpdateConstantBuffer must be a header"));
+      return InvalidArgument("the first message of UpdateConstantBuffer must be a header");
     }
-    status = OnHeader(request_.header());
     have_header_ = true;
-    if (status.ok()) service_.AddUpload(model_name_, guard_);
-  } else if (request_.kind_case() != pt2serve::v1::UpdateConstantBufferRequest::kChunk) {
-    status = InvalidArgument("only the first message may be a header; later ones are chunks");
-  } else {
-    status = OnChunk(request_.chunk());
+    PT2_RETURN_IF_ERROR(OnHeader(request_.header()));
+    service_.RemoveUpload(guard_);  // re-filed under its model, for AbortUploads
+    service_.AddUpload(model_name_, guard_);
+    return Status::Ok();
   }
-  if (!status.ok()) return FailLocked(status);
-  StartRead(&request_);
+  switch (request_.kind_case()) {
+    case pt2serve::v1::UpdateConstantBufferRequest::kChunk: return OnChunk(request_.chunk());
+    case pt2serve::v1::UpdateConstantBufferRequest::kTrailer:
+      have_trailer_ = true;
+      return OnTrailer(request_.trailer());
+    default:
+      return InvalidArgument(
+          "only the first message may be a header; later ones are chunks and a final trailer");
+  }
 }
 
 Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
@@ -95,8 +227,12 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
   PT2_ASSIGN_OR_RETURN(model_, service_.registry_.Get(header.model()));
   options_.version = header.version();
   options_.sha256 = header.sha256();
+  options_.sha256_follows = header.sha256_in_trailer();
   switch (header.source_case()) {
     case pt2serve::v1::UpdateHeader::kServerPath: {
+      if (options_.sha256_follows) {
+        return InvalidArgument("sha256_in_trailer is for streamed tensors, not a server_path");
+      }
       PT2_ASSIGN_OR_RETURN(server_path_, service_.repository_.Resolve(header.server_path()));
       options_.source = header.server_path();
       return Status::Ok();
@@ -130,6 +266,11 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
   }
 }
 
+Status UpdateReactor::OnTrailer(const pt2serve::v1::UpdateTrailer& trailer) {
+  if (!session_) return InvalidArgument("a trailer is not allowed with a server_path header");
+  return session_->ExpectSha256(trailer.sha256());
+}
+
 Status UpdateReactor::OnChunk(const pt2serve::v1::TensorChunk& chunk) {
   if (!session_) {
     return InvalidArgument("chunks are not allowed when the header names a server_path");
@@ -151,12 +292,20 @@ void UpdateReactor::CommitLocked() {
     std::lock_guard lock(guard->mu);
     if (!status.ok()) return FailLocked(status);
     const auto st = model_->weights().status();
-    response_->set_model(model_name_);
-    response_->set_version(options_.version);
-    response_->set_staged_bytes(st.inactive.bytes);
-    response_->set_tensors(static_cast<uint32_t>(model_->info().constants.size()));
-    response_->set_fold_time_us(
+    pt2serve::v1::UpdateConstantBufferResponse response;
+    response.set_model(model_name_);
+    response.set_version(options_.version);
+    response.set_staged_bytes(st.inactive.bytes);
+    response.set_tensors(static_cast<uint32_t>(model_->info().constants.size()));
+    response.set_fold_time_us(
         std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+    {
+      grpc::ProtoBufferWriter writer(response_, grpc::kProtoBufferWriterMaxBufferLength,
+                                     static_cast<int>(response.ByteSizeLong()));
+      if (!response.SerializeToZeroCopyStream(&writer)) {
+        return FailLocked(Internal("cannot serialize the UpdateConstantBuffer response"));
+      }
+    }
     Logger("admin")->info("model '{}': weights '{}' staged from {} ({} bytes, {} ms)",
                           model_name_, options_.version, options_.source, st.inactive.bytes,
                           std::chrono::duration_cast<std::chrono::milliseconds>(took).count());

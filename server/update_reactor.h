@@ -1,6 +1,17 @@
 // The client-streaming UpdateConstantBuffer RPC: a header, then chunks
 // written straight into the model's upload buffers (one host copy of the
-// weights), committed when the client half-closes.
+// weights), optionally a trailer with the SHA-256, committed when the client
+// half-closes.
+//
+// The stream is read as raw messages (grpc::ByteBuffer) and parsed here, so
+// a message that does not parse is told apart from the end of the stream:
+// it fails the upload with INVALID_ARGUMENT (gRPC's typed reader reports both
+// as ok=false, which used to commit what had arrived).
+//
+// Idle timeout: every message received stamps UploadGuard::last_activity;
+// AdminService's watchdog calls Expire() on uploads idle for longer than the
+// configured limit, which finishes them with ABORTED and releases the
+// model's writer slot.
 //
 // Chunks are copied on the gRPC thread (bounded by the chunk size); the
 // commit (copy into the container's inactive buffer + constant folding) runs
@@ -17,8 +28,11 @@
 // OnDone() inline, so nothing touches the reactor after calling it.
 #pragma once
 
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -35,13 +49,16 @@ class UpdateReactor;
 struct UploadGuard {
   std::recursive_mutex mu;
   UpdateReactor* reactor = nullptr;  // null once the RPC is done
+  // steady_clock time (ns since its epoch) of the last message received or
+  // of the start; read by the watchdog without taking `mu`.
+  std::atomic<int64_t> last_activity_ns{0};
 };
 
-class UpdateReactor final
-    : public grpc::ServerReadReactor<pt2serve::v1::UpdateConstantBufferRequest> {
+class UpdateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
+  // `response` receives the serialized UpdateConstantBufferResponse.
   UpdateReactor(AdminService& service, grpc::CallbackServerContext* ctx,
-                pt2serve::v1::UpdateConstantBufferResponse* response);
+                grpc::ByteBuffer* response);
 
   void OnReadDone(bool ok) override;
   void OnCancel() override {}
@@ -50,11 +67,18 @@ class UpdateReactor final
   // Cancels the upload if it is still receiving (the client sees CANCELLED
   // and nothing is staged); no-op once it is committing or done.
   static void Abort(const std::shared_ptr<UploadGuard>& guard, const std::string& why);
+  // Finishes the upload with ABORTED (`why` in the message) if it is still
+  // receiving and has been idle since `idle_since`; no-op otherwise.
+  static void Expire(const std::shared_ptr<UploadGuard>& guard,
+                     std::chrono::steady_clock::time_point idle_since, const std::string& why);
 
  private:
   enum class Phase { kReceiving, kCommitting, kFinished };
   Status OnHeader(const pt2serve::v1::UpdateHeader& header);
   Status OnChunk(const pt2serve::v1::TensorChunk& chunk);
+  Status OnTrailer(const pt2serve::v1::UpdateTrailer& trailer);
+  // Parses raw_ into request_ and handles it.
+  Status OnMessage();
   // The client half-closed: stage what was sent (in the background).
   void CommitLocked();
   // Drops the upload and finishes with `status`. REQUIRES: mu_ held.
@@ -66,15 +90,18 @@ class UpdateReactor final
   std::string abort_reason_;
   AdminService& service_;
   grpc::CallbackServerContext* ctx_;
-  pt2serve::v1::UpdateConstantBufferResponse* response_;
+  grpc::ByteBuffer* response_;
+  grpc::ByteBuffer raw_;  // the message being read
   pt2serve::v1::UpdateConstantBufferRequest request_;
   bool have_header_ = false;
+  bool have_trailer_ = false;
   std::string model_name_;
   ModelHandle model_;                        // held for the whole stream
   std::unique_ptr<UploadSession> session_;   // streamed tensors
   std::string server_path_;                  // or a file on the server
   StageOptions options_;
   uint64_t chunks_ = 0;
+  uint64_t messages_ = 0;  // received, header included
 };
 
 }  // namespace pt2serve::server

@@ -64,3 +64,28 @@ TEST_CASE("reads the exporter's weight files", "[safetensors]") {
   CHECK(w->shape == Shape{64, 16});
   CHECK(w->dtype == DType::kFloat32);
 }
+
+TEST_CASE("tensors whose data ranges overlap are rejected, naming both", "[safetensors]") {
+  // b's bytes [8, 24) share [8, 16) with a's [0, 16).
+  auto overlapping = ParseString(
+      Build(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+            R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
+            24));
+  REQUIRE_FALSE(overlapping.ok());
+  CHECK(overlapping.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(overlapping.status().message(), Catch::Contains("'a'") && Catch::Contains("'b'") &&
+                                                 Catch::Contains("overlap"));
+  // The same range twice (an alias) is an overlap too.
+  auto aliased = ParseString(
+      Build(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+            R"("b":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+            16));
+  CHECK(aliased.status().code() == StatusCode::kInvalidArgument);
+  // Adjacent ranges, out of header order, and empty tensors anywhere are fine.
+  auto adjacent = ParseString(
+      Build(R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]},)"
+            R"("a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+            R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+            24));
+  CHECK(adjacent.ok());
+}

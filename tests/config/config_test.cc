@@ -95,6 +95,7 @@ TEST_CASE("empty document gives the defaults") {
     CHECK(config->model_repository.empty());
     CHECK(config->max_message_bytes == 64 << 20);
     CHECK(config->drain_timeout_ms == 30000);
+    CHECK(config->upload_idle_timeout_ms == 30000);
     CHECK_FALSE(config->allow_repository_admin_on_inference_port);
     CHECK(config->log_level == "info");
     CHECK(config->log_format == "text");
@@ -210,6 +211,10 @@ TEST_CASE("wrong types are errors") {
   ExpectError("server: {drain_timeout_ms: 99999999999}\n",
               {"server.drain_timeout_ms", "out of range"});
   ExpectError("logging: {access_log: maybe}\n", {"logging.access_log", "true or false", "'maybe'"});
+  ExpectError("server: {upload_idle_timeout_ms: 0}\n",
+              {"server.upload_idle_timeout_ms", "must be in 1..3600000", "got 0"});
+  ExpectError("server: {upload_idle_timeout_ms: 3600001}\n",
+              {"server.upload_idle_timeout_ms", "must be in 1..3600000"});
   ExpectError("server: {inference_address: [a]}\n",
               {"server.inference_address", "expected a string"});
   ExpectError("server: {admin_address: }\n", {"server.admin_address", "no value"});

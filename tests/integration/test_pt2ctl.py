@@ -12,6 +12,7 @@ Exit codes checked (tools/pt2ctl/README.md): 0 ok, 1 server refused, 2 usage/loc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -555,6 +556,19 @@ def test_checksum_failure_keeps_rollback_target(daemon, pb, repo, references):
     print(f"inactive buffer after a DATA_LOSS update: {st['inactive']['state']}")
 
 
+def start_stalled_upload(d, pb, msgs, release: threading.Event):
+    """An upload that sends the header and one chunk, then nothing until `release` is set
+    (the connection stays open). Returns (channel, future); the caller closes the channel."""
+
+    def requests():
+        yield from msgs[:2]
+        release.wait(60)
+
+    ch = admin_channel(d)
+    return ch, admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
+                                                              timeout=120)
+
+
 def test_unload_is_not_blocked_by_an_idle_upload_stream(daemon, pb, repo):
     """An UpdateConstantBuffer stream that sent its header and then sits idle (a stalled or
     crashed pusher whose connection stays open) must not hold UnloadModel hostage.
@@ -564,18 +578,10 @@ def test_unload_is_not_blocked_by_an_idle_upload_stream(daemon, pb, repo):
     half-closes or its deadline passes; the upload then even commits into the UNLOADING model
     and the uploader gets OK. Expected: unload finishes promptly (cancelling the upload).
     """
-    w = seed_weights(repo)
-    msgs = update_messages(pb, w, "idle")
     release = threading.Event()
-
-    def requests():
-        yield from msgs[:2]  # header and one chunk, then nothing
-        release.wait(60)
-
-    ch = admin_channel(daemon)
+    ch, fut = start_stalled_upload(daemon, pb, update_messages(pb, seed_weights(repo), "idle"),
+                                   release)
     try:
-        fut = admin_stub(pb, ch).UpdateConstantBuffer.future(requests(), metadata=AUTH,
-                                                             timeout=120)
         time.sleep(0.5)
         start = time.monotonic()
         p = run_ctl(daemon, "--timeout", "10", "models", "unload", "mlp", timeout=60)
@@ -614,3 +620,159 @@ def test_second_daemon_on_the_same_admin_address_fails_to_start(daemon, tmp_path
             f"running after 8 s; its log:\n{second.stderr_tail(1500)}")
     finally:
         second.kill()
+
+
+# ------------------------------------------------------------- upload hardening (issue 14)
+
+
+def raw_update(ch, pb, frames: list[bytes], timeout: float = 30):
+    """UpdateConstantBuffer with each stream message given as raw bytes (so one can be garbage)."""
+    call = ch.stream_unary("/pt2serve.v1.Admin/UpdateConstantBuffer",
+                           request_serializer=lambda b: b,
+                           response_deserializer=pb.admin_pb2.UpdateConstantBufferResponse.FromString)
+    return call(iter(frames), metadata=AUTH, timeout=timeout)
+
+
+# Field 1 (header), length-delimited, declaring far more bytes than follow: never parses.
+UNPARSABLE = b"\x0a\xff\xff\xff\x0f\x01"
+
+
+@pytest.mark.parametrize("where", ["after_complete_upload", "mid_upload"])
+def test_unparsable_upload_message_ends_the_stream_with_an_error(daemon, pb, repo, references,
+                                                                   where):
+    """A stream message that does not parse must end the upload with INVALID_ARGUMENT and stage
+    nothing, even when every announced byte already arrived (issue 14: it used to end like a
+    half-close and stage)."""
+    frames = [m.SerializeToString() for m in update_messages(pb, seed_weights(repo), "v-garbage")]
+    if where == "after_complete_upload":
+        frames.append(UNPARSABLE)
+    else:
+        frames.insert(len(frames) // 2, UNPARSABLE)
+    with admin_channel(daemon) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            raw_update(ch, pb, frames)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+    assert "does not parse" in e.value.details(), e.value.details()
+    st = status_json(daemon)
+    assert st["inactive"]["state"] == "EMPTY", st
+    refused(run_ctl(daemon, "weights", "swap", "mlp"), "FAILED_PRECONDITION")
+    assert_serves(pb, daemon, references, "initial")
+    # The writer slot is free again.
+    ok(run_ctl(daemon, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors"), "--swap"))
+    assert_serves(pb, daemon, references, f"seed{SEED}")
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def reversed_chunk(name: str, offset: int, data: bytes) -> bytes:
+    """An UpdateConstantBufferRequest{chunk} with TensorChunk's fields written data, offset, name
+    (legal protobuf that no library writes: the server's copy-free chunk scan must fall back)."""
+    body = (b"\x1a" + _varint(len(data)) + data + b"\x10" + _varint(offset) +
+            b"\x0a" + _varint(len(name)) + name.encode())
+    return b"\x12" + _varint(len(body)) + body
+
+
+def test_chunks_in_any_field_order_stage_the_same_weights(daemon, pb, repo, references):
+    """Half the chunks with TensorChunk's fields reversed: the upload stages exactly the weights
+    (checked by the server's SHA-256 and by serving the reference output)."""
+    w = seed_weights(repo)
+    msgs = update_messages(pb, w, f"seed{SEED}")
+    msgs[0].header.sha256 = hashlib.sha256(b"".join(m.chunk.data for m in msgs[1:])).hexdigest()
+    frames = [msgs[0].SerializeToString()]
+    for i, m in enumerate(msgs[1:]):
+        c = m.chunk
+        frames.append(reversed_chunk(c.name, c.offset, c.data) if i % 2 else
+                      m.SerializeToString())
+    with admin_channel(daemon) as ch:
+        resp = raw_update(ch, pb, frames)
+    assert resp.version == f"seed{SEED}"
+    ok(run_ctl(daemon, "weights", "swap", "mlp"))
+    assert_serves(pb, daemon, references, f"seed{SEED}")
+
+
+def test_stalled_upload_is_aborted_after_the_idle_timeout(tmp_path, pb, repo, references):
+    """A client that sends the header and a few bytes and then goes silent (connection open)
+    must not hold the model's writer slot: after server.upload_idle_timeout_ms the stream ends
+    with ABORTED naming the timeout, nothing is staged, and the next push goes through."""
+    d = start_daemon(tmp_path / "daemon",
+                     models=[{"name": "mlp", "path": str(repo / "mlp.pt2"), "num_runners": 2}],
+                     server={"model_repository": str(repo), "upload_idle_timeout_ms": 1000},
+                     admin=True, metrics=False)
+    release = threading.Event()
+    ch, fut = start_stalled_upload(d, pb, update_messages(pb, seed_weights(repo), "v-stalled"),
+                                   release)
+    try:
+        time.sleep(0.3)
+        # While the upload is live (not idle yet), the slot is taken.
+        refused(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors")),
+                "FAILED_PRECONDITION")
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            fut.result(timeout=20)
+        took = time.monotonic() - start
+        assert e.value.code() == grpc.StatusCode.ABORTED, e.value
+        assert "upload_idle_timeout_ms" in e.value.details(), e.value.details()
+        assert took < 5, f"the stalled upload ended only after {took:.1f} s"
+        st = status_json(d)
+        assert st["inactive"]["state"] == "EMPTY", st
+        ok(run_ctl(d, "weights", "push", "mlp", str(repo / f"seed{SEED}.safetensors"), "--swap"))
+        assert_serves(pb, d, references, f"seed{SEED}")
+        # A stream that never sends its header is ended the same way.
+        silent = admin_stub(pb, ch).UpdateConstantBuffer.future(
+            iter(lambda: release.wait(60), True), metadata=AUTH, timeout=120)
+        with pytest.raises(grpc.RpcError) as e:
+            silent.result(timeout=20)
+        assert e.value.code() == grpc.StatusCode.ABORTED, e.value
+        assert "no header received" in e.value.details(), e.value.details()
+    finally:
+        release.set()
+        ch.close()
+        d.kill()
+
+
+def write_overlapping_safetensors(path: Path, weights: dict[str, np.ndarray], alias: str,
+                                  onto: str) -> Path:
+    """A safetensors file of `weights` whose tensor `alias` points into `onto`'s bytes."""
+    header, blob, offsets = {}, b"", {}
+    for name, v in weights.items():
+        data = np.ascontiguousarray(v).tobytes()
+        offsets[name] = (len(blob), len(blob) + len(data))
+        blob += data
+    begin = offsets[onto][0]
+    offsets[alias] = (begin, begin + weights[alias].nbytes)
+    for name, v in weights.items():
+        header[name] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": list(offsets[name])}
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob)
+    return path
+
+
+def test_overlapping_data_offsets_are_refused(daemon, pb, repo, references, tmp_path):
+    """fc1.bias aliasing the first bytes of fc1.weight: pt2ctl refuses it locally (exit 2) and
+    the server refuses it as a server-side file (INVALID_ARGUMENT), both naming the tensors."""
+    w = seed_weights(repo)
+    name = "overlap.safetensors"
+    write_overlapping_safetensors(tmp_path / name, w, alias="fc1.bias", onto="fc1.weight")
+    shutil.copyfile(tmp_path / name, repo / name)
+    try:
+        p = run_ctl(daemon, "weights", "push", "mlp", str(tmp_path / name))
+        assert p.returncode == 2, p.stderr
+        for text in ("'fc1.weight'", "'fc1.bias'", "overlapping"):
+            assert text in p.stderr, p.stderr
+        other = tmp_path / "elsewhere"  # no local copy: only the server checks the file
+        other.mkdir()
+        p = run_ctl(daemon, "weights", "push", "mlp", name, "--server-side", cwd=other)
+        refused(p, "INVALID_ARGUMENT")
+        for text in ("'fc1.weight'", "'fc1.bias'", "overlapping"):
+            assert text in p.stderr, p.stderr
+    finally:
+        (repo / name).unlink()
+    assert status_json(daemon)["inactive"]["state"] == "EMPTY"
+    assert_serves(pb, daemon, references, "initial")

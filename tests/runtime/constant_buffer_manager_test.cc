@@ -418,6 +418,39 @@ TEST_CASE("upload sessions: chunks in any order, checksum, and every error path"
     ExpectError(session->Commit(), StatusCode::kDataLoss,
                 "checksum mismatch: expected " + wrong + ", got " + data_sha);
   }
+  SECTION("a checksum that follows the data (hashed while the chunks arrive)") {
+    StageOptions options = Version("seed7-trailer");
+    options.sha256_follows = true;
+    auto session = weights.BeginUpload(SpecsOf(tensors), options);
+    REQUIRE(session.ok());
+    send_all(**session, 333);
+    ExpectError((*session)->ExpectSha256("xyz"), StatusCode::kInvalidArgument,
+                "is not 64 hex digits");
+    REQUIRE((*session)->ExpectSha256(data_sha).ok());
+    ExpectError((*session)->ExpectSha256(data_sha), StatusCode::kInvalidArgument, "given twice");
+    REQUIRE((*session)->Commit().ok());
+    CHECK(weights.status().inactive.sha256 == data_sha);
+
+    // Wrong digest: DATA_LOSS; never given: INVALID_ARGUMENT; neither stages.
+    auto wrong = weights.BeginUpload(SpecsOf(tensors), options);
+    REQUIRE(wrong.ok());
+    send_all(**wrong, 4096);
+    REQUIRE((*wrong)->ExpectSha256(std::string(64, 'b')).ok());
+    ExpectError((*wrong)->Commit(), StatusCode::kDataLoss, "got " + data_sha);
+    auto missing = weights.BeginUpload(SpecsOf(tensors), options);
+    REQUIRE(missing.ok());
+    send_all(**missing, 4096);
+    ExpectError((*missing)->Commit(), StatusCode::kInvalidArgument, "never came");
+    CHECK(weights.status().inactive_state == InactiveState::kEmpty);
+
+    // Not announced, or announced next to an up-front one.
+    auto plain = begin();
+    ExpectError(plain->ExpectSha256(data_sha), StatusCode::kInvalidArgument, "no sha256 was");
+    plain.reset();
+    options.sha256 = data_sha;
+    ExpectError(weights.BeginUpload(SpecsOf(tensors), options).status(),
+                StatusCode::kInvalidArgument, "announced to follow");
+  }
   SECTION("abandoned session stages nothing and frees the writer slot") {
     REQUIRE(weights.Stage(WeightsFile("mlp.seed8.weights.safetensors"), Version("seed8")).ok());
     {

@@ -127,14 +127,6 @@ TEST_CASE("chunk plan covers every byte in tensor order", "[pt2ctl]") {
   CHECK(WeightPusher::PlanChunks(tensors, 1).size() == 64);
 }
 
-TEST_CASE("checksum is over the chunks in stream order", "[pt2ctl]") {
-  const auto tensors = SampleTensors();
-  const std::string whole = Sha256::HexOf(Concat(tensors));
-  for (uint64_t chunk : {1, 7, 16, 1 << 20}) {
-    CHECK(WeightPusher::HashChunks(tensors, WeightPusher::PlanChunks(tensors, chunk)) == whole);
-  }
-}
-
 TEST_CASE("manifest lists name, dtype, shape and byte size", "[pt2ctl]") {
   auto manifest = WeightPusher::BuildManifest(SampleTensors());
   REQUIRE(manifest.ok());
@@ -197,7 +189,7 @@ TEST_CASE("outcomes map to exit codes and messages", "[pt2ctl]") {
   CHECK(JsonEscape(std::string("a\x01", 2)) == "a\\u0001");
 }
 
-TEST_CASE("push streams header then chunks that hash to the header's sha256", "[pt2ctl]") {
+TEST_CASE("push streams header, chunks, and a trailer with the chunks' sha256", "[pt2ctl]") {
   FakeServer fake;
   AdminClient client(fake.Options());
   WeightPusher pusher(client);
@@ -212,23 +204,28 @@ TEST_CASE("push streams header then chunks that hash to the header's sha256", "[
   std::lock_guard lock(fake.service.mu_);
   CHECK(fake.service.authorization == "Bearer tok");
   const auto& msgs = fake.service.messages;
-  REQUIRE(msgs.size() == 1 + 5);
+  REQUIRE(msgs.size() == 1 + 5 + 1);
   const auto& header = msgs[0].header();
   CHECK(header.model() == "m");
   CHECK(header.version() == std::filesystem::path(options.file).stem().string());
   CHECK(header.tensors().entries_size() == 3);
+  CHECK(header.sha256().empty());
+  CHECK(header.sha256_in_trailer());
   Sha256 hasher;
   uint64_t bytes = 0;
-  for (size_t i = 1; i < msgs.size(); ++i) {
+  for (size_t i = 1; i + 1 < msgs.size(); ++i) {
     REQUIRE(msgs[i].has_chunk());
     hasher.Update(msgs[i].chunk().data());
     bytes += msgs[i].chunk().data().size();
   }
-  CHECK(header.sha256() == hasher.FinishHex());
+  REQUIRE(msgs.back().has_trailer());
+  const std::string sent = hasher.FinishHex();
+  CHECK(msgs.back().trailer().sha256() == sent);
+  CHECK(sent == Sha256::HexOf(Concat(tensors)));
   CHECK(bytes == 64);
   CHECK(result.bytes_sent == 64);
   CHECK(result.chunks == 5);
-  CHECK(result.sha256 == header.sha256());
+  CHECK(result.sha256 == sent);
   CHECK(msgs[4].chunk().name() == "b");
   CHECK(msgs[4].chunk().offset() == 0);
   std::filesystem::remove(options.file);

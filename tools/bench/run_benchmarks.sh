@@ -20,8 +20,12 @@
 #
 # Options:
 #   --build-dir DIR      build tree (default: <repo>/build)
-#   --big-dir DIR        directory with big_mlp.pt2 (default: MODEL_DIR)
-#   --big-weights FILE   weight set to push (default: BIG_DIR/big_mlp.weights.safetensors)
+#   --big-dir DIR        directory with big_mlp.pt2 (default: MODEL_DIR); also the daemon's
+#                        model repository for the server-side push
+#   --big-model NAME     model of the upload section (default big_mlp; huge_mlp is the 2 GB
+#                        set of tools/bench/huge_mlp.py)
+#   --big-weights FILE   weight set to push (default: BIG_DIR/BIG_MODEL.weights.safetensors;
+#                        the server-side push runs when it lies under BIG_DIR)
 #   --runners N          runners of mlp, daemon and in-process (default 2)
 #   --streams LIST       stream counts (default 1,2,4,8,16)
 #   --seconds S          measured window per point (default 5)
@@ -48,6 +52,7 @@ shift 2
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD_DIR=$REPO/build
 BIG_DIR=$MODEL_DIR
+BIG_MODEL=big_mlp
 BIG_WEIGHTS=""
 RUNNERS=2
 STREAMS=1,2,4,8,16
@@ -65,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     --build-dir) BUILD_DIR=$(realpath "$2"); shift 2 ;;
     --big-dir) BIG_DIR=$(realpath "$2"); shift 2 ;;
     --big-weights) BIG_WEIGHTS=$(realpath "$2"); shift 2 ;;
+    --big-model) BIG_MODEL=$2; shift 2 ;;
     --runners) RUNNERS=$2; shift 2 ;;
     --streams) STREAMS=$2; shift 2 ;;
     --seconds) SECS=$2; shift 2 ;;
@@ -84,7 +90,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "run_benchmarks.sh: unknown option $1" >&2; usage ;;
   esac
 done
-[[ -n $BIG_WEIGHTS ]] || BIG_WEIGHTS=$BIG_DIR/big_mlp.weights.safetensors
+[[ -n $BIG_WEIGHTS ]] || BIG_WEIGHTS=$BIG_DIR/$BIG_MODEL.weights.safetensors
 
 BENCH=$BUILD_DIR/tools/bench
 DAEMON=$BUILD_DIR/server/pt2serve
@@ -339,48 +345,56 @@ fi
 
 # ---------------------------------------------------------------- upload
 if [[ $SKIP_UPLOAD == 0 ]]; then
-  out "## Weight upload + stage throughput and daemon memory (big_mlp)"
+  out "## Weight upload + stage throughput and daemon memory ($BIG_MODEL)"
   out ""
-  if [[ ! -f $BIG_DIR/big_mlp.pt2 || ! -f $BIG_WEIGHTS ]]; then
-    out "skipped: needs $BIG_DIR/big_mlp.pt2 and $BIG_WEIGHTS"
+  if [[ ! -f $BIG_DIR/$BIG_MODEL.pt2 || ! -f $BIG_WEIGHTS ]]; then
+    out "skipped: needs $BIG_DIR/$BIG_MODEL.pt2 and $BIG_WEIGHTS"
     out "(tools/export/export_model.py zoo --models big_mlp)."
   else
-    log "daemon with big_mlp"
-    start_daemon upload --model "$(model_opts big_mlp "$BIG_DIR/big_mlp.pt2" "$RUNNERS")"
-    "$BENCH/grpc_bench" --address "$INFER_ADDR" --model big_mlp --wait 120 --wait-only
-    out "Daemon VmRSS once big_mlp is READY: $(rss_mb "$DAEMON_PID") MB. A short inference run first, so"
+    log "daemon with $BIG_MODEL"
+    start_daemon upload --model "$(model_opts "$BIG_MODEL" "$BIG_DIR/$BIG_MODEL.pt2" "$RUNNERS")" \
+      --model-repository "$BIG_DIR"
+    "$BENCH/grpc_bench" --address "$INFER_ADDR" --model "$BIG_MODEL" --wait 120 --wait-only
+    out "Daemon VmRSS once $BIG_MODEL is READY: $(rss_mb "$DAEMON_PID") MB. A short inference run first, so"
     out "that the active weights are constant-folded (that memory is part of serving, not of the push):"
     out ""
-    "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol native --model big_mlp --streams 1,"$RUNNERS" \
-      --seconds "$SECS" --warmup "$WARMUP" --json "$DATA/big_mlp_grpc.jsonl" | tee -a "$RESULTS" \
+    "$BENCH/grpc_bench" --address "$INFER_ADDR" --protocol native --model "$BIG_MODEL" --streams 1,"$RUNNERS" \
+      --seconds "$SECS" --warmup "$WARMUP" --json "$DATA/${BIG_MODEL}_grpc.jsonl" | tee -a "$RESULTS" \
       || log "big_mlp inference failures"
     out ""
     out "Daemon VmRSS after serving: $(rss_mb "$DAEMON_PID") MB."
     out ""
-    for sha in "" --sha256; do
-      log "upload_bench big_mlp $sha"
+    # no checksum; SHA-256 in the header (client hashes before the clock); SHA-256 in the
+    # trailer (client hashes while sending, as pt2ctl does); the file read by the server.
+    server_side=()
+    case $BIG_WEIGHTS in
+      "$BIG_DIR"/*) server_side=("--server-path ${BIG_WEIGHTS#"$BIG_DIR"/} --sha256") ;;
+    esac
+    for mode in "" --sha256 --sha256-trailer "${server_side[@]}"; do
+      log "upload_bench $BIG_MODEL $mode"
+      # shellcheck disable=SC2086  # $mode is a list of options
       record "$BENCH/upload_bench" --admin-address "$ADMIN_ADDR" --token-file "$WORK/token" \
-        --model big_mlp --weights "$BIG_WEIGHTS" --pid "$DAEMON_PID" $sha --json "$DATA/upload.jsonl" \
+        --model "$BIG_MODEL" --weights "$BIG_WEIGHTS" --pid "$DAEMON_PID" $mode --json "$DATA/upload.jsonl" \
         || log "upload_bench failed"
     done
     if [[ -x $PT2CTL ]]; then
       log "pt2ctl weights push"
       out "The same through \`pt2ctl weights push --swap\` (what an operator runs; its time includes"
-      out "parsing the file and hashing it on the client):"
+      out "parsing the file and hashing it on the client, while sending):"
       out ""
-      if "$PT2CTL" --admin-address "$ADMIN_ADDR" --token-file "$WORK/token" --json weights push big_mlp \
+      if "$PT2CTL" --admin-address "$ADMIN_ADDR" --token-file "$WORK/token" --json weights push "$BIG_MODEL" \
            "$BIG_WEIGHTS" --version pt2ctl-push --swap > "$DATA/pt2ctl_push.json" 2> "$DATA/pt2ctl_push.err"; then
-        python3 - "$DATA/pt2ctl_push.json" <<'EOF' | tee -a "$RESULTS"
+        python3 - "$DATA/pt2ctl_push.json" "$BIG_MODEL" <<'EOF' | tee -a "$RESULTS"
 import json, sys
 r = json.load(open(sys.argv[1]))
 c, u, s = r["client"], r["update"], r.get("swap", {})
 mb = int(c["bytes_sent"]) / 1e6
 print("| pt2ctl push --swap | MB | seconds | MB/s | server staging ms | swap (server) ms |")
 print("|---|---|---|---|---|---|")
-print(f"| big_mlp | {mb:.1f} | {c['seconds']:.2f} | {mb / c['seconds']:.0f} | "
+print(f"| {sys.argv[2]} | {mb:.1f} | {c['seconds']:.2f} | {mb / c['seconds']:.0f} | "
       f"{int(u['fold_time_us']) / 1e3:.1f} | {int(s.get('swap_time_us', 0)) / 1e3:.3f} |")
 EOF
-        "$PT2CTL" --admin-address "$ADMIN_ADDR" --token-file "$WORK/token" weights free-inactive big_mlp \
+        "$PT2CTL" --admin-address "$ADMIN_ADDR" --token-file "$WORK/token" weights free-inactive "$BIG_MODEL" \
           > /dev/null || true
       else
         out "pt2ctl push failed: $(tail -n 1 "$DATA/pt2ctl_push.err")"

@@ -12,7 +12,12 @@
 //      and constant-folded). MB/s = weight bytes / that time. The file is
 //      read once before the clock starts, so disk speed does not count.
 //      With --sha256 the header carries the SHA-256 (hashed before the clock
-//      starts) and the server's verification is part of the time;
+//      starts) and the server's verification is part of the time; with
+//      --sha256-trailer the client hashes while it sends and the SHA-256
+//      follows in the trailer (as `pt2ctl weights push` does), all inside
+//      the clock; with --server-path REL the header names that file in the
+//      server's model repository and no chunks are sent (the server reads
+//      the file; --weights is then only hashed for --sha256 and counted);
 //   2. swap (SwapConstantBuffer): client round trip and the server's
 //      swap_time_us;
 //   3. free-inactive (FreeInactiveConstantBuffer).
@@ -34,6 +39,7 @@
 #include <string>
 #include <thread>
 
+#include "common/background_sha256.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "pt2serve/v1/admin.grpc.pb.h"
@@ -53,6 +59,8 @@ struct Options {
   std::string version;
   double chunk_mb = 2;  // MiB
   bool sha256 = false;
+  bool sha256_trailer = false;
+  std::string server_path;
   bool swap = true;
   bool free_inactive = true;
   int pid = 0;
@@ -142,6 +150,10 @@ int Main(int argc, char** argv) {
   app.add_option("--version", o.version, "Version label (default: bench-<time>)");
   app.add_option("--chunk-mb", o.chunk_mb, "Chunk size, MiB")->capture_default_str();
   app.add_flag("--sha256", o.sha256, "Send the SHA-256 (the server verifies it)");
+  app.add_flag("--sha256-trailer", o.sha256_trailer,
+               "Hash while sending and send the SHA-256 in the trailer (as pt2ctl does)");
+  app.add_option("--server-path", o.server_path,
+                 "Stage this file of the server's model repository instead of streaming");
   app.add_flag("--no-swap{false}", o.swap, "Stop after the push");
   app.add_flag("--no-free{false}", o.free_inactive, "Do not free the inactive buffer at the end");
   app.add_option("--pid", o.pid, "Daemon pid, for VmRSS");
@@ -149,6 +161,14 @@ int Main(int argc, char** argv) {
   app.add_option("--json", o.json, "Append one JSON object to this file");
   app.add_option("--label", o.label, "First column text (default: the model name)");
   CLI11_PARSE(app, argc, argv);
+  if (o.sha256 && o.sha256_trailer) {
+    std::fprintf(stderr, "upload_bench: --sha256 and --sha256-trailer exclude each other\n");
+    return 2;
+  }
+  if (o.sha256_trailer && !o.server_path.empty()) {
+    std::fprintf(stderr, "upload_bench: --sha256-trailer needs a streamed push\n");
+    return 2;
+  }
   if (o.label.empty()) o.label = o.model;
   if (o.version.empty()) {
     o.version = "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch() /
@@ -176,16 +196,19 @@ int Main(int argc, char** argv) {
   v1::UpdateHeader* header = header_msg.mutable_header();
   header->set_model(o.model);
   header->set_version(o.version);
+  header->set_sha256_in_trailer(o.sha256_trailer);
   for (const Tensor& t : file->tensors) {
+    r.bytes += t.nbytes;
+    ++r.tensors;
+    if (!o.server_path.empty()) continue;
     auto* e = header->mutable_tensors()->add_entries();
     const v1::DataType dtype = server::ToProtoDType(t.dtype);
     e->set_name(t.name);
     e->set_dtype(dtype);
     for (int64_t d : t.shape) e->add_shape(d);
     e->set_byte_size(t.nbytes);
-    r.bytes += t.nbytes;
-    ++r.tensors;
   }
+  if (!o.server_path.empty()) header->set_server_path(o.server_path);
   // Read every byte once (page cache) and hash when asked, before the clock.
   {
     const int64_t t0 = NowNs();
@@ -199,7 +222,8 @@ int Main(int argc, char** argv) {
       }
     }
     if (o.sha256) {
-      header->set_sha256(hasher.FinishHex());
+      header->set_sha256(o.server_path.empty() ? hasher.FinishHex()
+                                               : Sha256::HexOfFile(o.weights).value());
       r.hash_s = static_cast<double>(NowNs() - t0) / 1e9;
     }
   }
@@ -225,15 +249,22 @@ int Main(int argc, char** argv) {
     auto writer = admin.stub().UpdateConstantBuffer(ctx.get(), &reply);
     bool ok = writer->Write(header_msg);
     v1::UpdateConstantBufferRequest msg;
+    BackgroundSha256 hasher;  // --sha256-trailer: hashes the mapped file while sending
     for (const Tensor& t : file->tensors) {
-      for (uint64_t off = 0; ok && off < t.nbytes; off += chunk) {
+      for (uint64_t off = 0; ok && o.server_path.empty() && off < t.nbytes; off += chunk) {
+        const uint64_t size = std::min<uint64_t>(chunk, t.nbytes - off);
+        if (o.sha256_trailer) hasher.Update(t.data + off, size);
         v1::TensorChunk* c = msg.mutable_chunk();
         c->set_name(t.name);
         c->set_offset(off);
-        c->set_data(t.data + off, std::min<uint64_t>(chunk, t.nbytes - off));
+        c->set_data(t.data + off, size);
         ok = writer->Write(msg);
         ++r.chunks;
       }
+    }
+    if (ok && o.sha256_trailer) {
+      msg.mutable_trailer()->set_sha256(hasher.FinishHex());
+      ok = writer->Write(msg);
     }
     if (ok) writer->WritesDone();
     status = writer->Finish();
@@ -300,7 +331,8 @@ int Main(int argc, char** argv) {
               "|---|---|---|---|---|---|---|---|---|---|\n");
   std::printf("| %s | %s | %s | %.2f | %.0f | %.0f | %.1f | %.3f | %.2f | %.2f |\n\n",
               o.label.c_str(), MB(r.bytes).c_str(),
-              o.sha256 ? "yes (server verifies)" : "no", r.push_s, mbps, transfer_mbps,
+              o.sha256 ? "yes, in the header (server verifies)"
+              : o.sha256_trailer ? "yes, hashed while sending (trailer)" : "no", r.push_s, mbps, transfer_mbps,
               static_cast<double>(r.fold_us) / 1e3, static_cast<double>(r.swap_us) / 1e3,
               r.swap_rtt_ms, r.free_rtt_ms);
   if (o.pid > 0) {
@@ -319,13 +351,14 @@ int Main(int argc, char** argv) {
     std::snprintf(
         buf, sizeof(buf),
         "{\"label\":\"%s\",\"model\":\"%s\",\"bytes\":%llu,\"tensors\":%zu,\"chunks\":%zu,"
-        "\"sha256\":%s,\"hash_s\":%.4f,\"push_s\":%.4f,\"mb_per_s\":%.2f,"
+        "\"sha256\":%s,\"sha256_trailer\":%s,\"server_side\":%s,\"hash_s\":%.4f,\"push_s\":%.4f,\"mb_per_s\":%.2f,"
         "\"stream_mb_per_s\":%.2f,\"fold_us\":%lld,\"swap_us\":%lld,\"swap_rtt_ms\":%.3f,"
         "\"free_rtt_ms\":%.3f,\"freed_bytes\":%llu,\"bytes_in_use_staged\":%llu,"
         "\"rss_before\":%llu,\"rss_peak_push\":%llu,\"rss_staged\":%llu,\"rss_swapped\":%llu,"
         "\"rss_freed\":%llu}",
         JsonEscape(o.label).c_str(), JsonEscape(o.model).c_str(),
         static_cast<unsigned long long>(r.bytes), r.tensors, r.chunks, o.sha256 ? "true" : "false",
+        o.sha256_trailer ? "true" : "false", o.server_path.empty() ? "false" : "true",
         r.hash_s, r.push_s, mbps, transfer_mbps, static_cast<long long>(r.fold_us),
         static_cast<long long>(r.swap_us), r.swap_rtt_ms, r.free_rtt_ms,
         static_cast<unsigned long long>(r.freed_bytes),

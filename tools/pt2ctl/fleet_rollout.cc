@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "common/sha256.h"
 #include "tools/pt2ctl/table.h"
 #include "tools/pt2ctl/weight_pusher.h"
 
@@ -92,7 +93,7 @@ FleetResult FleetRollout::Rollout(const RolloutSpec& spec) {
   if (spec.server_side) {
     want_sha = spec.sha256;
     if (want_sha.empty()) {
-      auto local = WeightPusher::HashFile(spec.file);
+      auto local = Sha256::HexOfFile(spec.file);
       if (!local.ok()) {
         for (auto& r : result.replicas) {
           r.error = "rollout --server-side needs --sha256 (or a local copy of '" + spec.file +

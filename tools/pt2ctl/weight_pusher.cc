@@ -6,8 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
+#include "common/background_sha256.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "tools/pt2ctl/progress_bar.h"
@@ -54,35 +54,6 @@ std::vector<ChunkRef> WeightPusher::PlanChunks(const std::vector<Tensor>& tensor
   return plan;
 }
 
-std::string WeightPusher::HashChunks(const std::vector<Tensor>& tensors,
-                                     const std::vector<ChunkRef>& plan,
-                                     const std::function<void(uint64_t)>& progress) {
-  Sha256 hasher;
-  uint64_t done = 0;
-  for (const ChunkRef& c : plan) {
-    hasher.Update(tensors[c.tensor].data + c.offset, c.size);
-    done += c.size;
-    if (progress) progress(done);
-  }
-  return hasher.FinishHex();
-}
-
-StatusOr<std::string> WeightPusher::HashFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (errno == ENOENT) return NotFound("file not found: " + path);
-    return InvalidArgument("cannot read " + path + ": " + std::strerror(errno));
-  }
-  Sha256 hasher;
-  std::vector<char> buffer(1 << 20);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    hasher.Update(buffer.data(), static_cast<size_t>(in.gcount()));
-  }
-  if (in.bad()) return InvalidArgument("error reading " + path);
-  return hasher.FinishHex();
-}
-
 Outcome WeightPusher::Push(const PushOptions& options, PushResult* result) {
   *result = PushResult();
   result->version = options.version.empty() ? DefaultVersion(options.file) : options.version;
@@ -112,24 +83,22 @@ Outcome WeightPusher::PushStream(const PushOptions& options, PushResult* result)
   uint64_t total = 0;
   for (const Tensor& t : tensors) total += t.nbytes;
   result->tensors = tensors.size();
-  {
-    // Hashing reads the whole file before the first byte is sent (~0.4 GB/s).
-    ProgressBar hash_bar("hash " + options.model, total, options.progress);
-    result->sha256 = HashChunks(tensors, plan, [&](uint64_t done) { hash_bar.Update(done); });
-  }
   header->set_model(options.model);
   header->set_version(result->version);
-  header->set_sha256(result->sha256);
+  header->set_sha256_in_trailer(true);
 
   ProgressBar bar("push " + options.model, total, options.progress);
   auto ctx = client_.NewAdminContext();
   auto writer = client_.admin_stub().UpdateConstantBuffer(ctx.get(), &result->response);
+  // Hashes the mapped file (alive as long as `file`) while the chunks go out.
+  BackgroundSha256 hasher;
   bool ok = writer->Write(request);
   for (const ChunkRef& c : plan) {
     if (!ok) break;  // the server ended the stream (an error) or it broke
+    const Tensor& t = tensors[c.tensor];
+    hasher.Update(t.data + c.offset, c.size);
     request.Clear();
     v1::TensorChunk* chunk = request.mutable_chunk();
-    const Tensor& t = tensors[c.tensor];
     chunk->set_name(t.name);
     chunk->set_offset(c.offset);
     chunk->set_data(t.data + c.offset, c.size);
@@ -139,6 +108,12 @@ Outcome WeightPusher::PushStream(const PushOptions& options, PushResult* result)
       ++result->chunks;
       bar.Update(result->bytes_sent);
     }
+  }
+  if (ok) {
+    result->sha256 = hasher.FinishHex();
+    request.Clear();
+    request.mutable_trailer()->set_sha256(result->sha256);
+    ok = writer->Write(request);
   }
   if (ok) {
     bar.SetLabel("stage " + options.model);  // the server copies and folds now
@@ -163,7 +138,7 @@ Outcome WeightPusher::PushServerSide(const PushOptions& options, PushResult* res
     auto file = SafetensorsFile::Open(options.file);
     if (!file.ok()) return Outcome::LocalError(file.status().WithPrefix("local copy"));
     result->tensors = file->tensors.size();
-    auto digest = HashFile(options.file);
+    auto digest = Sha256::HexOfFile(options.file);
     if (!digest.ok()) return Outcome::LocalError(digest.status());
     result->sha256 = *digest;
   }

@@ -2,10 +2,13 @@
 //
 // Streamed push (default): the safetensors file is memory-mapped and parsed
 // locally first (a malformed file never reaches the server), then the stream
-// carries a header (version label, SHA-256, manifest of every tensor) and the
-// tensor data in chunks. Tensors are sent in the file's header order, each
-// front to back, so the SHA-256 is computed up front over exactly the bytes
-// the server will receive, in that order (what the server checks).
+// carries a header (version label, manifest of every tensor, and
+// sha256_in_trailer), the tensor data in chunks, and a trailer with the
+// SHA-256 of exactly the bytes sent, in order (what the server checks).
+// Tensors are sent in the file's header order, each front to back; a helper
+// thread hashes the mapped file while the chunks are sent, so hashing costs
+// no extra pass before the first byte goes out. (Servers older than the
+// trailer refuse it: INVALID_ARGUMENT "later ones are chunks".)
 //
 // Server-side push (--server-side): the header names a .safetensors file on
 // the server (relative to its model repository) and no chunks follow. The
@@ -78,13 +81,6 @@ class WeightPusher {
   // into pieces of at most `chunk_bytes` (> 0). Empty tensors get no chunk.
   static std::vector<ChunkRef> PlanChunks(const std::vector<Tensor>& tensors,
                                           uint64_t chunk_bytes);
-  // Lower-case hex SHA-256 of the chunks' bytes in plan order. `progress`,
-  // if set, is called with the bytes hashed so far after each chunk.
-  static std::string HashChunks(const std::vector<Tensor>& tensors,
-                                const std::vector<ChunkRef>& plan,
-                                const std::function<void(uint64_t)>& progress = nullptr);
-  // Lower-case hex SHA-256 of a file's bytes; NOT_FOUND if it is missing.
-  static StatusOr<std::string> HashFile(const std::string& path);
 
  private:
   Outcome PushStream(const PushOptions& options, PushResult* result);
