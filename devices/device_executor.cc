@@ -131,6 +131,17 @@ StatusOr<std::unique_ptr<DeviceExecutor>> DeviceExecutor::Create(const DeviceSpe
   }
 }
 
+Status SynchronizeDevice(const DeviceSpec& device) {
+  if (device.kind == DeviceKind::kCpu) return Status::Ok();
+  const c10::Device dev = ToC10Device(device);
+  try {
+    c10::impl::VirtualGuardImpl(dev.type()).synchronizeDevice(dev.index());
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    return Internal("synchronizing " + dev.str() + ": " + What(e));
+  }
+}
+
 std::vector<DeviceMemory> QueryDeviceMemory() {
   std::vector<DeviceMemory> out;
 #ifdef PT2SERVE_HAS_DEVICE_ALLOCATOR

@@ -49,5 +49,12 @@ class DeviceExecutor {
   virtual Status Synchronize() = 0;
 };
 
+// Blocks until all work queued on `device`, on every stream, has finished; a
+// no-op on CPU. Weight staging (update + constant fold) is queued on the
+// device's default stream, which does not order itself with the runners'
+// non-blocking streams: staging calls this before it reports success, so a
+// request that runs after the swap never reads a buffer still being written.
+Status SynchronizeDevice(const DeviceSpec& device);
+
 
 }  // namespace pt2serve

@@ -177,6 +177,9 @@ Status LocalReplica::WriteInactive(const std::vector<Tensor>& tensors) {
   } catch (const std::exception& e) {
     return StatusFromException(e, "writing the inactive weights on " + Where());
   }
+  // The copies above are queued on the device's default stream; runners use
+  // streams of their own that do not wait for it (see SynchronizeDevice).
+  PT2_RETURN_IF_ERROR(SynchronizeDevice(device));
   inactive_freed_ = false;
   return Status::Ok();
 }
@@ -185,11 +188,13 @@ Status LocalReplica::FoldConstants(bool inactive) {
   if (failed_.load()) return FailedStatus();
   try {
     c10::DeviceGuard on_device(ToC10Device(info().device));
-    package_->runner()->run_const_fold(inactive);
-    return Status::Ok();
+    package_->runner()->run_const_fold(inactive);  // on the default stream
   } catch (const std::exception& e) {
     return StatusFromException(e, "constant folding on " + Where());
   }
+  // The fold kernels must finish before a swap lets requests on the runners'
+  // own streams read the folded constants.
+  return SynchronizeDevice(info().device);
 }
 
 Status LocalReplica::SwapBuffers() {

@@ -10,6 +10,11 @@
 #   scripts/cuda_host_check.sh latency   # 1-stream latency and its floors, CPU and CUDA mlp
 #   scripts/cuda_host_check.sh quick-latency  # build, ctest + cuda_test, latency (< 10 min)
 #   scripts/cuda_host_check.sh containment    # build, ctest + cuda_test, isolation cost
+#   scripts/cuda_host_check.sh staging  # build, cuda_test, the stale-read test without the
+#                                       # staging sync (must fail), upload benchmarks
+#   scripts/cuda_host_check.sh peers    # build; batching and the grpcio peer side by side
+#                                       # (tools/bench/peers/run_peers.sh --device cuda); needs
+#                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -39,11 +44,17 @@ if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and 
     libzip-dev libzip4)
   mkdir -p .whl && for spec in grpcio==1.85.3 grpcio-health-checking==1.81.1 \
       grpcio-reflection==1.81.1 grpcio-tools==1.81.1 protobuf==6.33.6 python-rapidjson==1.25 \
-      tritonclient==2.73.0; do
+      tritonclient==2.73.0 safetensors==0.7.0; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform any -d .whl "$spec"
   done
+  # perf_analyzer (see scripts/get_perf_analyzer.sh) and the libraries it needs beside it.
+  pa=${PT2SERVE_CACHE_ROOT:-$HOME/.cache/pt2serve}/perf_analyzer-2.41.0
+  if [[ -x $pa/bin/perf_analyzer ]]; then
+    mkdir -p .pa/bin .pa/lib && cp "$pa/bin/perf_analyzer" .pa/bin/ && cp -L "$pa"/lib/* .pa/lib/
+    cp -L /usr/lib/x86_64-linux-gnu/libb64.so.0d .pa/lib/ 2>/dev/null || true
+  fi
   exit 0
 fi
 
@@ -151,6 +162,44 @@ do_bench() {
   return $rc
 }
 
+# Upload+stage throughput only (issue 11): big_mlp (201 MB), then huge_mlp (2.1 GB) when
+# time allows, both compiled for CUDA by this host's torch.
+do_bench_upload() {
+  model_dirs
+  local rc=0 big=/tmp/pt2serve-big
+  mkdir -p /tmp/pt2serve-bench "$big"
+  log "exporting big_mlp for CUDA"
+  $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
+    || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
+  log "upload benchmark big_mlp (201 MB)"
+  timeout 150 tools/bench/run_benchmarks.sh /tmp/pt2serve-bench/upload-big.md "$CUDA_DIR" \
+    --build-dir "$BUILD" --skip-pool --skip-grpc --skip-swap >"$LOGS/upload-big.log" 2>&1 || rc=1
+  cp /tmp/pt2serve-bench/upload-big.md "$OUT/" 2>/dev/null
+  grep -E "^\| " /tmp/pt2serve-bench/upload-big.md | grep -i -E "push|upload|staging|stage|pinned|H2D" \
+    | head -n 20 | tee -a "$OUT/steps.log"
+  if [[ -z ${SKIP_HUGE:-} ]]; then
+    log "exporting huge_mlp (2.1 GB) for CUDA"
+    # The exporter's `module` command compiles for the CPU only: call its export_model directly.
+    (cd tools/bench && timeout 200 $PY -c "
+import sys, torch; from pathlib import Path
+sys.path.insert(0, '../export'); import export_model as e; from huge_mlp import HugeMLP
+torch.manual_seed(e.DEFAULT_SEED)
+e.export_model(HugeMLP(), 'huge_mlp', [e.parse_input_spec('x:float32:-1,4096').spec], ['y'],
+               Path('$big'), e.cache_key(), 8, device='cuda')") \
+      >"$LOGS/export-huge.log" 2>&1 || log "huge_mlp export failed: $(tail -n 3 "$LOGS/export-huge.log")"
+    if [[ -f $big/huge_mlp.pt2 ]]; then
+      log "upload benchmark huge_mlp (2.1 GB)"
+      timeout 200 tools/bench/run_benchmarks.sh /tmp/pt2serve-bench/upload-huge.md "$CUDA_DIR" \
+        --build-dir "$BUILD" --big-dir "$big" --big-model huge_mlp --skip-pool --skip-grpc \
+        --skip-swap >"$LOGS/upload-huge.log" 2>&1 || rc=1
+      cp /tmp/pt2serve-bench/upload-huge.md "$OUT/" 2>/dev/null
+      grep -E "^\| " /tmp/pt2serve-bench/upload-huge.md | grep -i -E "push|upload|staging|stage" \
+        | head -n 20 | tee -a "$OUT/steps.log"
+    fi
+  fi
+  return $rc
+}
+
 do_latency() {
   [[ -x $BUILD/server/pt2serve ]] || do_build || return 1
   model_dirs
@@ -222,6 +271,51 @@ case $STAGE in
         >"$OUT/runtime_worker.log" 2>&1 || rc=1
       tail -n 3 "$OUT/runtime_worker.log" | tee -a "$OUT/steps.log"
       do_containment_bench || rc=1
+    fi ;;
+  staging)  # issue 14 (staging orders its device work before requests) + issue 11 (transfer)
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      ctest --test-dir "$BUILD" -R "make_fixture" >/dev/null 2>&1
+      log "cuda_test"
+      PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR PT2SERVE_FIXTURE_DIR=$BUILD/fixtures timeout 200 \
+        "$BUILD/tests/cuda_test" -r compact >"$OUT/cuda_test.log" 2>&1 || rc=1
+      grep -E "Passed|Failed|passed all|failed|warning|stale" "$OUT/cuda_test.log" | tail -n 14 \
+        | tee -a "$OUT/steps.log"
+      # The same stale-read test against the runtime without the staging sync: it must fail,
+      # or the test proves nothing. The source is restored right after.
+      log "stale-read test WITHOUT the staging sync (expected to FAIL)"
+      cp runtime/local_replica.cc /tmp/local_replica.cc.orig
+      sed -i -e '/PT2_RETURN_IF_ERROR(SynchronizeDevice(device));/d' \
+        -e 's/return SynchronizeDevice(info().device);/return Status::Ok();/' runtime/local_replica.cc
+      if cmake --build "$BUILD" --target cuda_test >"$LOGS/nosync-build.log" 2>&1; then
+        PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR PT2SERVE_FIXTURE_DIR=$BUILD/fixtures timeout 120 \
+          "$BUILD/tests/cuda_test" "a request right after a swap*" -r compact \
+          >"$OUT/cuda_test_nosync.log" 2>&1 && log "WITHOUT the sync the test PASSED (it cannot catch the race)" \
+          || log "WITHOUT the sync the test FAILED, as it must"
+        grep -E "stale|failed|passed" "$OUT/cuda_test_nosync.log" | tail -n 6 | tee -a "$OUT/steps.log"
+      else
+        log "no-sync build failed"; tail -n 20 "$LOGS/nosync-build.log"
+      fi
+      cp /tmp/local_replica.cc.orig runtime/local_replica.cc
+      cmake --build "$BUILD" --target cuda_test pt2serve >"$LOGS/resync-build.log" 2>&1 || rc=1
+      do_bench_upload || rc=1
+    fi ;;
+  peers)  # issue 10: batching gain and pt2serve vs the Python grpcio peer on the GPU
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      cat > /tmp/perf_analyzer <<WRAP
+#!/usr/bin/env bash
+LD_LIBRARY_PATH=$ROOT/.pa/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec $ROOT/.pa/bin/perf_analyzer "\$@"
+WRAP
+      chmod +x /tmp/perf_analyzer
+      log "peers on $CUDA_DIR (${PEERS_MODELS:-mlp,cnn})"
+      timeout ${PEERS_TIMEOUT:-420} tools/bench/peers/run_peers.sh --out "$OUT/peers-cuda.md" \
+        --pt2serve "$BUILD/server/pt2serve" --model-dir "$CUDA_DIR" --models "${PEERS_MODELS:-mlp,cnn}" \
+        --device cuda --perf-analyzer /tmp/perf_analyzer --peers-python "$PY" --skip-pytriton \
+        ${PEERS_ARGS:---no-repeat} >"$LOGS/peers.log" 2>&1 || rc=1
+      tail -n 30 "$LOGS/peers.log" | tee -a "$OUT/steps.log"
     fi ;;
   quick-latency)
     do_build || rc=1

@@ -4,6 +4,8 @@
 // fixture weight sets are device-independent safetensors files).
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -149,6 +151,63 @@ TEST_CASE("CUDA hot swap under load: no failed, torn or mislabelled response", "
   const HotSwapRaceResult race = RunHotSwapRace(*model, refs, sets, options);
   ExpectCleanRace(race, {"seed7", "seed8"});
   WARN("CUDA hot swap, 8 clients / 2 runners, 20 cycles: " << race.Summary());
+}
+
+// Issue 14: staging (update + constant fold) is queued on the device's default
+// stream, which the runners' non-blocking streams do not wait for. Here the
+// staging thread's default stream is kept busy (~100 ms of matmuls queued just
+// before the fold), so a fold that is merely queued when Stage() returns is
+// still pending when the request after the swap runs on its runner stream: it
+// would read the previous set's folded constants. Two weight sets whose folded
+// BatchNorm constants differ tell which set a response was computed with:
+//   A: all zero (running_var 1)         -> every output 0
+//   B: zero but bn.bias = 1, fc.weight = 1, running_var 1
+//      -> BN gives 1, ReLU 1, pooling 1, fc sums 8 ones -> every output 8
+TEST_CASE("a request right after a swap sees the staged set's folded constants", "[cuda]") {
+  auto model = LoadCuda("cnn", 2);
+  auto make_set = [&](bool b) {
+    std::vector<Tensor> set;
+    for (const ConstantInfo& c : model->info().constants) {
+      REQUIRE(c.dtype == DType::kFloat32);
+      int64_t n = 1;
+      for (int64_t d : c.shape) n *= d;
+      float value = 0;
+      if (c.fqn == "bn.running_var") value = 1;
+      if (b && (c.fqn == "bn.bias" || c.fqn == "fc.weight")) value = 1;
+      set.push_back(Tensor::FromVector(c.fqn, DType::kFloat32, c.shape,
+                                       std::vector<float>(static_cast<size_t>(n), value)));
+    }
+    return set;
+  };
+  const std::vector<Tensor> set_a = make_set(false), set_b = make_set(true);
+  at::Tensor busy = at::ones({4096, 4096}, at::TensorOptions().device(c10::kCUDA, 0));
+  ConstantBufferManager& weights = model->weights();
+  weights.SetFaultHookForTest([&](std::string_view op, size_t) {
+    if (op == "fold") {
+      for (int i = 0; i < 40; ++i) busy = at::mm(busy, busy).div_(4096.0f);  // queued, async
+    }
+    return Status::Ok();
+  });
+  const Reference ref = CudaReference("cnn");
+  int stale = 0;
+  for (int cycle = 0; cycle < 6; ++cycle) {
+    const bool b = cycle % 2 == 1;
+    StageOptions options;
+    options.version = b ? "B" : "A";
+    REQUIRE(weights.Stage(b ? set_b : set_a, options).ok());
+    REQUIRE(weights.Swap().ok());
+    auto response = model->Infer({"", ref.inputs, {}, kNoDeadline});
+    REQUIRE(response.ok());
+    CHECK(response->weights_version == options.version);
+    for (double v : ToDoubles(response->outputs.at(0))) {
+      if (std::abs(v - (b ? 8.0 : 0.0)) > 1e-3) {
+        ++stale;
+        break;
+      }
+    }
+  }
+  weights.SetFaultHookForTest(nullptr);
+  CHECK(stale == 0);
 }
 
 TEST_CASE("CUDA device mismatches are load errors", "[cuda]") {
