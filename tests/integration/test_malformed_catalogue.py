@@ -85,7 +85,8 @@ CASES = [
     Case("huge_model_name", lambda: req("m" * MIB), INVALID,
          ("model name is 1048576 bytes long (at most 256)",)),
     Case("unknown_version", lambda: req(model_version="7"), NOT_FOUND, ("version '7'",)),
-    Case("huge_version", lambda: req(model_version="v" * MIB), NOT_FOUND, ("only '1'",)),
+    Case("huge_version", lambda: req(model_version="v" * MIB), INVALID,
+         ("is not a version number",)),
     Case("huge_request_id", lambda: req(id="i" * MIB), INVALID, ("request id is 1048576 bytes",)),
     Case("control_chars_in_model_name", lambda: req("bad\nname\x07"), NOT_FOUND, ("not loaded",)),
     # dtypes

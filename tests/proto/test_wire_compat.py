@@ -365,16 +365,19 @@ def test_pt2serve_inference_service(pt2serve_v1):
     assert fields == {"name", "state", "reason", "inputs", "outputs", "max_batch_size", "device",
                       "num_runners", "max_queue_size", "weights_version", "package_path",
                       "constants", "constants_bytes", "cpu_threads", "signature_source",
-                      "runtime_constant_folding", "folded_constants", "isolation", "restarts"}
+                      "runtime_constant_folding", "folded_constants", "isolation", "restarts",
+                      "dynamic_batching"}
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["cpu_threads"].number == 14
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["dynamic_batching"].number == 20
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["isolation"].number == 18
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["restarts"].number == 19
     assert {(f.name, f.number) for f in inf.TensorSpec.DESCRIPTOR.fields} == {
         ("name", 1), ("dtype", 2), ("shape", 3), ("dims", 4)}
     assert {(f.name, f.number) for f in inf.DimRange.DESCRIPTOR.fields} == {
         ("min", 1), ("max", 2), ("symbol", 3)}
-    assert {f.name for f in inf.RunResponse.DESCRIPTOR.fields} == {
-        "model", "outputs", "request_id", "weights_version", "queue_time_us", "compute_time_us"}
+    assert {(f.name, f.number) for f in inf.RunResponse.DESCRIPTOR.fields} == {
+        ("model", 1), ("outputs", 2), ("request_id", 3), ("weights_version", 4),
+        ("queue_time_us", 5), ("compute_time_us", 6), ("batch_size", 7), ("model_version", 30)}
 
 
 def test_pt2serve_admin_service(pt2serve_v1):
@@ -382,7 +385,7 @@ def test_pt2serve_admin_service(pt2serve_v1):
     assert {(f.name, f.number) for f in adm.LoadModelRequest.DESCRIPTOR.fields} == {
         ("name", 1), ("package_path", 2), ("device", 3), ("num_runners", 4),
         ("max_queue_size", 5), ("cpu_threads", 6), ("inputs", 7), ("outputs", 8),
-        ("max_batch_size", 9), ("isolation", 10)}
+        ("max_batch_size", 9), ("isolation", 10), ("dynamic_batching", 11)}
     p = ".pt2serve.v1."
     assert _methods(adm, "Admin") == {
         "LoadModel": (p + "LoadModelRequest", p + "LoadModelResponse", False, False),
