@@ -155,6 +155,8 @@ Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
           [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
       weights_(std::make_unique<ConstantBufferManager>(*this)) {
+  run_here_ = !batching && replicas_.size() == 1 && info().device.kind == DeviceKind::kCpu &&
+              config_.isolation == Isolation::kInProcess;
   if (batching) {
     batcher_ = std::make_unique<DynamicBatcher>(
         std::move(*batching), *pool_,
@@ -374,19 +376,39 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
     return batcher_->Submit(std::move(entry));
   }
   call->response.batch_rows = signature().max_batch_size > 0 ? call->ordered[0]->shape[0] : 1;
-  return pool_->Submit(
-      [this, call, deadline](size_t runner) {
-        return Execute(runner, call->ordered, call->output_indices, call->response, deadline);
-      },
-      deadline,
-      [call, done = std::move(done)](const Status& status, const RequestTiming& timing) {
-        if (!status.ok()) {
-          done(status);
-          return;
-        }
-        call->response.timing = timing;
-        done(std::move(call->response));
-      });
+  auto work = [this, call, deadline](size_t runner) {
+    return Execute(runner, call->ordered, call->output_indices, call->response, deadline);
+  };
+  auto finish = [this, call, done = std::move(done)](const Status& status,
+                                                     const RequestTiming& timing) {
+    RecordCompute(timing.compute);
+    if (!status.ok()) {
+      done(status);
+      return;
+    }
+    call->response.timing = timing;
+    done(std::move(call->response));
+  };
+  if (!ClaimRunHere()) return pool_->Submit(std::move(work), deadline, std::move(finish));
+  const RunnerPool::Ticket ticket =
+      pool_->SubmitOrRunHere(std::move(work), deadline, std::move(finish));
+  run_here_busy_.store(false, std::memory_order_release);
+  return ticket;
+}
+
+bool Model::ClaimRunHere() {
+  if (!run_here_) return false;
+  const int64_t mean = mean_compute_ns_.load(std::memory_order_relaxed);
+  if (mean < 0 || mean > std::chrono::nanoseconds(kRunHereMaxCompute).count()) return false;
+  bool expected = false;
+  return run_here_busy_.compare_exchange_strong(expected, true, std::memory_order_acquire);
+}
+
+void Model::RecordCompute(std::chrono::nanoseconds compute) {
+  if (compute.count() <= 0) return;  // never ran (rejected, expired, cancelled)
+  const int64_t x = compute.count();
+  const int64_t mean = mean_compute_ns_.load(std::memory_order_relaxed);
+  mean_compute_ns_.store(mean < 0 ? x : mean + (x - mean) / 8, std::memory_order_relaxed);
 }
 
 void Model::RunBatch(const DynamicBatcher::Batch& batch, size_t runner) {

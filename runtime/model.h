@@ -6,6 +6,7 @@
 // never takes a runner.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -188,6 +189,14 @@ class Model {
                                                     const Signature& sig, size_t runners);
   // Runs a formed batch (DynamicBatcher's executor).
   void RunBatch(const DynamicBatcher::Batch& batch, size_t runner);
+  // InferAsync without batching: whether this request may run on the
+  // caller's thread when a runner is free (RunnerPool::SubmitOrRunHere).
+  // Only for in-process CPU models whose calls are short (running mean of
+  // the compute time <= kRunHereMaxCompute), and one such call at a time, so
+  // model work never holds more than one of the daemon's RPC threads. On
+  // true the caller resets run_here_busy_ once the call has returned.
+  bool ClaimRunHere();
+  void RecordCompute(std::chrono::nanoseconds compute);
 
   const ModelConfig config_;
   std::vector<std::unique_ptr<Replica>> replicas_;  // one per device
@@ -201,6 +210,16 @@ class Model {
   std::string weights_version_;  // guarded by version_mu_
   // Constructed last, destroyed first (it uses replicas_ and pool_).
   std::unique_ptr<ConstantBufferManager> weights_;
+  // Running-on-the-caller policy (ClaimRunHere). run_here_ is fixed at load;
+  // the mean is an exponential moving average over completed async calls
+  // (-1 until the first one), updated with relaxed racy read-modify-writes:
+  // an estimate, never a correctness input.
+  bool run_here_ = false;
+  std::atomic<bool> run_here_busy_{false};
+  std::atomic<int64_t> mean_compute_ns_{-1};
 };
+
+// Calls at most this long on average may run on the caller's thread.
+inline constexpr std::chrono::microseconds kRunHereMaxCompute{200};
 
 }  // namespace pt2serve

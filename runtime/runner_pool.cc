@@ -319,6 +319,18 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
   return ticket;
 }
 
+RunnerPool::Ticket RunnerPool::SubmitOrRunHere(Work work, Deadline deadline, Done done) {
+  size_t runner = 0;
+  if (!TryTakeFast(&runner)) return Submit(std::move(work), deadline, std::move(done));
+  if (options_.thread_init) options_.thread_init();
+  const auto admitted = Clock::now();
+  Status result = RunGuarded([&] { return work(runner); });
+  const RequestTiming timing{std::chrono::nanoseconds{0}, Clock::now() - admitted};
+  ReleaseRunner(runner, &timing, result.ok());
+  done(result, timing);
+  return 0;
+}
+
 bool RunnerPool::Cancel(Ticket ticket) {
   Waiter* found = nullptr;
   AfterUnlock after;

@@ -139,6 +139,51 @@ TEST_CASE("async inference returns the same results", "[model]") {
   CHECK(good == 20);
 }
 
+TEST_CASE("a short CPU model's async requests run on the caller once its cost is known",
+          "[model]") {
+  auto model = LoadZoo("mlp", 2);
+  Reference ref = LoadReference("mlp");
+  const auto caller = std::this_thread::get_id();
+  // The first call's cost is unknown: it goes through a pool thread.
+  std::promise<std::thread::id> first;
+  InferRequest request;
+  request.inputs = ref.inputs;
+  model->InferAsync(std::move(request),
+                    [&](StatusOr<InferResponse>) { first.set_value(std::this_thread::get_id()); });
+  CHECK(first.get_future().get() != caller);
+  // One call at a time, as a single client sends them.
+  auto call_once = [&](RunnerPool::Ticket* ticket) {
+    std::promise<std::pair<std::thread::id, bool>> seen;
+    InferRequest again;
+    again.inputs = ref.inputs;
+    *ticket = model->InferAsync(std::move(again), [&](StatusOr<InferResponse> r) {
+      seen.set_value({std::this_thread::get_id(),
+                      r.ok() && CompareTensors(r->outputs[0], ref.outputs[0]).empty()});
+    });
+    return seen.get_future().get();
+  };
+  // Once the running mean of its cost is known to be short (mlp takes
+  // microseconds; the first calls may be slow while caches warm up), a call
+  // that finds a runner free completes on the calling thread, before
+  // InferAsync returns, with the right result.
+  RunnerPool::Ticket ticket = 1;
+  int warmup = 0;
+  for (; warmup < 200; ++warmup) {
+    auto [ran_on, good] = call_once(&ticket);
+    CHECK(good);
+    if (ran_on == caller) break;
+  }
+  INFO("calls before the first one on the caller: " << warmup);
+  REQUIRE(warmup < 200);
+  for (int i = 0; i < 5; ++i) {
+    auto [ran_on, good] = call_once(&ticket);
+    CHECK(ticket == 0);
+    CHECK(ran_on == caller);
+    CHECK(good);
+  }
+  CHECK(model->pool().stats().completed == static_cast<uint64_t>(warmup) + 7);
+}
+
 // The intra-op thread count a request of `model` ran with: InferAsync's
 // callback runs on the pool thread that ran it.
 int PoolThreadCpuThreads(Model& model) {

@@ -380,3 +380,47 @@ TEST_CASE("RunExclusive gives up at its drain deadline and the pool keeps servin
   CHECK(pool.RunExclusive([&] { ran = true; return Status::Ok(); }, Clock::now() + 2s).ok());
   CHECK(ran);
 }
+
+TEST_CASE("SubmitOrRunHere runs on the caller when a runner is free, else queues",
+          "[runner_pool]") {
+  static thread_local int initialised = 0;
+  RunnerPool pool({/*num_runners=*/1, /*max_queue_size=*/8, [] { initialised = 7; }});
+  const auto caller = std::this_thread::get_id();
+  std::thread::id ran_on;
+  bool done_called = false;
+  initialised = 0;
+  auto ticket = pool.SubmitOrRunHere(
+      [&](size_t runner) {
+        ran_on = std::this_thread::get_id();
+        CHECK(runner == 0);
+        CHECK(initialised == 7);  // the pool's per-thread settings, on this thread
+        return Status::Ok();
+      },
+      kNoDeadline,
+      [&](const Status& s, const RequestTiming& timing) {
+        CHECK(s.ok());
+        CHECK(timing.queue.count() == 0);
+        done_called = true;
+      });
+  CHECK(ticket == 0);
+  CHECK(done_called);  // before SubmitOrRunHere returned
+  CHECK(ran_on == caller);
+  CHECK(pool.stats().completed == 1);
+
+  // The only runner busy: the request goes through the queue to a pool thread.
+  Gate gate;
+  std::thread holder([&] { CHECK(pool.Run([&](size_t) { return gate.Wait(); }).ok()); });
+  while (pool.stats().in_flight == 0) std::this_thread::yield();
+  std::promise<std::thread::id> queued_on;
+  ticket = pool.SubmitOrRunHere(
+      [&](size_t) {
+        queued_on.set_value(std::this_thread::get_id());
+        return Status::Ok();
+      },
+      kNoDeadline, [](const Status& s, const RequestTiming&) { CHECK(s.ok()); });
+  CHECK(ticket != 0);
+  gate.Open();
+  holder.join();
+  auto id = queued_on.get_future().get();
+  CHECK(id != caller);
+}
