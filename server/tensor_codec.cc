@@ -331,17 +331,12 @@ Status EncodeKServeOutputs(const std::vector<Tensor>& outputs, const SharedMemor
     return Status::Ok();
   }
   std::vector<const SharedMemorySpan*> targets(outputs.size(), nullptr);
-  bool any_raw = false;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& t = outputs[i];
     for (const auto& [name, span] : use.outputs) {
       if (name == t.name) targets[i] = &span;
     }
-    if (!targets[i]) {
-      any_raw = true;
-      continue;
-    }
-    if (t.nbytes > targets[i]->size) {
+    if (targets[i] && t.nbytes > targets[i]->size) {
       return InvalidArgument("output '" + t.name + "' is " + std::to_string(t.nbytes) +
                              " bytes but its shared_memory_byte_size is " +
                              std::to_string(targets[i]->size) + " (shared memory region '" +
@@ -357,7 +352,9 @@ Status EncodeKServeOutputs(const std::vector<Tensor>& outputs, const SharedMemor
       response.add_raw_output_contents()->assign(reinterpret_cast<const char*>(t.data), t.nbytes);
       continue;
     }
-    if (any_raw) response.add_raw_output_contents();  // keeps raw entries aligned with outputs
+    // An empty entry: Triton's clients index raw_output_contents by output
+    // position (its C++ client reads one entry per output unchecked).
+    response.add_raw_output_contents();
     if (t.nbytes > 0) std::memcpy(span->data, t.data, t.nbytes);
     PT2_RETURN_IF_ERROR(CheckNotLost(*span->region, "output '" + t.name + "'"));
     auto& params = *out->mutable_parameters();

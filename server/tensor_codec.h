@@ -60,8 +60,8 @@ Status CheckKServeOutputs(const inference::ModelInferRequest& request,
                           SharedMemoryUse* use = nullptr);
 // Appends outputs as raw_output_contents (the form tritonclient expects),
 // except those in `use.outputs`: they are written into their region and
-// carry the shared_memory_* parameters (and an empty raw entry when other
-// outputs are raw). INVALID_ARGUMENT, naming both sizes, when an output is
+// carry the shared_memory_* parameters and an empty raw_output_contents
+// entry (as Triton: its clients index raw entries by output position). INVALID_ARGUMENT, naming both sizes, when an output is
 // larger than its shared_memory_byte_size, or when a region the request used
 // was lost (truncated) meanwhile.
 Status EncodeKServeOutputs(const std::vector<Tensor>& outputs, const SharedMemoryUse& use,
