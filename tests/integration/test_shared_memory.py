@@ -5,8 +5,8 @@ tritonclient.utils.shared_memory exactly as Triton's examples do: inputs read fr
 regions give the same outputs as raw requests (and the zoo's references), outputs land in
 regions with the shared_memory_* parameters and no raw contents, Status/Unregister behave like
 Triton's, and bad regions, offsets and sizes are INVALID_ARGUMENT (never a crash) while the
-daemon keeps serving, also when a client truncates a registered object or unregisters regions
-under load. The shared daemon (extension off) answers the RPCs UNIMPLEMENTED and shared-memory
+daemon keeps serving, also when a client truncates a registered object (before a request, or
+while one waits to be run: the SIGBUS guard) or unregisters regions under load. The shared daemon (extension off) answers the RPCs UNIMPLEMENTED and shared-memory
 tensors INVALID_ARGUMENT, both saying how to enable it. perf_analyzer --shared-memory=system
 runs against it when the wrapper exists.
 """
@@ -271,6 +271,53 @@ def test_truncated_object_is_refused_without_a_crash(client, regions, shm_daemon
     assert "was shrunk" in e.value.message()
     assert shm_daemon.alive(), shm_daemon.stderr_tail()
     assert_close("y", mlp_raw(client, x), refs["mlp"]["outputs"]["y"])
+
+
+def test_truncation_while_a_request_waits_fails_it_without_a_crash(daemon_factory, model_dir,
+                                                                   regions, refs):
+    """The object is shrunk after the request passed its checks, before the model reads it
+    (the request waits 2 s for its batch): the read faults, the daemon's SIGBUS guard swaps in
+    zero pages, and the request fails INVALID_ARGUMENT; the daemon keeps serving."""
+    d = daemon_factory(models=[{"name": "mlp", "path": str(model_dir / "mlp.pt2"),
+                                "num_runners": 1,
+                                "dynamic_batching": {"max_queue_delay_us": 2_000_000}}],
+                       server={"shared_memory": "system"}, metrics=False)
+    x = refs["mlp"]["inputs"]["x"]
+    handle, key = regions.create("waiting", 3 * 4096)
+    shm.set_shared_memory_region(handle, [x], offset=2 * 4096)
+    c = grpcclient.InferenceServerClient(d.url)
+    try:
+        c.register_system_shared_memory("waiting", key, 3 * 4096)
+        results = []
+        done = threading.Event()
+        c.async_infer("mlp", [shm_input("x", x, "waiting", offset=2 * 4096)],
+                      callback=lambda result, error: (results.append((result, error)), done.set()),
+                      client_timeout=RPC_TIMEOUT)
+        # Truncated once the request is past its checks and waiting for its batch (no gauge
+        # counts requests a batcher holds; a loopback request arrives in far less than 0.3 s).
+        time.sleep(0.3)
+        assert not done.is_set(), results
+        os.truncate(f"/dev/shm/{key.lstrip('/')}", 0)
+        assert done.wait(RPC_TIMEOUT)
+        ((result, error),) = results
+        assert error is not None, "the request read a truncated object and succeeded"
+        assert str(error.status()) == "StatusCode.INVALID_ARGUMENT", error
+        assert "truncated while in use" in error.message(), error.message()
+        assert d.alive(), d.stderr_tail()
+        # Later uses of the region fail too; a fresh object under a new name works.
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("mlp", [shm_input("x", x, "waiting", offset=2 * 4096)],
+                    client_timeout=RPC_TIMEOUT)
+        assert code_of(e) == "StatusCode.INVALID_ARGUMENT"
+        c.unregister_system_shared_memory("waiting")
+        fresh, fresh_key = regions.create("fresh", x.nbytes)
+        shm.set_shared_memory_region(fresh, [x])
+        c.register_system_shared_memory("fresh", fresh_key, x.nbytes)
+        y = c.infer("mlp", [shm_input("x", x, "fresh")], client_timeout=RPC_TIMEOUT).as_numpy("y")
+        assert_close("y", y, refs["mlp"]["outputs"]["y"])
+    finally:
+        c.close()
+    assert d.stop() == 0
 
 
 def test_unregister_and_register_under_load(client, regions, shm_daemon, refs):
