@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "server/infer_reactor.h"
+#include "server/logging.h"
 #include "server/stream_infer_reactor.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
@@ -413,9 +414,15 @@ grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryRegister(
   if (!options_.shared_memory) {
     return FinishUnary(ctx, SharedMemoryOff("SystemSharedMemoryRegister"));
   }
-  return FinishUnary(ctx, options_.shared_memory->Register(request->name(), request->key(),
-                                                           request->offset(),
-                                                           request->byte_size()));
+  Status registered = options_.shared_memory->Register(request->name(), request->key(),
+                                                       request->offset(), request->byte_size());
+  if (registered.ok()) {
+    Logger("kserve")->info("shared memory region '{}' registered: key '{}', offset {}, {} bytes "
+                           "(peer {})",
+                           Printable(request->name()), Printable(request->key()),
+                           request->offset(), request->byte_size(), Printable(ctx->peer()));
+  }
+  return FinishUnary(ctx, registered);
 }
 
 grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryUnregister(
@@ -425,7 +432,11 @@ grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryUnregister(
   if (!options_.shared_memory) {
     return FinishUnary(ctx, SharedMemoryOff("SystemSharedMemoryUnregister"));
   }
-  options_.shared_memory->Unregister(request->name());
+  if (const size_t dropped = options_.shared_memory->Unregister(request->name()); dropped > 0) {
+    Logger("kserve")->info("{} shared memory region(s) unregistered{} (peer {})", dropped,
+                           request->name().empty() ? "" : ": '" + Printable(request->name()) + "'",
+                           Printable(ctx->peer()));
+  }
   return FinishUnary(ctx, Status::Ok());
 }
 

@@ -231,7 +231,7 @@ Status SharedMemoryRegistry::Register(const std::string& name, const std::string
   return Status::Ok();
 }
 
-void SharedMemoryRegistry::Unregister(const std::string& name) {
+size_t SharedMemoryRegistry::Unregister(const std::string& name) {
   std::map<std::string, std::shared_ptr<SharedMemoryRegion>, std::less<>> dropped;
   {
     std::lock_guard lock(mu_);
@@ -243,6 +243,7 @@ void SharedMemoryRegistry::Unregister(const std::string& name) {
     }
   }
   // Unmapped here (or by the last request using them), outside the lock.
+  return dropped.size();
 }
 
 StatusOr<std::vector<SharedMemoryRegionInfo>> SharedMemoryRegistry::List(

@@ -105,7 +105,8 @@ class SharedMemoryRegistry {
   Status Register(const std::string& name, const std::string& key, uint64_t offset,
                   uint64_t byte_size);
   // Forgets `name` ("" = every region); an unknown name is not an error.
-  void Unregister(const std::string& name);
+  // Returns how many regions it forgot.
+  size_t Unregister(const std::string& name);
   // The region `name` ("" = all, by name); NOT_FOUND for an unknown name.
   StatusOr<std::vector<SharedMemoryRegionInfo>> List(const std::string& name) const;
   // [offset, offset + byte_size) of region `name` for `what` (e.g. "input

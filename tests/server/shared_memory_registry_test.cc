@@ -72,10 +72,11 @@ TEST_CASE("shared memory regions register, list and unregister like Triton's", "
   CHECK(registry.List("tail")->size() == 1);
   CHECK(registry.List("nope").status().code() == StatusCode::kNotFound);
 
-  registry.Unregister("in");
-  registry.Unregister("in");  // unknown names are not an error
+  CHECK(registry.Unregister("in") == 1);
+  CHECK(registry.Unregister("in") == 0);  // unknown names are not an error
   CHECK(registry.size() == 1);
-  registry.Unregister("");
+  REQUIRE(registry.Register("in", obj.key(), 0, 4096).ok());
+  CHECK(registry.Unregister("") == 2);
   CHECK(registry.size() == 0);
 }
 
