@@ -16,6 +16,13 @@ inline constexpr size_t kMaxVersionLabelBytes = 128;  // weights versions, KServ
 inline constexpr size_t kMaxRequestIdBytes = 256;
 inline constexpr size_t kMaxTensorNameBytes = 256;
 inline constexpr size_t kMaxPathBytes = 4096;
+// System shared memory (server/shared_memory_registry.h): region names, shm
+// keys (NAME_MAX), regions registered at once, and mappings alive at once
+// (unregistered regions stay mapped while requests still use them).
+inline constexpr size_t kMaxSharedMemoryNameBytes = 256;
+inline constexpr size_t kMaxSharedMemoryKeyBytes = 255;
+inline constexpr size_t kMaxSharedMemoryRegions = 64;
+inline constexpr size_t kMaxSharedMemoryMappings = 4 * kMaxSharedMemoryRegions;
 // Longest status message a client receives (a backstop; the limits above
 // keep ordinary messages far shorter).
 inline constexpr size_t kMaxClientMessageBytes = 1024;

@@ -146,7 +146,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
        "tls", "allow_compressed_requests", "repository_mode", "repository_poll_interval_ms",
-       "upload_idle_timeout_ms"}));
+       "upload_idle_timeout_ms", "shared_memory"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
@@ -165,6 +165,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
                                &c->allow_repository_admin_on_inference_port));
   PT2_RETURN_IF_ERROR(
       ReadBool(s, "allow_compressed_requests", p, &c->allow_compressed_requests));
+  PT2_RETURN_IF_ERROR(ReadString(s, "shared_memory", p, &c->shared_memory));
 
   const YAML::Node auth = Get(s, "admin_auth");
   PT2_RETURN_IF_ERROR(CheckMap(auth, "server.admin_auth", {"token_file", "token_env"}));
@@ -661,6 +662,11 @@ Status ValidateServerConfig(const ServerConfig& c) {
   if (c.repository_mode != "explicit" && c.model_repository.empty()) {
     return Error("server.repository_mode",
                  "'" + c.repository_mode + "' needs server.model_repository");
+  }
+  if (std::find(std::begin(kSharedMemoryModes), std::end(kSharedMemoryModes), c.shared_memory) ==
+      std::end(kSharedMemoryModes)) {
+    return Error("server.shared_memory",
+                 "unknown mode '" + c.shared_memory + "' (expected none or system)");
   }
   if (c.repository_poll_interval_ms < 100 || c.repository_poll_interval_ms > 86'400'000) {
     return Error("server.repository_poll_interval_ms",

@@ -86,6 +86,9 @@ struct RepositoryModelConfig {
 // all, then the repository is rescanned every repository_poll_interval_ms.
 inline constexpr std::string_view kRepositoryModes[] = {"explicit", "all", "poll"};
 
+// Values of server.shared_memory.
+inline constexpr std::string_view kSharedMemoryModes[] = {"none", "system"};
+
 // Upper bound of ServerConfig::drain_delay_ms (10 minutes).
 inline constexpr int kMaxDrainDelayMs = 600'000;
 // Upper bound of ServerConfig::upload_idle_timeout_ms (1 hour).
@@ -122,6 +125,11 @@ struct ServerConfig {
   // Off by default: gRPC inflates a message before checking its size, so a
   // small compressed request can allocate far beyond max_message_bytes.
   bool allow_compressed_requests = false;
+  // KServe system shared memory (docs/shared-memory.md): "none" or "system".
+  // With "system", any client of the inference port can make the server read
+  // and write POSIX shared-memory objects of its host (/dev/shm) that the
+  // server's user may open: only for trusted local clients.
+  std::string shared_memory = "none";
   // Bearer token for the admin listener; see ResolveAdminToken().
   std::string admin_token_file;
   std::string admin_token_env;

@@ -144,7 +144,11 @@ void InferenceCore::Start(const std::shared_ptr<PendingCall>& call, Protocol pro
     }
     InferResponse& response = *result;
     const auto encode_start = Clock::now();
-    reply.encode(response, shared->version());
+    if (Status written = reply.encode(response, shared->version()); !written.ok()) {
+      Record(protocol, model, id, written, response.timing, received, stats.get());
+      reply.finish(written);
+      return;
+    }
     const auto encoded = Clock::now();
     RequestTimes times;
     times.total = encoded - received;

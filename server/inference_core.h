@@ -41,11 +41,12 @@ class PendingCall {
 
 // How a front end answers: `encode` turns a successful result into its
 // response message (timed as "compute_output"), then `finish` completes the
-// RPC with the outcome. Both run on a pool thread, or inline when the request
-// fails before it is queued (then only `finish`).
+// RPC with the outcome (encode's error, if it fails: the request then counts
+// as failed). Both run on a pool thread, or inline when the request fails
+// before it is queued (then only `finish`).
 struct Reply {
   // `version`: the model version that computed the result.
-  std::function<void(InferResponse& result, int64_t version)> encode;
+  std::function<Status(InferResponse& result, int64_t version)> encode;
   std::function<void(const Status& status)> finish;
 };
 

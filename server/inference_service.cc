@@ -107,6 +107,7 @@ grpc::ServerUnaryReactor* InferenceService::Run(grpc::CallbackServerContext* ctx
                       for (const Tensor& t : result.outputs) {
                         EncodeTensor(t, *response->add_outputs());
                       }
+                      return Status::Ok();
                     },
                     [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "server/infer_reactor.h"
+#include "server/logging.h"
 #include "server/stream_infer_reactor.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
@@ -151,6 +152,7 @@ grpc::ServerUnaryReactor* KServeService::ServerMetadata(
   for (const char* ext : {"model_configuration", "statistics", "model_repository"}) {
     response->add_extensions(ext);
   }
+  if (options_.shared_memory) response->add_extensions("system_shared_memory");
   return FinishUnary(ctx, Status::Ok());
 }
 
@@ -324,6 +326,7 @@ grpc::ServerUnaryReactor* KServeService::RepositoryModelUnload(
 
 Status BuildInferRequest(const inference::ModelInferRequest& request,
                          std::chrono::system_clock::time_point grpc_deadline,
+                         const SharedMemoryRegistry* shm, SharedMemoryUse* use,
                          InferRequest& infer, int64_t& version) {
   PT2_RETURN_IF_ERROR(CheckRequestStrings(request));
   PT2_ASSIGN_OR_RETURN(version, ParseModelVersion(request.model_name(), request.model_version()));
@@ -331,19 +334,24 @@ Status BuildInferRequest(const inference::ModelInferRequest& request,
   infer.deadline = DeadlineFromSystem(grpc_deadline);
   PT2_RETURN_IF_ERROR(RequestTimeout(request, infer.deadline));
   PT2_RETURN_IF_ERROR(RequestPriority(request, infer.priority));
-  PT2_ASSIGN_OR_RETURN(infer.inputs, DecodeKServeInputs(request));
-  PT2_RETURN_IF_ERROR(CheckKServeOutputs(request));
+  PT2_ASSIGN_OR_RETURN(infer.inputs, DecodeKServeInputs(request, shm, use));
+  PT2_RETURN_IF_ERROR(CheckKServeOutputs(request, shm, use));
   for (const auto& out : request.outputs()) infer.outputs.push_back(out.name());
   return Status::Ok();
 }
 
-void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
-                         int64_t version, inference::ModelInferResponse& response) {
+Status EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
+                           int64_t version, const SharedMemoryUse* use,
+                           inference::ModelInferResponse& response) {
   response.set_model_name(request.model_name());
   response.set_model_version(VersionText(version));
   response.set_id(request.id());
   (*response.mutable_parameters())["weights_version"].set_string_param(result.weights_version);
-  EncodeKServeOutputs(result.outputs, response);
+  if (!use) {
+    EncodeKServeOutputs(result.outputs, response);
+    return Status::Ok();
+  }
+  return EncodeKServeOutputs(result.outputs, *use, response);
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext* ctx,
@@ -353,7 +361,12 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   auto* reactor = new InferReactor();
   InferRequest infer;
   int64_t version = kServingVersion;
-  if (Status built = BuildInferRequest(*request, ctx->deadline(), infer, version); !built.ok()) {
+  // Holds the request's shared-memory mappings until the reply is written.
+  std::shared_ptr<SharedMemoryUse> use;
+  if (options_.shared_memory) use = std::make_shared<SharedMemoryUse>();
+  if (Status built = BuildInferRequest(*request, ctx->deadline(), options_.shared_memory,
+                                       use.get(), infer, version);
+      !built.ok()) {
     core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
                              received);
     reactor->Finish(ToGrpcStatus(built));
@@ -361,16 +374,75 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   }
   core_.Start(reactor->call(), Protocol::kKServe, request->model_name(), version,
               std::move(infer), received, Clock::now() - received,
-              Reply{[request, response](InferResponse& result, int64_t served) {
-                      EncodeInferResponse(*request, result, served, *response);
+              Reply{[request, response, use](InferResponse& result, int64_t served) {
+                      return EncodeInferResponse(*request, result, served, use.get(), *response);
                     },
                     [reactor](const Status& status) { reactor->Finish(ToGrpcStatus(status)); }});
   return reactor;
 }
 
+namespace {
+
+Status SharedMemoryOff(std::string_view rpc) {
+  return Unimplemented(std::string(rpc) +
+                       ": system shared memory is off on this server; enable it with "
+                       "server.shared_memory: system in the config (or --shared-memory "
+                       "system), see docs/shared-memory.md");
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryStatus(
+    grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryStatusRequest* request,
+    inference::SystemSharedMemoryStatusResponse* response) {
+  if (!options_.shared_memory) return FinishUnary(ctx, SharedMemoryOff("SystemSharedMemoryStatus"));
+  auto regions = options_.shared_memory->List(request->name());
+  if (!regions.ok()) return FinishUnary(ctx, regions.status());
+  for (const SharedMemoryRegionInfo& r : *regions) {
+    auto& out = (*response->mutable_regions())[r.name];
+    out.set_name(r.name);
+    out.set_key(r.key);
+    out.set_offset(r.offset);
+    out.set_byte_size(r.byte_size);
+  }
+  return FinishUnary(ctx, Status::Ok());
+}
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryRegister(
+    grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryRegisterRequest* request,
+    inference::SystemSharedMemoryRegisterResponse*) {
+  if (!options_.shared_memory) {
+    return FinishUnary(ctx, SharedMemoryOff("SystemSharedMemoryRegister"));
+  }
+  Status registered = options_.shared_memory->Register(request->name(), request->key(),
+                                                       request->offset(), request->byte_size());
+  if (registered.ok()) {
+    Logger("kserve")->info("shared memory region '{}' registered: key '{}', offset {}, {} bytes "
+                           "(peer {})",
+                           Printable(request->name()), Printable(request->key()),
+                           request->offset(), request->byte_size(), Printable(ctx->peer()));
+  }
+  return FinishUnary(ctx, registered);
+}
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryUnregister(
+    grpc::CallbackServerContext* ctx,
+    const inference::SystemSharedMemoryUnregisterRequest* request,
+    inference::SystemSharedMemoryUnregisterResponse*) {
+  if (!options_.shared_memory) {
+    return FinishUnary(ctx, SharedMemoryOff("SystemSharedMemoryUnregister"));
+  }
+  if (const size_t dropped = options_.shared_memory->Unregister(request->name()); dropped > 0) {
+    Logger("kserve")->info("{} shared memory region(s) unregistered{} (peer {})", dropped,
+                           request->name().empty() ? "" : ": '" + Printable(request->name()) + "'",
+                           Printable(ctx->peer()));
+  }
+  return FinishUnary(ctx, Status::Ok());
+}
+
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KServeService::ModelStreamInfer(
     grpc::CallbackServerContext* ctx) {
-  return new StreamInferReactor(core_, ctx);
+  return new StreamInferReactor(core_, options_.shared_memory, ctx);
 }
 
 }  // namespace pt2serve::server

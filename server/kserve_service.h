@@ -1,6 +1,7 @@
 // KServe v2 / Open Inference Protocol (package `inference`), plus the Triton
 // extensions tritonclient and perf_analyzer use: ModelConfig,
-// ModelStatistics, RepositoryIndex, RepositoryModelLoad/Unload.
+// ModelStatistics, RepositoryIndex, RepositoryModelLoad/Unload and (when
+// enabled) system shared memory.
 #pragma once
 
 #include <functional>
@@ -11,6 +12,8 @@
 #include "server/inference_core.h"
 #include "server/model_repository.h"
 #include "server/model_stats.h"
+#include "server/shared_memory_registry.h"
+#include "server/tensor_codec.h"
 
 namespace pt2serve::server {
 
@@ -22,6 +25,10 @@ struct KServeOptions {
   // ServerReady's answer (the daemon: Server::Ready). Unset = every model
   // READY (ModelRegistry::AllReady). Must be callable from any thread.
   std::function<bool()> server_ready;
+  // System shared memory regions (docs/shared-memory.md); null = the
+  // extension is off: its RPCs answer UNIMPLEMENTED and tensors that name a
+  // region INVALID_ARGUMENT. Must outlive the service.
+  SharedMemoryRegistry* shared_memory = nullptr;
 };
 
 // A KServe model_version: "" = the serving version (kServingVersion), else a
@@ -30,15 +37,20 @@ StatusOr<int64_t> ParseModelVersion(const std::string& model, const std::string&
 
 // Shared by ModelInfer and ModelStreamInfer: the runtime request for a KServe
 // request (deadline and `timeout` parameter, decoded inputs, requested
-// outputs) and the version it names. The inputs point into `request`, which
-// must outlive them.
+// outputs) and the version it names. The inputs point into `request` (or
+// shared memory), which must outlive them. With `shm` (the extension on), the
+// shared memory the request uses goes into `use`, which must then be non-null
+// and kept until the response is encoded.
 Status BuildInferRequest(const inference::ModelInferRequest& request,
                          std::chrono::system_clock::time_point grpc_deadline,
+                         const SharedMemoryRegistry* shm, SharedMemoryUse* use,
                          InferRequest& infer, int64_t& version);
-// Fills a KServe response from a result (raw outputs, weights_version
-// parameter) computed by model version `version`.
-void EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
-                         int64_t version, inference::ModelInferResponse& response);
+// Fills a KServe response from a result (raw or shared-memory outputs,
+// weights_version parameter) computed by model version `version`. Fails as
+// EncodeKServeOutputs does; `use` may be null (no shared memory).
+Status EncodeInferResponse(const inference::ModelInferRequest& request, InferResponse& result,
+                           int64_t version, const SharedMemoryUse* use,
+                           inference::ModelInferResponse& response);
 
 // The generated CallbackService, except that ModelStreamInfer is a raw-bytes
 // method (StreamInferReactor parses each message itself, so it can tell a
@@ -55,7 +67,10 @@ using KServeServiceBase = inference::GRPCInferenceService::WithCallbackMethod_Se
     inference::GRPCInferenceService::WithCallbackMethod_RepositoryIndex<
     inference::GRPCInferenceService::WithCallbackMethod_RepositoryModelLoad<
     inference::GRPCInferenceService::WithCallbackMethod_RepositoryModelUnload<
-    inference::GRPCInferenceService::Service>>>>>>>>>>>>;
+    inference::GRPCInferenceService::WithCallbackMethod_SystemSharedMemoryStatus<
+    inference::GRPCInferenceService::WithCallbackMethod_SystemSharedMemoryRegister<
+    inference::GRPCInferenceService::WithCallbackMethod_SystemSharedMemoryUnregister<
+    inference::GRPCInferenceService::Service>>>>>>>>>>>>>>>;
 
 class KServeService final : public KServeServiceBase {
  public:
@@ -93,6 +108,17 @@ class KServeService final : public KServeServiceBase {
   grpc::ServerUnaryReactor* RepositoryModelUnload(
       grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
       inference::RepositoryModelUnloadResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryStatus(
+      grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryStatusRequest* request,
+      inference::SystemSharedMemoryStatusResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryRegister(
+      grpc::CallbackServerContext* ctx,
+      const inference::SystemSharedMemoryRegisterRequest* request,
+      inference::SystemSharedMemoryRegisterResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryUnregister(
+      grpc::CallbackServerContext* ctx,
+      const inference::SystemSharedMemoryUnregisterRequest* request,
+      inference::SystemSharedMemoryUnregisterResponse* response) override;
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* ctx,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) override;

@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> model_flags;
   std::optional<std::string> inference_address, admin_address, metrics_address, repository,
-      log_level, log_format, token_file, token_env, repository_mode;
+      log_level, log_format, token_file, token_env, repository_mode, shared_memory;
   std::optional<int> repository_poll_ms, drain_ms, drain_delay_ms, max_connection_age_ms,
       max_connection_age_grace_ms;
   std::vector<std::string> initial_weights;
@@ -167,6 +167,9 @@ int main(int argc, char** argv) {
   app.add_option("--initial-weights", initial_weights,
                  "NAME=FILE[:version=V,sha256=H]: serve these weights from the start "
                  "(an empty FILE keeps the package's; repeatable)");
+  app.add_option("--shared-memory", shared_memory,
+                 "none | system: KServe system shared memory for local, trusted clients "
+                 "(docs/shared-memory.md; default none)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off");
   app.add_option("--log-format", log_format, "text|json");
   app.add_flag("--access-log", access_log, "Log one line per request");
@@ -193,6 +196,7 @@ int main(int argc, char** argv) {
   if (max_connection_age_grace_ms) {
     config.max_connection_age_grace_ms = *max_connection_age_grace_ms;
   }
+  if (shared_memory) config.shared_memory = *shared_memory;
   if (log_level) config.log_level = *log_level;
   if (log_format) config.log_format = *log_format;
   if (access_log) config.access_log = true;

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/limits.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
 #include "server/admin_service.h"
@@ -20,6 +21,7 @@
 #include "server/metrics.h"
 #include "server/model_repository.h"
 #include "server/model_stats.h"
+#include "server/shared_memory_registry.h"
 #include "server/version.h"
 
 namespace pt2serve::server {
@@ -140,10 +142,15 @@ Status Server::BuildListeners() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
+  if (config_.shared_memory == "system") {
+    shared_memory_ = std::make_unique<SharedMemoryRegistry>(kMaxSharedMemoryRegions);
+    log->warn("system shared memory is on: local processes that can reach the inference port "
+              "can make the server read and write shared memory objects in /dev/shm");
+  }
   kserve_ = std::make_unique<KServeService>(
       *registry_, *core_, *stats_, *repository_,
       KServeOptions{kVersion, config_.allow_repository_admin_on_inference_port,
-                    [this] { return Ready(); }});
+                    [this] { return Ready(); }, shared_memory_.get()});
   inference_ = std::make_unique<InferenceService>(*registry_, *core_);
   {
     grpc::ServerBuilder builder;

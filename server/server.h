@@ -45,6 +45,7 @@ class InferenceCore;
 class ModelRepository;
 class KServeService;
 class InferenceService;
+class SharedMemoryRegistry;
 class AdminService;
 
 class Server {
@@ -95,6 +96,7 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<ModelRepository> repository_;
+  std::unique_ptr<SharedMemoryRegistry> shared_memory_;  // null: extension off
   std::unique_ptr<KServeService> kserve_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<AdminService> admin_;

@@ -7,8 +7,9 @@
 
 namespace pt2serve::server {
 
-StreamInferReactor::StreamInferReactor(InferenceCore& core, grpc::CallbackServerContext* ctx)
-    : core_(core), ctx_(ctx) {
+StreamInferReactor::StreamInferReactor(InferenceCore& core, const SharedMemoryRegistry* shm,
+                                       grpc::CallbackServerContext* ctx)
+    : core_(core), shm_(shm), ctx_(ctx) {
   std::lock_guard lock(mu_);
   MaybeReadLocked();
 }
@@ -71,8 +72,12 @@ void StreamInferReactor::Start(std::shared_ptr<inference::ModelInferRequest> req
   }
   // The request must outlive its inference (its inputs point into it).
   auto answer = std::make_shared<inference::ModelStreamInferResponse>();
-  Reply reply{[request, answer](InferResponse& result, int64_t version) {
-                EncodeInferResponse(*request, result, version, *answer->mutable_infer_response());
+  // Holds the request's shared-memory mappings until the response is encoded.
+  std::shared_ptr<SharedMemoryUse> use;
+  if (shm_) use = std::make_shared<SharedMemoryUse>();
+  Reply reply{[request, answer, use](InferResponse& result, int64_t version) {
+                return EncodeInferResponse(*request, result, version, use.get(),
+                                           *answer->mutable_infer_response());
               },
               [this, key, wire_bytes, request, answer](const Status& status) {
                 if (!status.ok()) {
@@ -85,7 +90,8 @@ void StreamInferReactor::Start(std::shared_ptr<inference::ModelInferRequest> req
               }};
   InferRequest infer;
   int64_t version = kServingVersion;
-  if (Status built = BuildInferRequest(*request, ctx_->deadline(), infer, version); !built.ok()) {
+  if (Status built = BuildInferRequest(*request, ctx_->deadline(), shm_, use.get(), infer, version);
+      !built.ok()) {
     core_.RecordEarlyFailure(Protocol::kKServe, request->model_name(), request->id(), built,
                              received);
     reply.finish(built);

@@ -38,6 +38,7 @@
 
 #include "kserve/grpc_service.pb.h"
 #include "server/inference_core.h"
+#include "server/shared_memory_registry.h"
 
 namespace pt2serve::server {
 
@@ -46,7 +47,9 @@ inline constexpr size_t kMaxStreamOutstandingBytes = 64u << 20;
 
 class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StreamInferReactor(InferenceCore& core, grpc::CallbackServerContext* ctx);
+  // `shm`: the system shared memory registry, null when the extension is off.
+  StreamInferReactor(InferenceCore& core, const SharedMemoryRegistry* shm,
+                     grpc::CallbackServerContext* ctx);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -70,6 +73,7 @@ class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer
   void MaybeFinish();
 
   InferenceCore& core_;
+  const SharedMemoryRegistry* const shm_;
   grpc::CallbackServerContext* const ctx_;
   grpc::ByteBuffer read_buffer_;  // the read target; only touched by the read reaction
 

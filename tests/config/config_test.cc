@@ -443,6 +443,15 @@ TEST_CASE("model names, paths and versions have the servers' length limits") {
   CHECK_FALSE(Parse("")->allow_compressed_requests);
 }
 
+TEST_CASE("system shared memory is off unless set to system") {
+  CHECK(Parse("").value().shared_memory == "none");
+  auto on = Parse("server: {shared_memory: system}\n");
+  REQUIRE(on.ok());
+  CHECK(on->shared_memory == "system");
+  ExpectError("server: {shared_memory: cuda}\n",
+              {"server.shared_memory", "unknown mode 'cuda' (expected none or system)"});
+}
+
 TEST_CASE("repository mode and poll interval") {
   auto config = Parse("server:\n  model_repository: /m\n  repository_mode: poll\n"
                       "  repository_poll_interval_ms: 250\n");

@@ -170,7 +170,8 @@ def test_kserve_enums_match_tritonclient(ours, theirs):
 
 REQUIRED_RPCS = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                  "ModelInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex",
-                 "RepositoryModelLoad", "RepositoryModelUnload"]
+                 "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryStatus",
+                 "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister"]
 
 
 def test_kserve_service_matches_tritonclient(our_files):
@@ -215,6 +216,12 @@ def test_kserve_fields_clients_need_are_declared(ours):
         "inference.RepositoryIndexResponse.ModelIndex": ["name", "version", "state", "reason"],
         "inference.ModelRepositoryParameter": ["bool_param", "int64_param", "string_param",
                                                "bytes_param"],
+        "inference.SystemSharedMemoryRegisterRequest": ["name", "key", "offset", "byte_size"],
+        "inference.SystemSharedMemoryStatusRequest": ["name"],
+        "inference.SystemSharedMemoryStatusResponse": ["regions"],
+        "inference.SystemSharedMemoryStatusResponse.RegionStatus": ["name", "key", "offset",
+                                                                    "byte_size"],
+        "inference.SystemSharedMemoryUnregisterRequest": ["name"],
     }
     for msg, fields in need.items():
         declared = {f.name for f in our_msgs[msg].field}
