@@ -353,6 +353,10 @@ void Server::Shutdown() {
   }
   const auto deadline =
       std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
+  // Uploads first: a stalled uploader would otherwise hold the admin
+  // listener's shutdown until the deadline (pushed weights die with the
+  // process anyway).
+  if (admin_) admin_->StopUploads();
   if (admin_server_) admin_server_->Shutdown(deadline);
   if (inference_server_) inference_server_->Shutdown(deadline);
   // No poll may load while everything unloads.
