@@ -26,6 +26,7 @@ push (same buffer state). The small zoo models' RSS checks are loose guards only
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import signal
 import subprocess
@@ -571,5 +572,60 @@ def test_model_that_throws_keeps_its_weights_and_memory(tmp_path, model_dir, pb)
         rss_back_to(d.pid, level, "after 300 throwing requests", timeout=2)
         ok(ctl(d, "weights", "rollback", "checked"))
         check_state(pb, d, "checked", inputs, ref, "initial", "PREVIOUS", "twos")
+    finally:
+        d.kill()
+
+
+def test_model_that_hangs_is_restarted_with_its_weights(tmp_path, model_dir, refs, pb):
+    """A process-isolated model whose worker stops answering (SIGSTOP: a kernel that never
+    returns) is killed 2 s after the request's deadline and restarted with the same weights.
+    Before, the runner slot stayed blocked for good: the model reported READY but served
+    nothing, and SIGTERM never finished (no exit within 60 s, even with a 2 s drain timeout)."""
+    x, y = refs["mlp"]["inputs"], refs["mlp"]["outputs"]
+    d = start_daemon(tmp_path / "d", models=[
+        {"name": "mlp", "path": str(model_dir / "mlp.pt2"), "num_runners": 1,
+         "isolation": "process"}], admin=True, metrics=True, extra_args=("--drain-timeout-ms",
+                                                                         "3000"))
+    try:
+        ok(ctl(d, "weights", "push", "mlp",
+               str(write_safetensors(tmp_path / "o.safetensors", mlp_set(1.0))),
+               "--version", "ones", "--swap"))
+        ones = {"y": np.ones_like(y["y"])}
+        check_state(pb, d, "mlp", x, ones, "ones", "PREVIOUS", "initial")
+        workers = subprocess.run(["pgrep", "-P", str(d.pid), "-f", "pt2serve-worker"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1, workers
+        os.kill(int(workers[0]), signal.SIGSTOP)
+        with pytest.raises(grpc.RpcError) as e:
+            infer(pb, d, "mlp", x, timeout=1)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def serving() -> bool:
+            try:
+                return infer(pb, d, "mlp", x, timeout=5)[0] == "ones"
+            except grpc.RpcError:
+                return False
+
+        wait_for(serving, 15, "the hung model to serve again", interval=0.2)
+        assert "killed as hung" in d.stderr_text()
+        check_state(pb, d, "mlp", x, ones, "ones", "PREVIOUS", "initial")
+        assert metric(d, "pt2serve_model_restarts_total", model="mlp") == 1
+        ok(ctl(d, "weights", "rollback", "mlp"))  # the PREVIOUS set was restored too
+        check_state(pb, d, "mlp", x, y, "initial", "PREVIOUS", "ones")
+
+        # A hang at SIGTERM: the exit waits at most for the hung request's deadline + 2 s.
+        workers = subprocess.run(["pgrep", "-P", str(d.pid), "-f", "pt2serve-worker"],
+                                 capture_output=True, text=True).stdout.split()
+        os.kill(int(workers[0]), signal.SIGSTOP)
+        hung = threading.Thread(target=lambda: pytest.raises(grpc.RpcError, infer, pb, d, "mlp",
+                                                             x, timeout=1))
+        hung.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        code = d.proc.wait(timeout=60)
+        hung.join(timeout=30)
+        assert code == 0, d.stderr_tail()
+        assert time.monotonic() - started < PROMPT_EXIT_S
     finally:
         d.kill()
