@@ -271,7 +271,8 @@ def test_big_model_faults(tmp_path, big_dir, big_sets, pb):
     corrupted and truncated files, a corrupted stream, pt2ctl killed mid-upload, then (after
     free-inactive) a staging allocation that fails: PT2SERVE_FAULT_INJECT fails the 2nd
     staging write (the warm-up push made the 1st; none of the faults before step 5 reaches
-    the write)."""
+    the write). That a model takes new weights after a failed staging is checked on mlp
+    (test_failed_fold_after_the_write_frees_the_inactive_buffer)."""
     sets, want, x = big_sets, big_sets["want"], big_sets["inputs"]
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -359,10 +360,6 @@ def test_big_model_faults(tmp_path, big_dir, big_sets, pb):
         check_state(pb, d, BIG, x, want["zero"], "zero-1", "EMPTY")
         rss_back_to(d.pid, level, "after the failed staging allocation")
         assert d.stderr_text().count(f"[server] model '{BIG}': injected fault") == 1
-
-        # 6. The 3rd write is not injected: the model takes new weights again.
-        ok(ctl(d, "weights", "push", BIG, str(sets["ones"]), "--version", "ones-3", "--swap"))
-        check_state(pb, d, BIG, x, want["ones"], "ones-3", "PREVIOUS", "zero-1")
     finally:
         d.kill()
 
