@@ -191,10 +191,6 @@ StatusOr<std::shared_ptr<WorkerReplica::Process>> WorkerReplica::Spawn() {
     const int status = WaitForExit(pid);
     std::string words;
     if (auto last = process->fatal.Receive(); last.ok()) words = last->body.value("message", "");
-    if (process->killed_as_hung) {
-      words = "killed as hung by the daemon: no answer " + std::to_string(kHungGrace.count()) +
-              " s after a request's deadline";
-    }
     return Internal("the worker process for model '" + options_.model_name + "' " +
                     DescribeExit(status) + " while loading" + (words.empty() ? "" : ": " + words));
   }

@@ -8,8 +8,8 @@ by `pt2ctl weights status` and /metrics. The faults:
   upload buffers freed, the writer slot free at once;
 * the daemon SIGTERMed mid-upload and mid-swap: it exits promptly with status 0, and a restart
   serves the weights its config names (pushed weights are not persisted: see docs/hot-swap.md);
-* truncated / corrupted weights (server-side files, streams with a flipped byte or missing
-  chunks) on big_mlp: refused, the PREVIOUS set still intact (a rollback serves it), memory back;
+* truncated / corrupted weights (server-side files, a stream with a flipped byte) on big_mlp:
+  refused, the PREVIOUS set still intact (a rollback serves it), memory back;
 * a corrupted `.pt2` (truncated zip; a zip whose compiled library is garbage), configured and
   loaded at run time: FAILED with the reason / a clear error, the other models serving;
 * a staging allocation that fails, injected through the test-only PT2SERVE_FAULT_INJECT
@@ -20,14 +20,15 @@ by `pt2ctl weights status` and /metrics. The faults:
 Memory: big_mlp holds W = 201 MB of weights (and about as much again of constant-folded
 intermediates), so a leaked upload copy or inactive buffer moves the daemon's VmRSS by
 ~200 MB; the checks allow RSS_SLACK_MB above the level measured after a successful warm-up
-push (same buffer state). The small zoo models' RSS checks are loose guards only.
+push (same buffer state). The small zoo models' RSS checks are loose guards only. big_mlp is
+a bench-only zoo model: the first run exports it into the zoo cache (126 s on the 2-core VM).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -196,11 +197,9 @@ def big_sets(tmp_path_factory, big_dir) -> dict:
                      "ones": {"y": np.ones_like(y)}}}
 
 
-def warm_up(pb, d, sets, version: str = "zero-1", free: bool = False) -> int:
-    """push ZERO + swap (and free-inactive): the buffers' steady state; returns RSS then."""
+def warm_up(pb, d, sets, version: str = "zero-1") -> int:
+    """push ZERO + swap: the buffers' steady state (PREVIOUS held); returns the RSS then."""
     ok(ctl(d, "weights", "push", BIG, str(sets["zero"]), "--version", version, "--swap"))
-    if free:
-        ok(ctl(d, "weights", "free-inactive", BIG))
     for _ in range(3):
         infer(pb, d, BIG, sets["inputs"])
     time.sleep(0.3)
