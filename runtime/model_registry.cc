@@ -154,6 +154,7 @@ Status ModelRegistry::Load(const ModelConfig& config, LoadOptions options) {
 
   const auto start = std::chrono::steady_clock::now();
   auto loaded = Model::Load(config);
+  if (loaded.ok() && loaded_hook_) loaded_hook_(**loaded);
   const auto took = std::chrono::steady_clock::now() - start;
   {
     std::lock_guard elock(entry->mu);

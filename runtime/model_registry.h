@@ -107,6 +107,13 @@ class ModelRegistry {
 
   void AddObserver(Observer observer);
 
+  // Called with every model right after it loaded, before it turns READY
+  // (before any request or weight operation can reach it). The daemon uses
+  // it to install test-only fault injection (server/fault_injection.h).
+  // Not thread-safe: set before the first Load.
+  using LoadedHook = std::function<void(Model&)>;
+  void SetLoadedHook(LoadedHook hook) { loaded_hook_ = std::move(hook); }
+
   // Loads version `options.version` of a model (blocking) and makes it
   // READY. ALREADY_EXISTS when that version is loading or loaded; a FAILED
   // one is replaced. On failure the Status is returned and, with
@@ -163,6 +170,7 @@ class ModelRegistry {
   std::map<std::string, Versions> entries_;  // guarded by mu_; no empty Versions
   std::mutex observers_mu_;
   std::vector<Observer> observers_;  // guarded by observers_mu_
+  LoadedHook loaded_hook_;           // set before any Load
 };
 
 }  // namespace pt2serve

@@ -1,8 +1,10 @@
 #include "runtime/worker_channel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -145,6 +147,18 @@ StatusOr<WorkerMessage> WorkerChannel::Receive() const {
     return Internal(std::string("malformed worker message: ") + e.what());
   }
   return out;
+}
+
+bool WorkerChannel::WaitReadable(std::chrono::steady_clock::time_point until) const {
+  while (true) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    pollfd p{fd_, POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(std::clamp<int64_t>(left.count(), 0, 60000)));
+    if (ready > 0) return true;  // readable, hung up or failed: Receive reports which
+    if (ready < 0 && errno != EINTR) return true;
+    if (ready == 0 && std::chrono::steady_clock::now() >= until) return false;
+  }
 }
 
 void WorkerChannel::Shutdown() const {

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,9 @@ class WorkerChannel {
   // Blocks for the next message; UNAVAILABLE at end-of-stream (the peer
   // closed or died) or after Shutdown().
   StatusOr<WorkerMessage> Receive() const;
+  // Waits until a message (or end-of-stream) can be received, at most until
+  // `until`; false when that time came first.
+  bool WaitReadable(std::chrono::steady_clock::time_point until) const;
   // Wakes a blocked Receive (it returns UNAVAILABLE) without closing.
   void Shutdown() const;
 

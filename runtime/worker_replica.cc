@@ -36,6 +36,9 @@ constexpr auto kStopWait = std::chrono::seconds(5);
 constexpr auto kCrashLoopWindow = std::chrono::seconds(10);
 constexpr auto kMinBackoff = std::chrono::milliseconds(100);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
+// A request still inside its worker this long after its deadline means the
+// worker is hung (a kernel that never returns): it is killed and restarted.
+constexpr auto kHungGrace = std::chrono::seconds(2);
 
 std::string DescribeExit(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -66,6 +69,8 @@ struct WorkerReplica::Process {
     SharedMemory out;  // written by the worker, read here
   };
   std::vector<Arena> arenas;  // [slot]; arena i is used only by the request holding slot i
+  // Set before the daemon kills a hung worker (see kHungGrace), for the reason.
+  std::atomic<bool> killed_as_hung{false};
   // Guarded by WorkerReplica::mu_: set by the supervisor once it reaped the process.
   bool dead = false;
   std::string death;
@@ -240,6 +245,10 @@ void WorkerReplica::SupervisorLoop(std::shared_ptr<Process> process) {
     const int status = WaitForExit(process->pid);
     std::string words;
     if (auto last = process->fatal.Receive(); last.ok()) words = last->body.value("message", "");
+    if (process->killed_as_hung) {
+      words = "killed as hung by the daemon: no answer " + std::to_string(kHungGrace.count()) +
+              " s after a request's deadline";
+    }
     const std::string death = "worker process (pid " + std::to_string(process->pid) + ") " +
                               DescribeExit(status) + (words.empty() ? "" : ": " + words);
     {
@@ -391,6 +400,20 @@ Status WorkerReplica::Run(size_t slot, const std::vector<const Tensor*>& inputs,
         continue;
       }
       return Died(*process, "sending this request");
+    }
+    if (deadline != kNoDeadline && !channel.WaitReadable(deadline + kHungGrace)) {
+      // Hung: without this the runner slot, and with it the model, would stay
+      // blocked for good (and hold up unloads and shutdown). The supervisor
+      // restarts the worker with the same weights; other requests inside it
+      // fail like in a crash.
+      process->killed_as_hung = true;
+      kill(process->pid, SIGKILL);
+      (void)channel.Receive();  // end-of-stream once it is dead
+      return DeadlineExceeded(
+          "model '" + options_.model_name + "': no answer from its worker process (pid " +
+          std::to_string(process->pid) + ") " + std::to_string(kHungGrace.count()) +
+          " s after the request's deadline; the worker was killed as hung and is being "
+          "restarted");
     }
     reply = channel.Receive();
     if (!reply.ok()) return Died(*process, "running this request");

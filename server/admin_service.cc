@@ -289,9 +289,10 @@ grpc::ServerUnaryReactor* AdminService::UnloadModel(
 }
 
 
-void AdminService::AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload) {
+bool AdminService::AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload) {
   std::lock_guard lock(uploads_mu_);
   uploads_.emplace(model, std::move(upload));
+  return !uploads_refused_;
 }
 
 void AdminService::RemoveUpload(const std::shared_ptr<UploadGuard>& upload) {
@@ -312,6 +313,16 @@ void AdminService::AbortUploads(const std::string& model) {
     for (auto it = begin; it != end; ++it) targets.push_back(it->second);
   }
   for (const auto& guard : targets) UpdateReactor::Abort(guard, "the model is being unloaded");
+}
+
+void AdminService::StopUploads() {
+  std::vector<std::shared_ptr<UploadGuard>> targets;
+  {
+    std::lock_guard lock(uploads_mu_);
+    uploads_refused_ = true;
+    for (const auto& [model, guard] : uploads_) targets.push_back(guard);
+  }
+  for (const auto& guard : targets) UpdateReactor::Abort(guard, "the server is shutting down");
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::UpdateConstantBuffer(

@@ -50,6 +50,11 @@ class AdminService final : public AdminServiceBase {
   // Aborts uploads to `model` that are still receiving (called when the
   // model starts unloading, so an idle uploader cannot block the unload).
   void AbortUploads(const std::string& model);
+  // Shutdown: aborts every upload still receiving and refuses new ones
+  // (UNAVAILABLE), so that a stalled or slow uploader cannot hold the
+  // daemon's exit for the drain timeout; weights staged now would not
+  // outlive the process anyway.
+  void StopUploads();
 
   grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* ctx,
                                       const pt2serve::v1::LoadModelRequest* request,
@@ -75,7 +80,9 @@ class AdminService final : public AdminServiceBase {
 
  private:
   friend class UpdateReactor;
-  void AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload);
+  // Files a live upload under `model` ("" until its header arrived); false
+  // once StopUploads ran (the upload must end itself).
+  bool AddUpload(const std::string& model, std::shared_ptr<UploadGuard> upload);
   void RemoveUpload(const std::shared_ptr<UploadGuard>& upload);
   // Runs a swap-like operation on `model` off the gRPC thread.
   grpc::ServerUnaryReactor* SwapLike(grpc::CallbackServerContext* ctx, const std::string& model,
@@ -111,6 +118,7 @@ class AdminService final : public AdminServiceBase {
   const std::chrono::milliseconds upload_idle_timeout_;
   std::condition_variable watchdog_wake_;  // with uploads_mu_
   bool stopping_ = false;                  // guarded by uploads_mu_
+  bool uploads_refused_ = false;           // guarded by uploads_mu_; set by StopUploads
   std::thread watchdog_;                   // runs WatchUploads
   std::mutex errors_mu_;
   // Last failed weight operation per model name. Guarded by errors_mu_.

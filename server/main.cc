@@ -229,7 +229,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto server = server::Server::Start(config);
+  // Test-only fault injection (server/fault_injection.h), read once.
+  server::FaultInjection faults;
+  if (const char* spec = std::getenv(server::kFaultInjectEnv)) {
+    auto parsed = server::FaultInjection::Parse(spec);
+    if (!parsed.ok()) return Fail(parsed.status());
+    faults = std::move(parsed).value();
+  }
+  auto server = server::Server::Start(config, std::move(faults));
   if (!server.ok()) return Fail(server.status());
   int signal = 0;
   sigwait(&signals, &signal);

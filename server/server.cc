@@ -97,7 +97,8 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   return c;
 }
 
-StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
+StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
+                                                FaultInjection faults) {
   PT2_RETURN_IF_ERROR(ValidateServerConfig(config));
   std::error_code ec;
   if (config.repository_mode != "explicit" &&
@@ -109,6 +110,12 @@ StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
   std::unique_ptr<Server> server(new Server);
   server->config_ = config;
   server->registry_ = std::make_unique<ModelRegistry>();
+  if (!faults.empty()) {
+    Logger("server")->warn("FAULT INJECTION IS ON ({}={}): weight operations will fail on "
+                           "purpose; for tests only, never in production",
+                           kFaultInjectEnv, faults.spec());
+    server->registry_->SetLoadedHook([faults](Model& model) { faults.Install(model); });
+  }
   server->stats_ = std::make_unique<StatsTable>();
   PT2_ASSIGN_OR_RETURN(server->metrics_,
                        Metrics::Create(config.metrics_address, *server->registry_));
@@ -353,6 +360,10 @@ void Server::Shutdown() {
   }
   const auto deadline =
       std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
+  // Uploads first: a stalled uploader would otherwise hold the admin
+  // listener's shutdown until the deadline (pushed weights die with the
+  // process anyway).
+  if (admin_) admin_->StopUploads();
   if (admin_server_) admin_server_->Shutdown(deadline);
   if (inference_server_) inference_server_->Shutdown(deadline);
   // No poll may load while everything unloads.

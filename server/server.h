@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "config/server_config.h"
 #include "runtime/model_registry.h"
+#include "server/fault_injection.h"
 
 namespace grpc {
 class Server;
@@ -52,8 +53,10 @@ class Server {
  public:
   // Binds the listeners and loads config.models. Fails only when a listener
   // cannot be bound or the config is invalid; a model that fails to load is
-  // reported (FAILED + reason) and the others still serve.
-  static StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config);
+  // reported (FAILED + reason) and the others still serve. `faults`: test
+  // only (PT2SERVE_FAULT_INJECT), installed on every model that loads.
+  static StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config,
+                                                 FaultInjection faults = {});
   // Shuts down if still running.
   ~Server();
 

@@ -88,7 +88,10 @@ UpdateReactor::UpdateReactor(AdminService& service, grpc::CallbackServerContext*
   }
   // Watched from the start (under no model until the header names one), so a
   // stream that never sends its header is ended by the idle timeout too.
-  service_.AddUpload("", guard_);
+  if (!service_.AddUpload("", guard_)) {
+    FinishLocked(ToGrpcStatus(Unavailable("the server is shutting down: no weight uploads")));
+    return;
+  }
   StartRead(&raw_);
 }
 
@@ -148,11 +151,12 @@ void UpdateReactor::OnReadDone(bool ok) {
   std::lock_guard lock(guard->mu);
   if (phase_ != Phase::kReceiving) return;  // finished meanwhile; no more reads
   if (!ok) {  // half-close (or cancellation)
-    if (!have_header_) return FailLocked(InvalidArgument("stream ended before the header"));
     if (!abort_reason_.empty()) {
-      return FailLocked(Aborted("weight update of model '" + model_name_ + "' aborted: " +
-                                abort_reason_));
+      return FailLocked(Aborted((have_header_ ? "weight update of model '" + model_name_ + "'"
+                                              : std::string("weight update")) +
+                                " aborted: " + abort_reason_));
     }
+    if (!have_header_) return FailLocked(InvalidArgument("stream ended before the header"));
     if (ctx_->IsCancelled()) return FailLocked(Cancelled("client cancelled the update"));
     if (options_.sha256_follows && !have_trailer_) {
       return FailLocked(InvalidArgument(
