@@ -15,6 +15,8 @@
 #   scripts/cuda_host_check.sh peers    # build; batching and the grpcio peer side by side
 #                                       # (tools/bench/peers/run_peers.sh --device cuda); needs
 #                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
+#   scripts/cuda_host_check.sh soak     # build; tools/bench/soak.py on the CUDA zoo
+#                                       # (SOAK_CYCLES, default 1000; SOAK_MODELS)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -316,6 +318,18 @@ WRAP
         --device cuda --perf-analyzer /tmp/perf_analyzer --peers-python "$PY" --skip-pytriton \
         ${PEERS_ARGS:---no-repeat} >"$LOGS/peers.log" 2>&1 || rc=1
       tail -n 30 "$LOGS/peers.log" | tee -a "$OUT/steps.log"
+    fi ;;
+  soak)  # issue 14: push+swap cycles under oversubscribed load on the CUDA packages
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      log "soak: ${SOAK_CYCLES:-1000} cycles x ${SOAK_MODELS:-mlp,cnn,two_io,tiny_lm} on $CUDA_DIR"
+      PT2SERVE_BUILD_DIR=$BUILD timeout ${SOAK_TIMEOUT:-480} $PY tools/bench/soak.py \
+        --cycles "${SOAK_CYCLES:-1000}" --models "${SOAK_MODELS:-mlp,cnn,two_io,tiny_lm}" \
+        --device cuda --model-dir "$CUDA_DIR" --daemon "$BUILD/server/pt2serve" \
+        --pt2ctl "$BUILD/tools/pt2ctl/pt2ctl" --json "$OUT/soak-cuda.json" \
+        >"$OUT/soak-cuda.log" 2>&1 || rc=1
+      tail -n 40 "$OUT/soak-cuda.log" | tee -a "$OUT/steps.log"
     fi ;;
   quick-latency)
     do_build || rc=1
