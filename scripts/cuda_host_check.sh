@@ -327,7 +327,7 @@ WRAP
       PT2SERVE_BUILD_DIR=$BUILD timeout ${SOAK_TIMEOUT:-480} $PY tools/bench/soak.py \
         --cycles "${SOAK_CYCLES:-1000}" --models "${SOAK_MODELS:-mlp,cnn,two_io,tiny_lm}" \
         --device cuda --model-dir "$CUDA_DIR" --daemon "$BUILD/server/pt2serve" \
-        --pt2ctl "$BUILD/tools/pt2ctl/pt2ctl" --json "$OUT/soak-cuda.json" \
+        --pt2ctl "$BUILD/tools/pt2ctl/pt2ctl" --json "$OUT/soak-cuda.json" ${SOAK_ARGS:-} \
         >"$OUT/soak-cuda.log" 2>&1 || rc=1
       tail -n 40 "$OUT/soak-cuda.log" | tee -a "$OUT/steps.log"
     fi ;;
