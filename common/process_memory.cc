@@ -87,7 +87,9 @@ size_t PeakRssWindow::Finish() {
   const StatusFields f = ReadStatus();
   peak_ = std::max(peak_, f.rss);
   if (exact_) peak_ = std::max(peak_, f.hwm);
-  s.lifetime_peak = std::max(s.lifetime_peak, f.hwm);
+  // The kernel's counters lag a little (per-thread RSS caching): a sample
+  // may exceed its mark, so the lifetime peak takes ours too.
+  s.lifetime_peak = std::max({s.lifetime_peak, f.hwm, peak_});
   --s.open_windows;
   return peak_;
 }
