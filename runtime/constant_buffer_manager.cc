@@ -130,6 +130,9 @@ class PushProbe {
     window_.Sample();
     peak_ = std::max(peak_, DeviceUsed());
   }
+  // What the push reserved (or was refused), set by ReserveStaging.
+  size_t staging = 0;
+
   PushMemory Finish() {
     Sample();
     PushMemory m;
@@ -222,10 +225,10 @@ Status ConstantBufferManager::Stage(const std::vector<Tensor>& tensors,
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   PushProbe probe(model_.device_specs());
   // The caller owns the tensors: no upload buffers of ours.
-  Status status = ReserveStaging(0);
+  Status status = ReserveStaging(0, probe);
   status = status.ok() ? StageHoldingSlot(tensors, options, &probe)
                        : FailStage(std::move(status), false);
-  RecordPush(probe, options.version, status.ok(), 0);
+  RecordPush(probe, options.version, status.ok());
   return status;
 }
 
@@ -236,7 +239,9 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   PushProbe probe(model_.device_specs());
   auto stage = [&]() -> Status {
     // The file is memory-mapped (page cache): no upload buffers of ours.
-    if (Status reserved = ReserveStaging(0); !reserved.ok()) return FailStage(reserved, false);
+    if (Status reserved = ReserveStaging(0, probe); !reserved.ok()) {
+      return FailStage(reserved, false);
+    }
     auto file = SafetensorsFile::Open(safetensors_path);
     if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
     if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
@@ -252,15 +257,21 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
     return StageHoldingSlot(file->tensors, options, &probe);
   };
   Status status = stage();
-  RecordPush(probe, options.version, status.ok(), 0);
+  RecordPush(probe, options.version, status.ok());
   return status;
 }
 
-Status ConstantBufferManager::ReserveStaging(size_t upload_bytes) {
-  const size_t needed = upload_bytes + buffer_bytes_;
-  const std::string what = "weight push to model '" + model_name_ + "' (" +
-                           std::to_string(upload_bytes) + " bytes of upload buffers + " +
-                           std::to_string(buffer_bytes_) + " bytes of inactive constant buffer)";
+Status ConstantBufferManager::ReserveStaging(size_t upload_bytes, PushProbe& probe) {
+  // A freed buffer is refolded before it is written: its folded results
+  // exist twice for a moment (measured: one more F at the push's peak).
+  const size_t refold = inactive_needs_refold_ ? folded_bytes_ : 0;
+  const size_t needed = upload_bytes + buffer_bytes_ + refold;
+  probe.staging = needed;
+  std::string what = "weight push to model '" + model_name_ + "' (" +
+                     std::to_string(upload_bytes) + " bytes of upload buffers + " +
+                     std::to_string(buffer_bytes_) + " bytes of inactive constant buffer";
+  if (refold) what += " + " + std::to_string(refold) + " bytes to refold it after a free";
+  what += ")";
   if (staging_budget_ != 0 && needed > staging_budget_) {
     return ResourceExhausted(what + " needs " + std::to_string(needed) +
                              " bytes of staging memory, over the model's " +
@@ -290,12 +301,11 @@ void ConstantBufferManager::ReleaseUploadBytes(size_t bytes) {
   SyncCharge();
 }
 
-void ConstantBufferManager::RecordPush(PushProbe& probe, const std::string& version, bool ok,
-                                       size_t upload_bytes) {
+void ConstantBufferManager::RecordPush(PushProbe& probe, const std::string& version, bool ok) {
   PushMemory m = probe.Finish();
   m.version = version.empty() ? "(none)" : version;
   m.ok = ok;
-  m.staging_bytes = upload_bytes + buffer_bytes_;  // what it reserved (or asked for)
+  m.staging_bytes = probe.staging;
   std::lock_guard lock(mu_);
   last_push_ = std::move(m);
 }
@@ -604,19 +614,19 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
   FindProblems(model_.info().constants, offered, problems);
   auto probe = std::make_unique<PushProbe>(model_.device_specs());
   // Refused pushes are recorded too (last_push says what they asked for).
-  auto refuse = [&](Status error, size_t upload_bytes) -> Status {
+  auto refuse = [&](Status error) -> Status {
     Status failed = FailStage(std::move(error), false);
-    RecordPush(*probe, options.version, false, upload_bytes);
+    RecordPush(*probe, options.version, false);
     return failed;
   };
-  if (!problems.empty()) return refuse(ProblemsStatus(model_name_, problems), 0);
+  if (!problems.empty()) return refuse(ProblemsStatus(model_name_, problems));
 
   std::map<std::string_view, size_t> nbytes;
   for (const ConstantInfo& c : model_.info().constants) nbytes[c.fqn] = c.nbytes;
   size_t upload_bytes = 0;
   for (const TensorSpec& t : tensors) upload_bytes += nbytes.at(t.name);
-  if (Status reserved = ReserveStaging(upload_bytes); !reserved.ok()) {
-    return refuse(reserved, upload_bytes);
+  if (Status reserved = ReserveStaging(upload_bytes, *probe); !reserved.ok()) {
+    return refuse(reserved);
   }
   std::vector<UploadSession::Part> parts(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -627,8 +637,7 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
       parts.clear();
       return refuse(ResourceExhausted("out of host memory for the upload of '" +
                                       tensors[i].name + "' (" +
-                                      std::to_string(nbytes.at(tensors[i].name)) + " bytes)"),
-                    upload_bytes);
+                                      std::to_string(nbytes.at(tensors[i].name)) + " bytes)"));
     }
   }
   AddUploadBytes(upload_bytes);
@@ -665,7 +674,7 @@ void UploadSession::Finish(bool ok) {
   finished_ = true;
   parts_.clear();
   manager_.ReleaseUploadBytes(bytes_expected_);
-  manager_.RecordPush(*probe_, options_.version, ok, bytes_expected_);
+  manager_.RecordPush(*probe_, options_.version, ok);
 }
 
 Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,

@@ -62,7 +62,8 @@
 //
 // Staging budgets: a push (Stage, StageFromFile, BeginUpload) first reserves
 // the memory it will hold on top of the active set - its upload buffers plus
-// the inactive buffer - against the model's own budget
+// the inactive buffer (plus its folded results once more after a free, for
+// the refold) - against the model's own budget
 // (ModelConfig::weights_staging_budget_bytes) and the server-wide
 // StagingBudget, and is refused with RESOURCE_EXHAUSTED naming the budget
 // before anything is allocated or received. The model's charge then follows
@@ -279,8 +280,10 @@ class ConstantBufferManager {
   // FAILED_PRECONDITION when another writer holds the slot.
   StatusOr<WriterSlot> AcquireWriter();
   // Reserves a push's staging memory (`upload_bytes` of host buffers plus
-  // the inactive buffer) against both budgets. REQUIRES: the writer slot.
-  Status ReserveStaging(size_t upload_bytes);
+  // the inactive buffer, plus one more F when the freed buffer must be
+  // refolded first) against both budgets, noting it in `probe`. REQUIRES:
+  // the writer slot.
+  Status ReserveStaging(size_t upload_bytes, PushProbe& probe);
   // Sets the budget charge to what is held now (upload_bytes_ + the
   // inactive buffer while allocated).
   void SyncCharge();
@@ -288,7 +291,7 @@ class ConstantBufferManager {
   void AddUploadBytes(size_t bytes);
   void ReleaseUploadBytes(size_t bytes);
   // Ends `probe` and keeps its numbers as status().last_push.
-  void RecordPush(PushProbe& probe, const std::string& version, bool ok, size_t upload_bytes);
+  void RecordPush(PushProbe& probe, const std::string& version, bool ok);
   BufferMemory FullBuffer() const;
   // Runner slots of replica `index` (slot i runs on replica i % replicas).
   uint64_t ReplicaRunners(size_t index) const;

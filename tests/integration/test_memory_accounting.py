@@ -62,6 +62,11 @@ def package_memory(pt2: Path) -> tuple[int, int]:
     return blob, folded
 
 
+def fmt(n: int) -> str:
+    """pt2ctl's FormatBytes."""
+    return f"{n} B" if n < 1000 else f"{n / 1e3:.1f} KB" if n < 1e6 else f"{n / 1e6:.1f} MB"
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS / VmHWM of a process, in bytes."""
     out = {}
@@ -267,6 +272,13 @@ def test_status_numbers_follow_stage_swap_free(pb, repo, daemon_path, tmp_path, 
         assert st.memory.process_peak_rss_bytes >= 0.9 * kernel["VmHWM"], kernel
         assert 0 < metric(d, "pt2serve_process_resident_memory_bytes", kind="current")
 
+        # A push after a free refolds the freed buffer first: it reserves that F too.
+        from safetensors.numpy import save_file
+        save_file(random_weights(pb, info, 4), str(repo / "mlp.v3.safetensors"))
+        resp = server_side_push(pb, d, "mlp", "v3", "mlp.v3.safetensors")
+        assert resp.memory.staging_bytes == buffer + folded
+        assert status(pb, d, "mlp").memory.staging_bytes == buffer
+
         if PT2CTL.is_file():  # the operator's view shows the same numbers
             p = subprocess.run([str(PT2CTL), "--admin-address", d.admin_url, "--address", d.url,
                                 "--token-file", str(d.workdir / "admin.token"), "--json",
@@ -275,15 +287,15 @@ def test_status_numbers_follow_stage_swap_free(pb, repo, daemon_path, tmp_path, 
             assert p.returncode == 0, p.stderr
             js = json.loads(p.stdout)
             assert int(js["memory"]["active"]["host_bytes"]) == buffer
-            assert js["memory"]["last_push"]["version"] == "v1"
+            assert js["memory"]["last_push"]["version"] == "v3"
             p = subprocess.run([str(PT2CTL), "--admin-address", d.admin_url, "--address", d.url,
                                 "--token-file", str(d.workdir / "admin.token"),
                                 "weights", "status", "mlp"], capture_output=True, text=True,
                                timeout=30)
             assert p.returncode == 0, p.stderr
             assert "HOST" in p.stdout and "FOLDED" in p.stdout
-            assert "staging: 0 B held" in p.stdout and "process: RSS" in p.stdout
-            assert "last push 'v1' (staged" in p.stdout
+            assert f"staging: {fmt(buffer)} held" in p.stdout and "process: RSS" in p.stdout
+            assert "last push 'v3' (staged" in p.stdout
 
         # Unloading drops the model's series.
         ch, stub = admin(pb, d)

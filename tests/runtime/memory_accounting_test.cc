@@ -166,6 +166,12 @@ TEST_CASE("Weight memory: per-buffer bytes follow stage, swap and free",
   CHECK(st.inactive_memory.folded_bytes == 0);
   CHECK(st.staging_bytes == 0);
   CHECK(st.active_memory.host_bytes == buffer);
+
+  // The next push refolds the freed buffer first: it reserves one more F.
+  REQUIRE(weights.Stage(Seed7(), Version("again")).ok());
+  st = weights.status();
+  CHECK(st.last_push.staging_bytes == buffer + info.folded_nbytes);
+  CHECK(st.staging_bytes == buffer);  // held afterwards: the buffer alone
 }
 
 TEST_CASE("Weight memory: an upload holds its buffers until it ends",
