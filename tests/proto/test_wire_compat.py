@@ -365,8 +365,14 @@ def test_pt2serve_inference_service(pt2serve_v1):
     assert fields == {"name", "state", "reason", "inputs", "outputs", "max_batch_size", "device",
                       "num_runners", "max_queue_size", "weights_version", "package_path",
                       "constants", "constants_bytes", "cpu_threads", "signature_source",
-                      "runtime_constant_folding", "folded_constants", "isolation", "restarts"}
+                      "runtime_constant_folding", "folded_constants", "isolation", "restarts",
+                      "dynamic_batching", "weights_memory"}
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["cpu_threads"].number == 14
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["weights_memory"].number == 21
+    assert {(f.name, f.number) for f in inf.BufferMemory.DESCRIPTOR.fields} == {
+        ("host_bytes", 1), ("device_bytes", 2), ("folded_bytes", 3)}
+    assert len(inf.PushMemory.DESCRIPTOR.fields) == 8
+    assert len(inf.WeightsMemory.DESCRIPTOR.fields) == 10
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["isolation"].number == 18
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["restarts"].number == 19
     assert {(f.name, f.number) for f in inf.TensorSpec.DESCRIPTOR.fields} == {
@@ -374,7 +380,8 @@ def test_pt2serve_inference_service(pt2serve_v1):
     assert {(f.name, f.number) for f in inf.DimRange.DESCRIPTOR.fields} == {
         ("min", 1), ("max", 2), ("symbol", 3)}
     assert {f.name for f in inf.RunResponse.DESCRIPTOR.fields} == {
-        "model", "outputs", "request_id", "weights_version", "queue_time_us", "compute_time_us"}
+        "model", "outputs", "request_id", "weights_version", "queue_time_us", "compute_time_us",
+        "model_version", "batch_size"}
 
 
 def test_pt2serve_admin_service(pt2serve_v1):
@@ -382,7 +389,7 @@ def test_pt2serve_admin_service(pt2serve_v1):
     assert {(f.name, f.number) for f in adm.LoadModelRequest.DESCRIPTOR.fields} == {
         ("name", 1), ("package_path", 2), ("device", 3), ("num_runners", 4),
         ("max_queue_size", 5), ("cpu_threads", 6), ("inputs", 7), ("outputs", 8),
-        ("max_batch_size", 9), ("isolation", 10)}
+        ("max_batch_size", 9), ("isolation", 10), ("dynamic_batching", 11)}
     p = ".pt2serve.v1."
     assert _methods(adm, "Admin") == {
         "LoadModel": (p + "LoadModelRequest", p + "LoadModelResponse", False, False),
@@ -418,6 +425,8 @@ def test_pt2serve_admin_service(pt2serve_v1):
     status.active.updated_at.GetCurrentTime()
     back = adm.ConstantBufferStatus.FromString(status.SerializeToString())
     assert back.inactive.state == adm.PREVIOUS and back.active.updated_at.seconds > 0
+    assert adm.ConstantBufferStatus.DESCRIPTOR.fields_by_name["memory"].number == 7
+    assert adm.UpdateConstantBufferResponse.DESCRIPTOR.fields_by_name["memory"].number == 6
 
 
 def test_pt2serve_stubs_serve(pt2serve_v1):
