@@ -146,7 +146,7 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
        "max_message_bytes", "drain_delay_ms", "drain_timeout_ms", "max_connection_age_ms",
        "max_connection_age_grace_ms", "allow_repository_admin_on_inference_port", "admin_auth",
        "tls", "allow_compressed_requests", "repository_mode", "repository_poll_interval_ms",
-       "upload_idle_timeout_ms", "shared_memory"}));
+       "upload_idle_timeout_ms", "shared_memory", "weights_staging_budget_bytes"}));
   PT2_RETURN_IF_ERROR(ReadString(s, "inference_address", p, &c->inference_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "admin_address", p, &c->admin_address));
   PT2_RETURN_IF_ERROR(ReadString(s, "metrics_address", p, &c->metrics_address));
@@ -158,6 +158,8 @@ Status ReadServer(const YAML::Node& s, ServerConfig* c) {
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_delay_ms", p, &c->drain_delay_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "drain_timeout_ms", p, &c->drain_timeout_ms));
   PT2_RETURN_IF_ERROR(ReadInt(s, "upload_idle_timeout_ms", p, &c->upload_idle_timeout_ms));
+  PT2_RETURN_IF_ERROR(
+      ReadInt64(s, "weights_staging_budget_bytes", p, &c->weights_staging_budget_bytes));
   PT2_RETURN_IF_ERROR(ReadInt(s, "max_connection_age_ms", p, &c->max_connection_age_ms));
   PT2_RETURN_IF_ERROR(
       ReadInt(s, "max_connection_age_grace_ms", p, &c->max_connection_age_grace_ms));
@@ -290,6 +292,8 @@ Status ReadModelEntry(const YAML::Node& m, const std::string& p, ModelEntry* e) 
   PT2_RETURN_IF_ERROR(ReadString(m, "weights_file", p, &e->weights_file));
   PT2_RETURN_IF_ERROR(ReadString(m, "weights_sha256", p, &e->weights_sha256));
   PT2_RETURN_IF_ERROR(ReadString(m, "isolation", p, &e->isolation));
+  PT2_RETURN_IF_ERROR(
+      ReadInt64(m, "weights_staging_budget_bytes", p, &e->weights_staging_budget_bytes));
   PT2_RETURN_IF_ERROR(ReadBatching(m, p, &e->dynamic_batching));
   return ReadDeclaredSignature(m, p, &e->signature);
 }
@@ -375,7 +379,7 @@ Status ReadModels(const YAML::Node& list, ServerConfig* c) {
                                         "max_queue_size", "timeout_ms", "cpu_threads",
                                         "weights_version", "weights_file", "weights_sha256",
                                         "isolation", "inputs", "outputs", "max_batch_size",
-                                        "dynamic_batching"}));
+                                        "dynamic_batching", "weights_staging_budget_bytes"}));
     ModelEntry e;
     PT2_RETURN_IF_ERROR(ReadModelEntry(m, p, &e));
     c->models.push_back(std::move(e));
@@ -560,6 +564,11 @@ Status ValidateModelEntry(const ModelEntry& m, const std::string& p) {
     return Error(Child(p, "max_queue_size"),
                  "must be >= 0, got " + std::to_string(m.max_queue_size));
   }
+  if (m.weights_staging_budget_bytes < 0) {
+    return Error(Child(p, "weights_staging_budget_bytes"),
+                 "must be >= 0 (0 = no limit), got " +
+                     std::to_string(m.weights_staging_budget_bytes));
+  }
   if (m.timeout_ms < 0) {
     return Error(Child(p, "timeout_ms"), "must be >= 0 (0 = no deadline), got " +
                                         std::to_string(m.timeout_ms));
@@ -617,6 +626,11 @@ Status ValidateServerConfig(const ServerConfig& c) {
   if (c.drain_timeout_ms < 0) {
     return Error("server.drain_timeout_ms",
                  "must be >= 0, got " + std::to_string(c.drain_timeout_ms));
+  }
+  if (c.weights_staging_budget_bytes < 0) {
+    return Error("server.weights_staging_budget_bytes",
+                 "must be >= 0 (0 = no limit), got " +
+                     std::to_string(c.weights_staging_budget_bytes));
   }
   if (c.upload_idle_timeout_ms < 1 || c.upload_idle_timeout_ms > kMaxUploadIdleTimeoutMs) {
     return Error("server.upload_idle_timeout_ms",
@@ -775,7 +789,8 @@ StatusOr<RepositoryModelConfig> ParseRepositoryModelConfig(std::string_view yaml
     Status status = CheckMap(root, "", {"name", "device", "num_runners", "max_queue_size",
                                         "timeout_ms", "cpu_threads", "weights_version",
                                         "isolation", "inputs", "outputs", "max_batch_size",
-                                        "dynamic_batching", "version_policy"});
+                                        "dynamic_batching", "version_policy",
+                                        "weights_staging_budget_bytes"});
     if (status.ok()) status = ReadModelEntry(root, "", &config.entry);
     if (status.ok()) status = ReadVersionPolicy(root, &config.version_policy);
     if (status.ok() && config.entry.name != name) {

@@ -59,6 +59,10 @@ struct ModelEntry {
   std::optional<Signature> signature = std::nullopt;
   // Set (possibly to all defaults) = dynamic batching on.
   std::optional<BatchingEntry> dynamic_batching = std::nullopt;
+  // Most memory one weight push may hold on top of the served weights (its
+  // upload buffers + the inactive constant buffer); more is refused with
+  // RESOURCE_EXHAUSTED at the push's header. >= 0; 0 = no per-model limit.
+  int64_t weights_staging_budget_bytes = 0;
 };
 
 // Which versions of a repository model are served (a model's config.yaml
@@ -119,6 +123,11 @@ struct ServerConfig {
   // for this long is aborted and releases the model's weight operations
   // (1..kMaxUploadIdleTimeoutMs; there is no "never").
   int upload_idle_timeout_ms = 30000;
+  // Sum over all models of the memory weight pushes hold on top of the
+  // served weights (upload buffers + allocated inactive constant buffers); a
+  // push that would exceed it is refused with RESOURCE_EXHAUSTED at its
+  // header. >= 0; 0 = no server-wide limit.
+  int64_t weights_staging_budget_bytes = 0;
   // Serve KServe RepositoryModelLoad/Unload on the inference port too.
   bool allow_repository_admin_on_inference_port = false;
   // Accept gzip/deflate-compressed request messages on the inference port.

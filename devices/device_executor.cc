@@ -142,6 +142,38 @@ Status SynchronizeDevice(const DeviceSpec& device) {
   }
 }
 
+#ifdef PT2SERVE_HAS_DEVICE_ALLOCATOR
+namespace {
+// (free, total) from allocators that implement getMemoryInfo (newer torch).
+template <typename Allocator>
+std::optional<std::pair<size_t, size_t>> MemoryInfo(Allocator* allocator, c10::DeviceIndex index) {
+  if constexpr (requires { allocator->getMemoryInfo(index); }) {
+    return allocator->getMemoryInfo(index);
+  } else {
+    return std::nullopt;
+  }
+}
+}  // namespace
+#endif
+
+std::optional<size_t> DeviceBytesInUse(const DeviceSpec& device) {
+  if (device.kind == DeviceKind::kCpu) return std::nullopt;
+#ifdef PT2SERVE_HAS_DEVICE_ALLOCATOR
+  try {
+    const c10::Device dev = ToC10Device(device);
+    auto* allocator = dynamic_cast<c10::DeviceAllocator*>(c10::GetAllocator(dev.type()));
+    if (!allocator) return std::nullopt;
+    const auto info = MemoryInfo(allocator, dev.index());
+    if (!info || info->second < info->first) return std::nullopt;
+    return info->second - info->first;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+#else
+  return std::nullopt;
+#endif
+}
+
 std::vector<DeviceMemory> QueryDeviceMemory() {
   std::vector<DeviceMemory> out;
 #ifdef PT2SERVE_HAS_DEVICE_ALLOCATOR

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "devices/device.h"
 
 namespace pt2serve {
 
@@ -17,5 +20,12 @@ struct DeviceMemory {
 // One entry per visible accelerator device whose allocator is initialized;
 // empty on a CPU-only host. Best-effort: never throws.
 std::vector<DeviceMemory> QueryDeviceMemory();
+
+// Bytes in use on `device` as its driver reports them (total minus free:
+// every allocation, by any allocator or process, counts). AOTInductor
+// allocates constant blobs outside the caching allocator, which is why
+// weight accounting uses this. nullopt for the CPU, or when the backend
+// cannot tell. Best-effort: never throws.
+std::optional<size_t> DeviceBytesInUse(const DeviceSpec& device);
 
 }  // namespace pt2serve

@@ -10,7 +10,9 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/process_memory.h"
 #include "common/safetensors.h"
+#include "devices/device_memory.h"
 #include "runtime/model.h"
 #include "runtime/replica.h"
 
@@ -114,6 +116,46 @@ std::string ToLower(std::string s) {
 
 }  // namespace
 
+// Measures one push: the process's peak RSS (PeakRssWindow) and the used
+// memory of the model's accelerators, sampled at each step (the container
+// allocates its blobs outside the caching allocator, so only the driver's
+// count sees them). Not thread-safe: used by the push's writer.
+class PushProbe {
+ public:
+  explicit PushProbe(std::vector<DeviceSpec> devices) : devices_(std::move(devices)) {
+    before_ = DeviceUsed();
+    peak_ = before_;
+  }
+  void Sample() {
+    window_.Sample();
+    peak_ = std::max(peak_, DeviceUsed());
+  }
+  // What the push reserved (or was refused), set by ReserveStaging.
+  size_t staging = 0;
+
+  PushMemory Finish() {
+    Sample();
+    PushMemory m;
+    m.process_rss_before = window_.rss_before();
+    m.process_peak_rss = window_.Finish();
+    m.device_used_before = before_;
+    m.device_peak_used = peak_;
+    m.finished_at = std::chrono::system_clock::now();
+    return m;
+  }
+
+ private:
+  size_t DeviceUsed() const {
+    size_t sum = 0;
+    for (const DeviceSpec& d : devices_) sum += DeviceBytesInUse(d).value_or(0);
+    return sum;
+  }
+  const std::vector<DeviceSpec> devices_;
+  PeakRssWindow window_;
+  size_t before_ = 0;
+  size_t peak_ = 0;
+};
+
 std::string_view InactiveStateName(InactiveState state) {
   switch (state) {
     case InactiveState::kEmpty: return "EMPTY";
@@ -148,10 +190,18 @@ void ConstantBufferManager::WriterSlot::Release() {
 // ---------------------------------------------------------------------------
 // ConstantBufferManager
 
-ConstantBufferManager::ConstantBufferManager(Model& model)
+ConstantBufferManager::ConstantBufferManager(Model& model,
+                                             std::shared_ptr<StagingBudget> server_budget)
     : model_(model),
       model_name_(model.config().name),
-      weight_bytes_(model.info().constants_nbytes * model.replicas().size()) {
+      weight_bytes_(model.info().constants_nbytes * model.replicas().size()),
+      buffer_bytes_((model.info().blob_nbytes + model.info().folded_nbytes) *
+                    model.replicas().size()),
+      folded_bytes_(model.info().folded_nbytes * model.replicas().size()),
+      on_host_(model.info().device.kind == DeviceKind::kCpu),
+      staging_budget_(model.config().weights_staging_budget_bytes),
+      account_(StagingBudget::Open(server_budget ? server_budget
+                                                 : std::make_shared<StagingBudget>(0))) {
   active_.info.version = model.config().initial_weights_version;
   active_.info.source = model.info().path;
   active_.info.updated_at = SystemClock::now();
@@ -173,30 +223,105 @@ StatusOr<ConstantBufferManager::WriterSlot> ConstantBufferManager::AcquireWriter
 Status ConstantBufferManager::Stage(const std::vector<Tensor>& tensors,
                                     const StageOptions& options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
-  return StageHoldingSlot(tensors, options);
+  PushProbe probe(model_.device_specs());
+  // The caller owns the tensors: no upload buffers of ours.
+  Status status = ReserveStaging(0, probe);
+  status = status.ok() ? StageHoldingSlot(tensors, options, &probe)
+                       : FailStage(std::move(status), false);
+  RecordPush(probe, options.version, status.ok());
+  return status;
 }
 
 Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
                                             StageOptions options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   if (options.source.empty()) options.source = safetensors_path;
-  auto file = SafetensorsFile::Open(safetensors_path);
-  if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
-  if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
-    auto actual = Sha256::HexOfFile(safetensors_path);
-    if (!actual.ok()) return FailStage(actual.status(), false);
-    if (*actual != ToLower(options.sha256)) {
-      return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
-                                ", got " + *actual + " (" + safetensors_path + ")"),
-                       false);
+  PushProbe probe(model_.device_specs());
+  auto stage = [&]() -> Status {
+    // The file is memory-mapped (page cache): no upload buffers of ours.
+    if (Status reserved = ReserveStaging(0, probe); !reserved.ok()) {
+      return FailStage(reserved, false);
     }
+    auto file = SafetensorsFile::Open(safetensors_path);
+    if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
+    if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
+      auto actual = Sha256::HexOfFile(safetensors_path);
+      if (!actual.ok()) return FailStage(actual.status(), false);
+      if (*actual != ToLower(options.sha256)) {
+        return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
+                                  ", got " + *actual + " (" + safetensors_path + ")"),
+                         false);
+      }
+    }
+    // file->tensors alias the mapping, which stays alive until we return.
+    return StageHoldingSlot(file->tensors, options, &probe);
+  };
+  Status status = stage();
+  RecordPush(probe, options.version, status.ok());
+  return status;
+}
+
+Status ConstantBufferManager::ReserveStaging(size_t upload_bytes, PushProbe& probe) {
+  // A freed buffer is refolded before it is written: its folded results
+  // exist twice for a moment (measured: one more F at the push's peak).
+  const size_t refold = inactive_needs_refold_ ? folded_bytes_ : 0;
+  const size_t needed = upload_bytes + buffer_bytes_ + refold;
+  probe.staging = needed;
+  std::string what = "weight push to model '" + model_name_ + "' (" +
+                     std::to_string(upload_bytes) + " bytes of upload buffers + " +
+                     std::to_string(buffer_bytes_) + " bytes of inactive constant buffer";
+  if (refold) what += " + " + std::to_string(refold) + " bytes to refold it after a free";
+  what += ")";
+  if (staging_budget_ != 0 && needed > staging_budget_) {
+    return ResourceExhausted(what + " needs " + std::to_string(needed) +
+                             " bytes of staging memory, over the model's " +
+                             kModelStagingBudgetKey + " (" + std::to_string(staging_budget_) +
+                             " bytes); nothing was received or changed");
   }
-  // file->tensors alias the mapping, which stays alive until we return.
-  return StageHoldingSlot(file->tensors, options);
+  Status reserved = account_->Reserve(needed, what);
+  if (reserved.ok()) return reserved;
+  return Status(reserved.code(), reserved.message() + "; nothing was received or changed");
+}
+
+void ConstantBufferManager::SyncCharge() {
+  std::lock_guard lock(mu_);
+  account_->Set(upload_bytes_ + (inactive_allocated_ ? buffer_bytes_ : 0));
+}
+
+void ConstantBufferManager::AddUploadBytes(size_t bytes) {
+  std::lock_guard lock(mu_);
+  upload_bytes_ += bytes;
+}
+
+void ConstantBufferManager::ReleaseUploadBytes(size_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    upload_bytes_ -= std::min(upload_bytes_, bytes);
+  }
+  SyncCharge();
+}
+
+void ConstantBufferManager::RecordPush(PushProbe& probe, const std::string& version, bool ok) {
+  PushMemory m = probe.Finish();
+  m.version = version.empty() ? "(none)" : version;
+  m.ok = ok;
+  m.staging_bytes = probe.staging;
+  std::lock_guard lock(mu_);
+  last_push_ = std::move(m);
+}
+
+BufferMemory ConstantBufferManager::FullBuffer() const {
+  BufferMemory m;
+  (on_host_ ? m.host_bytes : m.device_bytes) = buffer_bytes_;
+  m.folded_bytes = folded_bytes_;
+  return m;
 }
 
 Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensors,
-                                               const StageOptions& options) {
+                                               const StageOptions& options, PushProbe* probe) {
+  auto sample = [probe] {
+    if (probe) probe->Sample();
+  };
   const PackageInfo& info = model_.info();
   std::vector<std::string> problems;
   CheckOptions(options, problems);
@@ -238,12 +363,17 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
       Status refolded = fold();
       if (!refolded.ok()) return FailStage(refolded, /*buffer_written=*/true);
     }
+    sample();
     Status written = Injected("write", k);
     if (written.ok()) written = replica->WriteInactive(tensors);
+    sample();
     if (!written.ok()) return FailStage(written.WithPrefix(where), /*buffer_written=*/true);
-    if (Status folded = fold(); !folded.ok()) return FailStage(folded, /*buffer_written=*/true);
+    Status folded = fold();
+    sample();
+    if (!folded.ok()) return FailStage(folded, /*buffer_written=*/true);
   }  // device copies are dropped here, before reporting
   inactive_needs_refold_ = false;
+  SyncCharge();
 
   std::lock_guard lock(mu_);
   inactive_.info.version = options.version;
@@ -268,10 +398,12 @@ Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
   if (free_buffer) {
     Status freed = FreeContainerInactive();
     if (!freed.ok()) {
+      SyncCharge();
       return Status(error.code(), error.message() + " (and freeing the inactive buffer failed: " +
                                       freed.ToString() + ")");
     }
   }
+  SyncCharge();  // gives back what a refused or failed push reserved
   return error;
 }
 
@@ -445,7 +577,9 @@ StatusOr<size_t> ConstantBufferManager::FreeInactive() {
     inactive_state_ = InactiveState::kEmpty;
     inactive_ = WeightSet{};
   }
-  PT2_RETURN_IF_ERROR(FreeContainerInactive());
+  Status freed = FreeContainerInactive();
+  SyncCharge();
+  PT2_RETURN_IF_ERROR(freed);
   return weight_bytes_;
 }
 
@@ -458,6 +592,12 @@ BufferStatus ConstantBufferManager::status() const {
   s.inactive = inactive_.info;
   s.inactive.bytes = inactive_allocated_ ? weight_bytes_ : 0;
   s.bytes_in_use = s.active.bytes + s.inactive.bytes;
+  s.active_memory = FullBuffer();
+  if (inactive_allocated_) s.inactive_memory = FullBuffer();
+  s.upload_bytes = upload_bytes_;
+  s.staging_bytes = account_->charge();
+  s.staging_budget = staging_budget_;
+  s.last_push = last_push_;
   return s;
 }
 
@@ -472,24 +612,38 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     offered.push_back({t.name, t.dtype, &t.shape, std::nullopt});
   }
   FindProblems(model_.info().constants, offered, problems);
-  if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
+  auto probe = std::make_unique<PushProbe>(model_.device_specs());
+  // Refused pushes are recorded too (last_push says what they asked for).
+  auto refuse = [&](Status error) -> Status {
+    Status failed = FailStage(std::move(error), false);
+    RecordPush(*probe, options.version, false);
+    return failed;
+  };
+  if (!problems.empty()) return refuse(ProblemsStatus(model_name_, problems));
 
   std::map<std::string_view, size_t> nbytes;
   for (const ConstantInfo& c : model_.info().constants) nbytes[c.fqn] = c.nbytes;
+  size_t upload_bytes = 0;
+  for (const TensorSpec& t : tensors) upload_bytes += nbytes.at(t.name);
+  if (Status reserved = ReserveStaging(upload_bytes, *probe); !reserved.ok()) {
+    return refuse(reserved);
+  }
   std::vector<UploadSession::Part> parts(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     parts[i].nbytes = nbytes.at(tensors[i].name);
     // Default-initialized: no time spent zeroing memory the upload overwrites.
     parts[i].data.reset(new (std::nothrow) std::byte[std::max<size_t>(parts[i].nbytes, 1)]);
     if (!parts[i].data) {
-      return FailStage(ResourceExhausted("out of host memory for the upload of '" +
-                                         tensors[i].name + "' (" +
-                                         std::to_string(parts[i].nbytes) + " bytes)"),
-                       false);
+      parts.clear();
+      return refuse(ResourceExhausted("out of host memory for the upload of '" +
+                                      tensors[i].name + "' (" +
+                                      std::to_string(nbytes.at(tensors[i].name)) + " bytes)"));
     }
   }
-  return std::unique_ptr<UploadSession>(new UploadSession(
-      *this, std::move(slot), std::move(tensors), std::move(parts), std::move(options)));
+  AddUploadBytes(upload_bytes);
+  return std::unique_ptr<UploadSession>(new UploadSession(*this, std::move(slot), std::move(tensors),
+                                                          std::move(parts), std::move(options),
+                                                          std::move(probe)));
 }
 
 // ---------------------------------------------------------------------------
@@ -498,9 +652,10 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
 UploadSession::UploadSession(ConstantBufferManager& manager,
                              ConstantBufferManager::WriterSlot slot,
                              std::vector<TensorSpec> specs, std::vector<Part> parts,
-                             StageOptions options)
+                             StageOptions options, std::unique_ptr<PushProbe> probe)
     : manager_(manager),
       slot_(std::move(slot)),
+      probe_(std::move(probe)),
       specs_(std::move(specs)),
       parts_(std::move(parts)),
       options_(std::move(options)) {
@@ -510,9 +665,17 @@ UploadSession::UploadSession(ConstantBufferManager& manager,
   }
 }
 
-// Releasing slot_ (a member) is all an abandoned upload needs: nothing was
-// written to the container yet.
-UploadSession::~UploadSession() = default;
+// An abandoned upload wrote nothing to the container: releasing its buffers
+// (and then slot_, a member) is all it needs.
+UploadSession::~UploadSession() { Finish(false); }
+
+void UploadSession::Finish(bool ok) {
+  if (finished_) return;
+  finished_ = true;
+  parts_.clear();
+  manager_.ReleaseUploadBytes(bytes_expected_);
+  manager_.RecordPush(*probe_, options_.version, ok);
+}
 
 Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,
                             size_t size) {
@@ -597,6 +760,11 @@ Status UploadSession::Commit() {
                            std::to_string(parts_[i].nbytes) + " bytes");
     }
   }
+  auto fail = [&](Status error) {
+    Status failed = manager_.FailStage(std::move(error), false);
+    Finish(false);
+    return failed;
+  };
   if (!incomplete.empty()) {
     std::string msg = "incomplete upload for model '" + manager_.model_name_ + "': ";
     for (size_t i = 0; i < incomplete.size() && i < kMaxListedProblems; ++i) {
@@ -606,38 +774,41 @@ Status UploadSession::Commit() {
     if (incomplete.size() > kMaxListedProblems) {
       msg += "; ... and " + std::to_string(incomplete.size() - kMaxListedProblems) + " more";
     }
-    return manager_.FailStage(InvalidArgument(std::move(msg)), false);
+    return fail(InvalidArgument(std::move(msg)));
   }
   if (options_.sha256_follows && options_.sha256.empty()) {
-    return manager_.FailStage(
-        InvalidArgument("upload: the sha256 announced to follow the data never came"), false);
+    return fail(InvalidArgument("upload: the sha256 announced to follow the data never came"));
   }
   if (!options_.sha256.empty()) {
     const std::string actual = hasher_.FinishHex();
     const std::string expected = ToLower(options_.sha256);
     if (actual != expected) {
-      return manager_.FailStage(
-          DataLoss("checksum mismatch: expected " + expected + ", got " + actual), false);
+      return fail(DataLoss("checksum mismatch: expected " + expected + ", got " + actual));
     }
   }
 
   // Hand the buffers over without copying; they are freed when Stage's
   // tensors (and anything LibTorch made from them) are gone.
-  std::vector<Tensor> tensors;
-  tensors.reserve(specs_.size());
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    std::shared_ptr<std::byte[]> owner(std::move(parts_[i].data));
-    Tensor t;
-    t.name = specs_[i].name;
-    t.dtype = specs_[i].dtype;
-    t.shape = specs_[i].shape;
-    t.data = owner.get();
-    t.nbytes = parts_[i].nbytes;
-    t.owner = std::move(owner);
-    tensors.push_back(std::move(t));
-  }
-  parts_.clear();
-  return manager_.StageHoldingSlot(tensors, options_);
+  Status staged;
+  {
+    std::vector<Tensor> tensors;
+    tensors.reserve(specs_.size());
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      std::shared_ptr<std::byte[]> owner(std::move(parts_[i].data));
+      Tensor t;
+      t.name = specs_[i].name;
+      t.dtype = specs_[i].dtype;
+      t.shape = specs_[i].shape;
+      t.data = owner.get();
+      t.nbytes = parts_[i].nbytes;
+      t.owner = std::move(owner);
+      tensors.push_back(std::move(t));
+    }
+    parts_.clear();
+    staged = manager_.StageHoldingSlot(tensors, options_, probe_.get());
+  }  // the upload buffers are freed here
+  Finish(staged.ok());
+  return staged;
 }
 
 }  // namespace pt2serve

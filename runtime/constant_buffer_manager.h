@@ -53,10 +53,22 @@
 //
 // Memory: the INACTIVE buffer is allocated by the first Stage, at full weight
 // size, so a model needs twice its weight memory while a set is staged or
-// retained for rollback; FreeInactive gives it back. Byte counts below are
-// estimates from PackageInfo::constants_nbytes (constant-folded intermediates
-// come on top). The first Stage after a free constant-folds one extra time
-// (a work-around for an AOTInductor crash, see FreeContainerInactive).
+// retained for rollback; FreeInactive gives it back. WeightSetInfo::bytes is
+// the weight data (PackageInfo::constants_nbytes); BufferMemory is what a
+// buffer holds in all (its blob plus constant-folded results, from
+// PackageInfo::blob_nbytes / folded_nbytes) on the host or the device. The
+// first Stage after a free constant-folds one extra time (a work-around for
+// an AOTInductor crash, see FreeContainerInactive).
+//
+// Staging budgets: a push (Stage, StageFromFile, BeginUpload) first reserves
+// the memory it will hold on top of the active set - its upload buffers plus
+// the inactive buffer (plus its folded results once more after a free, for
+// the refold) - against the model's own budget
+// (ModelConfig::weights_staging_budget_bytes) and the server-wide
+// StagingBudget, and is refused with RESOURCE_EXHAUSTED naming the budget
+// before anything is allocated or received. The model's charge then follows
+// what it holds: upload buffers until the push ends, the inactive buffer
+// until FreeInactive (or a failure that frees it).
 //
 // Ownership: Model owns its manager (Model::weights()); the manager refers
 // back to the model and must not outlive it. Neither may an UploadSession.
@@ -77,11 +89,13 @@
 #include "common/sha256.h"
 #include "common/status.h"
 #include "common/tensor.h"
+#include "runtime/staging_budget.h"
 
 namespace pt2serve {
 
 class Model;
 class UploadSession;
+class PushProbe;
 
 struct StageOptions {
   // Label reported as the weights version once this set is active. Required.
@@ -112,12 +126,44 @@ struct WeightSetInfo {
   std::chrono::system_clock::time_point updated_at{};
 };
 
+// What one constant buffer holds, over all replicas: host memory for CPU
+// replicas, device memory otherwise.
+struct BufferMemory {
+  size_t host_bytes = 0;
+  size_t device_bytes = 0;
+  size_t folded_bytes = 0;  // the part of the above that is constant-folded results
+};
+
+// Memory measured during the last push (Stage, StageFromFile or an upload,
+// from its start or header to its end, successful or not).
+struct PushMemory {
+  std::string version;  // its version label; "" = no push yet
+  bool ok = false;
+  std::chrono::system_clock::time_point finished_at{};
+  size_t staging_bytes = 0;       // reserved against the budgets
+  size_t process_rss_before = 0;  // the daemon's VmRSS at the start
+  size_t process_peak_rss = 0;    // its peak VmRSS during the push
+  // Summed over the model's accelerators (driver's used memory, every
+  // process); both 0 for CPU models or when the backend cannot tell.
+  size_t device_used_before = 0;
+  size_t device_peak_used = 0;
+};
+
 struct BufferStatus {
   WeightSetInfo active;
   InactiveState inactive_state = InactiveState::kEmpty;
   // For EMPTY only `bytes` may be non-zero (a Stage is writing into it).
   WeightSetInfo inactive;
   size_t bytes_in_use = 0;  // active.bytes + inactive.bytes
+
+  BufferMemory active_memory;
+  BufferMemory inactive_memory;  // non-zero while the buffer is allocated
+  size_t upload_bytes = 0;       // host: upload buffers of a push in progress
+  // Charged against the staging budgets: upload_bytes + the inactive
+  // buffer while allocated (or reserved by a push in progress).
+  size_t staging_bytes = 0;
+  size_t staging_budget = 0;  // the model's own; 0 = none
+  PushMemory last_push;
 };
 
 struct SwapResult {
@@ -134,8 +180,10 @@ struct SwapResult {
 class ConstantBufferManager {
  public:
   // Cheap; touches nothing in the container. REQUIRES: `model` is fully
-  // constructed up to its pool and outlives this object.
-  explicit ConstantBufferManager(Model& model);
+  // constructed up to its pool and outlives this object. `server_budget`:
+  // the server-wide staging budget shared by every model (null: none).
+  explicit ConstantBufferManager(Model& model,
+                                 std::shared_ptr<StagingBudget> server_budget = nullptr);
   ~ConstantBufferManager();
   ConstantBufferManager(const ConstantBufferManager&) = delete;
   ConstantBufferManager& operator=(const ConstantBufferManager&) = delete;
@@ -160,8 +208,9 @@ class ConstantBufferManager {
 
   // Starts a streamed upload of a complete weight set: validates the
   // announced names/dtypes/shapes up front (all problems in one
-  // INVALID_ARGUMENT, like Stage) and allocates one host buffer per tensor
-  // for the chunks. The session holds the writer slot until it is committed
+  // INVALID_ARGUMENT, like Stage), reserves the staging memory
+  // (RESOURCE_EXHAUSTED naming the budget) and allocates one host buffer
+  // per tensor for the chunks. The session holds the writer slot until it is committed
   // or destroyed.
   StatusOr<std::unique_ptr<UploadSession>> BeginUpload(std::vector<TensorSpec> tensors,
                                                        StageOptions options);
@@ -230,13 +279,29 @@ class ConstantBufferManager {
 
   // FAILED_PRECONDITION when another writer holds the slot.
   StatusOr<WriterSlot> AcquireWriter();
+  // Reserves a push's staging memory (`upload_bytes` of host buffers plus
+  // the inactive buffer, plus one more F when the freed buffer must be
+  // refolded first) against both budgets, noting it in `probe`. REQUIRES:
+  // the writer slot.
+  Status ReserveStaging(size_t upload_bytes, PushProbe& probe);
+  // Sets the budget charge to what is held now (upload_bytes_ + the
+  // inactive buffer while allocated).
+  void SyncCharge();
+  // Upload buffers of `bytes` were allocated (+) or released (-).
+  void AddUploadBytes(size_t bytes);
+  void ReleaseUploadBytes(size_t bytes);
+  // Ends `probe` and keeps its numbers as status().last_push.
+  void RecordPush(PushProbe& probe, const std::string& version, bool ok);
+  BufferMemory FullBuffer() const;
   // Runner slots of replica `index` (slot i runs on replica i % replicas).
   uint64_t ReplicaRunners(size_t index) const;
   // The test hook's verdict on `op` for replica `index` (OK without a hook).
   Status Injected(std::string_view op, size_t index) const;
 
   // The bodies of the public operations. REQUIRE: the writer slot is held.
-  Status StageHoldingSlot(const std::vector<Tensor>& tensors, const StageOptions& options);
+  // `probe` (may be null) is sampled at each step.
+  Status StageHoldingSlot(const std::vector<Tensor>& tensors, const StageOptions& options,
+                          PushProbe* probe);
   StatusOr<SwapResult> SwapHoldingSlot();
   // Applies the failure rule (see top of file) and returns `error`.
   // `buffer_written`: the container's inactive buffer was (partly) written.
@@ -251,6 +316,12 @@ class ConstantBufferManager {
   std::chrono::milliseconds drain_timeout_{kDefaultDrainTimeout};
   FaultHook fault_hook_;  // tests only; set before any operation
   const size_t weight_bytes_;  // PackageInfo::constants_nbytes times the replicas
+  // One buffer in all (blob + folded results) times the replicas.
+  const size_t buffer_bytes_;
+  const size_t folded_bytes_;
+  const bool on_host_;                 // CPU replicas: buffers are host memory
+  const size_t staging_budget_;        // the model's own; 0 = none
+  const std::unique_ptr<StagingBudget::Account> account_;  // in the server-wide budget
 
   // Written only by the writer-slot holder.
   // The inactive buffer was freed and must be refolded before the next write
@@ -265,6 +336,8 @@ class ConstantBufferManager {
   WeightSet inactive_;  // meaningful unless inactive_state_ == kEmpty
   InactiveState inactive_state_ = InactiveState::kEmpty;
   bool inactive_allocated_ = false;  // the container's inactive buffer may hold memory
+  size_t upload_bytes_ = 0;          // upload buffers alive now
+  PushMemory last_push_;
 };
 
 // A weight set arriving in chunks (a client-streaming upload). Made by
@@ -327,10 +400,16 @@ class UploadSession {
   };
 
   UploadSession(ConstantBufferManager& manager, ConstantBufferManager::WriterSlot slot,
-                std::vector<TensorSpec> specs, std::vector<Part> parts, StageOptions options);
+                std::vector<TensorSpec> specs, std::vector<Part> parts, StageOptions options,
+                std::unique_ptr<PushProbe> probe);
+
+  // Releases the upload buffers and records the push (once).
+  void Finish(bool ok);
 
   ConstantBufferManager& manager_;
   ConstantBufferManager::WriterSlot slot_;  // empty once committed
+  std::unique_ptr<PushProbe> probe_;        // measures the push until Finish
+  bool finished_ = false;
   const std::vector<TensorSpec> specs_;
   std::vector<Part> parts_;  // parallel to specs_
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in specs_

@@ -22,7 +22,8 @@ std::optional<Isolation> IsolationFromName(std::string_view name) {
   return std::nullopt;
 }
 
-StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
+StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config,
+                                             std::shared_ptr<StagingBudget> staging_budget) {
   if (config.cpu_threads < 0 || config.cpu_threads > kMaxCpuThreads) {
     return InvalidArgument("cpu_threads must be in 0.." + std::to_string(kMaxCpuThreads) +
                            " (0 = the process default), got " +
@@ -69,7 +70,8 @@ StatusOr<std::shared_ptr<Model>> Model::Load(const ModelConfig& config) {
     PT2_ASSIGN_OR_RETURN(batching, BatcherOptionsFor(config, replicas.front()->info().signature,
                                                      total));
   }
-  return std::shared_ptr<Model>(new Model(config, std::move(replicas), std::move(batching)));
+  return std::shared_ptr<Model>(new Model(config, std::move(replicas), std::move(batching),
+                                          std::move(staging_budget)));
 }
 
 StatusOr<BatcherOptions> Model::BatcherOptionsFor(const ModelConfig& config,
@@ -144,7 +146,8 @@ StatusOr<BatcherOptions> Model::BatcherOptionsFor(const ModelConfig& config,
 }
 
 Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
-             std::optional<BatcherOptions> batching)
+             std::optional<BatcherOptions> batching,
+             std::shared_ptr<StagingBudget> staging_budget)
     : config_(std::move(config)),
       replicas_(std::move(replicas)),
       // With batching the batcher holds the request queue; the pool's queue
@@ -154,7 +157,7 @@ Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
           batching ? 2 * config_.num_runners * replicas_.size() : config_.max_queue_size,
           [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
-      weights_(std::make_unique<ConstantBufferManager>(*this)) {
+      weights_(std::make_unique<ConstantBufferManager>(*this, std::move(staging_budget))) {
   run_here_ = !batching && replicas_.size() == 1 && info().device.kind == DeviceKind::kCpu &&
               config_.isolation == Isolation::kInProcess;
   if (batching) {

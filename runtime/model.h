@@ -27,6 +27,7 @@ namespace pt2serve {
 
 class ConstantBufferManager;
 class Replica;
+class StagingBudget;
 
 // Largest ModelConfig::cpu_threads accepted.
 inline constexpr int kMaxCpuThreads = 1024;
@@ -89,6 +90,10 @@ struct ModelConfig {
   // batch); checked against the package at load. Unset: the package's own.
   std::optional<Signature> signature = std::nullopt;
   BatchingConfig batching = {};
+  // Most memory a weight push may hold on top of the active weights (its
+  // upload buffers plus the inactive constant buffer); a push needing more
+  // is refused at its header. 0 = no per-model limit.
+  size_t weights_staging_budget_bytes = 0;
 };
 
 struct InferRequest {
@@ -118,8 +123,10 @@ class Model {
  public:
   using InferDone = std::function<void(StatusOr<InferResponse>)>;
 
-  // Loads the package and starts its pool.
-  static StatusOr<std::shared_ptr<Model>> Load(const ModelConfig& config);
+  // Loads the package and starts its pool. `staging_budget`: the
+  // server-wide budget weight pushes of every model draw from (null: none).
+  static StatusOr<std::shared_ptr<Model>> Load(
+      const ModelConfig& config, std::shared_ptr<StagingBudget> staging_budget = nullptr);
   // Shuts the pool down (queued requests fail with UNAVAILABLE, in-flight
   // ones finish), then destroys the container.
   ~Model();
@@ -173,7 +180,7 @@ class Model {
 
  private:
   Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
-        std::optional<BatcherOptions> batching);
+        std::optional<BatcherOptions> batching, std::shared_ptr<StagingBudget> staging_budget);
   // Maps named inputs to signature order and validates them; also resolves
   // requested outputs to indices.
   Status Prepare(const InferRequest& request, std::vector<const Tensor*>& ordered,

@@ -45,6 +45,33 @@ Status CheckIsZip(const std::string& path) {
   return Status::Ok();
 }
 
+
+// AOTInductor pads each blob entry to this (AOTI_CONST_ALIGNMENT, model_base.h).
+constexpr size_t kConstAlignment = 64;
+
+// Fills info.blob_nbytes / folded_nbytes from the package's constant table
+// (the container's own table, as the wrapper source sets it). Without one
+// (not parseable), the updatable constants are all that is known.
+void AccountConstantMemory(const std::vector<WrapperConstant>* constants, PackageInfo& info) {
+  info.blob_nbytes = 0;
+  info.folded_nbytes = 0;
+  if (constants) {
+    for (const WrapperConstant& c : *constants) {
+      uint64_t nbytes = c.nbytes;
+      if (nbytes == 0 && c.dtype) {  // folded results may carry no data size
+        auto computed = ByteSize(c.shape, *c.dtype);
+        if (computed.ok()) nbytes = *computed;
+      }
+      if (c.from_folded || c.type == "FoldedConstant") {
+        info.folded_nbytes += nbytes;
+      } else {
+        info.blob_nbytes += (nbytes + kConstAlignment - 1) / kConstAlignment * kConstAlignment;
+      }
+    }
+  }
+  info.blob_nbytes = std::max(info.blob_nbytes, info.constants_nbytes);
+}
+
 }  // namespace
 
 ModelPackage::~ModelPackage() = default;
@@ -149,6 +176,7 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
       if (!updatable) info.folded_constants.push_back(c.fqn.empty() ? c.name : c.fqn);
     }
   }
+  AccountConstantMemory(desc.wrapper ? &desc.wrapper->constants : nullptr, info);
   if (!desc.outputs_known) {
     // No pt2serve metadata (derived or declared signature): learn the outputs'
     // dtypes and shapes by running the model once or twice (output_probe.h).

@@ -153,7 +153,7 @@ Status ModelRegistry::Load(const ModelConfig& config, LoadOptions options) {
   Notify(snapshot);
 
   const auto start = std::chrono::steady_clock::now();
-  auto loaded = Model::Load(config);
+  auto loaded = Model::Load(config, staging_budget_);
   if (loaded.ok() && loaded_hook_) loaded_hook_(**loaded);
   const auto took = std::chrono::steady_clock::now() - start;
   {

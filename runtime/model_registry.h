@@ -35,6 +35,7 @@
 
 #include "common/status.h"
 #include "runtime/model.h"
+#include "runtime/staging_budget.h"
 
 namespace pt2serve {
 
@@ -101,7 +102,10 @@ class ModelRegistry {
   // Called after every state change, outside the registry's locks.
   using Observer = std::function<void(const ModelStatus&)>;
 
-  ModelRegistry() = default;
+  // `staging_budget`: the server-wide weight staging budget every loaded
+  // model's pushes draw from (null: none).
+  explicit ModelRegistry(std::shared_ptr<StagingBudget> staging_budget = nullptr)
+      : staging_budget_(std::move(staging_budget)) {}
   // Unloads everything still loaded.
   ~ModelRegistry();
 
@@ -113,6 +117,8 @@ class ModelRegistry {
   // Not thread-safe: set before the first Load.
   using LoadedHook = std::function<void(Model&)>;
   void SetLoadedHook(LoadedHook hook) { loaded_hook_ = std::move(hook); }
+  // The server-wide staging budget given at construction (null: none).
+  const StagingBudget* staging_budget() const { return staging_budget_.get(); }
 
   // Loads version `options.version` of a model (blocking) and makes it
   // READY. ALREADY_EXISTS when that version is loading or loaded; a FAILED
@@ -166,6 +172,7 @@ class ModelRegistry {
   // REQUIRES: entry.mu held.
   static ModelStatus SnapshotLocked(const Entry& entry);
 
+  const std::shared_ptr<StagingBudget> staging_budget_;
   mutable std::mutex mu_;
   std::map<std::string, Versions> entries_;  // guarded by mu_; no empty Versions
   std::mutex observers_mu_;

@@ -38,6 +38,14 @@ struct PackageInfo {
   std::map<std::string, std::string> metadata;
   std::vector<ConstantInfo> constants;  // sorted by fqn
   size_t constants_nbytes = 0;
+  // Memory ONE constant buffer of the container holds (per replica), derived
+  // from the package's constant table (the runtime exposes no sizes):
+  // `blob_nbytes` is the buffer's weight blob (every non-folded constant,
+  // updatable or not, each padded to AOTInductor's 64-byte alignment; at
+  // least constants_nbytes), `folded_nbytes` the constant-folded results
+  // the buffer holds once folded (separate allocations).
+  size_t blob_nbytes = 0;
+  size_t folded_nbytes = 0;
 };
 
 }  // namespace pt2serve

@@ -40,7 +40,9 @@ nlohmann::json PackageInfoToJson(const PackageInfo& info) {
           {"folded_constants", info.folded_constants},
           {"metadata", info.metadata},
           {"constants", constants},
-          {"constants_nbytes", info.constants_nbytes}};
+          {"constants_nbytes", info.constants_nbytes},
+          {"blob_nbytes", info.blob_nbytes},
+          {"folded_nbytes", info.folded_nbytes}};
 }
 
 StatusOr<PackageInfo> PackageInfoFromJson(const nlohmann::json& j) {
@@ -66,6 +68,8 @@ StatusOr<PackageInfo> PackageInfoFromJson(const nlohmann::json& j) {
       info.constants.push_back(std::move(ci));
     }
     info.constants_nbytes = j.at("constants_nbytes").get<size_t>();
+    info.blob_nbytes = j.at("blob_nbytes").get<size_t>();
+    info.folded_nbytes = j.at("folded_nbytes").get<size_t>();
     return info;
   } catch (const std::exception& e) {
     return Internal(std::string("malformed package info from worker: ") + e.what());

@@ -7,6 +7,7 @@
 #include "server/batching_convert.h"
 #include "server/inference_service.h"
 #include "server/logging.h"
+#include "server/memory_convert.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
 #include "server/update_reactor.h"
@@ -431,6 +432,7 @@ grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
   FillBuffer(st.active, pt2serve::v1::ACTIVE, response->mutable_active());
   FillBuffer(st.inactive, ToProto(st.inactive_state), response->mutable_inactive());
   response->set_bytes_in_use(st.bytes_in_use);
+  WeightsMemoryToProto(st, registry_.staging_budget(), response->mutable_memory());
   {
     std::lock_guard lock(errors_mu_);
     if (auto it = last_errors_.find(request->model()); it != last_errors_.end()) {

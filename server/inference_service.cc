@@ -4,6 +4,7 @@
 #include "server/batching_convert.h"
 
 #include "server/infer_reactor.h"
+#include "server/memory_convert.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
 
@@ -158,6 +159,8 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
     response->set_signature_source(info.signature_source);
     response->set_runtime_constant_folding(info.runtime_constant_folding);
     for (const auto& name : info.folded_constants) response->add_folded_constants(name);
+    WeightsMemoryToProto((*handle)->weights().status(), registry_.staging_budget(),
+                         response->mutable_weights_memory());
   }
   return FinishUnary(ctx, Status::Ok());
 }

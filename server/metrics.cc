@@ -11,7 +11,9 @@
 
 #include <exception>
 
+#include "common/process_memory.h"
 #include "devices/device_memory.h"
+#include "runtime/constant_buffer_manager.h"
 
 namespace pt2serve::server {
 namespace {
@@ -108,6 +110,19 @@ class StateCollector : public prometheus::Collectable {
     auto restarts = Family("pt2serve_model_restarts_total",
                            "Worker process restarts of a model with isolation: process",
                            MetricType::Counter);
+    auto weights_memory = Family(
+        "pt2serve_weights_memory_bytes",
+        "Memory a model's weights hold, by buffer (active, inactive, upload) and memory "
+        "(host, device); folded: the constant-folded part of a buffer",
+        MetricType::Gauge);
+    auto staging = Family("pt2serve_weights_staging_bytes",
+                          "Memory a model holds for weight staging (upload buffers + inactive "
+                          "buffer), counted against the staging budgets",
+                          MetricType::Gauge);
+    auto push_peak = Family("pt2serve_weights_push_peak_bytes",
+                            "During the last weight push to a model: the daemon's peak resident "
+                            "memory (process_rss) and its devices' peak used memory (device_used)",
+                            MetricType::Gauge);
     for (const ModelStatus& s : registry_.List()) {
       for (auto st : {ModelState::kLoading, ModelState::kReady, ModelState::kUnloading,
                       ModelState::kFailed, ModelState::kRestarting}) {
@@ -125,7 +140,41 @@ class StateCollector : public prometheus::Collectable {
       rejected.metric.push_back(Count({{"model", s.name}}, stats.rejected));
       expired.metric.push_back(Count({{"model", s.name}}, stats.expired));
       restarts.metric.push_back(Count({{"model", s.name}}, s.restarts));
+      const BufferStatus weights = (*handle)->weights().status();
+      auto buffer = [&](const char* name, const BufferMemory& m) {
+        weights_memory.metric.push_back(
+            Gauge({{"model", s.name}, {"buffer", name}, {"memory", "host"}}, m.host_bytes));
+        weights_memory.metric.push_back(
+            Gauge({{"model", s.name}, {"buffer", name}, {"memory", "device"}}, m.device_bytes));
+        weights_memory.metric.push_back(
+            Gauge({{"model", s.name}, {"buffer", name}, {"memory", "folded"}}, m.folded_bytes));
+      };
+      buffer("active", weights.active_memory);
+      buffer("inactive", weights.inactive_memory);
+      weights_memory.metric.push_back(Gauge(
+          {{"model", s.name}, {"buffer", "upload"}, {"memory", "host"}}, weights.upload_bytes));
+      staging.metric.push_back(Gauge({{"model", s.name}}, weights.staging_bytes));
+      if (!weights.last_push.version.empty()) {
+        push_peak.metric.push_back(Gauge({{"model", s.name}, {"memory", "process_rss"}},
+                                         weights.last_push.process_peak_rss));
+        push_peak.metric.push_back(Gauge({{"model", s.name}, {"memory", "device_used"}},
+                                         weights.last_push.device_peak_used));
+      }
     }
+    auto server_staging = Family("pt2serve_server_weights_staging_bytes",
+                                 "Weight staging memory held by all models (in_use) and "
+                                 "server.weights_staging_budget_bytes (budget; 0 = no limit)",
+                                 MetricType::Gauge);
+    if (const StagingBudget* budget = registry_.staging_budget()) {
+      server_staging.metric.push_back(Gauge({{"kind", "in_use"}}, budget->in_use()));
+      server_staging.metric.push_back(Gauge({{"kind", "budget"}}, budget->limit()));
+    }
+    auto process = Family("pt2serve_process_resident_memory_bytes",
+                          "The daemon's resident memory (VmRSS) now and its peak since start",
+                          MetricType::Gauge);
+    const ProcessMemory rss = ReadProcessMemory();
+    process.metric.push_back(Gauge({{"kind", "current"}}, rss.rss_bytes));
+    process.metric.push_back(Gauge({{"kind", "peak"}}, rss.peak_rss_bytes));
     auto memory = Family("pt2serve_device_memory_bytes",
                          "Accelerator memory held by the caching allocator, by device",
                          MetricType::Gauge);
@@ -133,7 +182,9 @@ class StateCollector : public prometheus::Collectable {
       memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "allocated"}}, m.allocated));
       memory.metric.push_back(Gauge({{"device", m.device}, {"kind", "reserved"}}, m.reserved));
     }
-    return {state, in_flight, queued, runners, version, rejected, expired, restarts, memory};
+    return {state,          in_flight,  queued,    runners, version,       rejected, expired,
+            restarts,       memory,     weights_memory, staging, push_peak, server_staging,
+            process};
   }
 
  private:

@@ -94,6 +94,7 @@ ModelConfig ToModelConfig(const ModelEntry& entry) {
   c.initial_weights_version = entry.weights_file.empty() ? entry.weights_version : "initial";
   c.signature = entry.signature;
   if (entry.dynamic_batching) c.batching = BatchingFromEntry(*entry.dynamic_batching);
+  c.weights_staging_budget_bytes = static_cast<size_t>(entry.weights_staging_budget_bytes);
   return c;
 }
 
@@ -109,7 +110,8 @@ StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
   }
   std::unique_ptr<Server> server(new Server);
   server->config_ = config;
-  server->registry_ = std::make_unique<ModelRegistry>();
+  server->registry_ = std::make_unique<ModelRegistry>(std::make_shared<StagingBudget>(
+      static_cast<size_t>(config.weights_staging_budget_bytes)));
   if (!faults.empty()) {
     Logger("server")->warn("FAULT INJECTION IS ON ({}={}): weight operations will fail on "
                            "purpose; for tests only, never in production",

@@ -12,6 +12,7 @@
 #include "runtime/model.h"
 #include "server/admin_service.h"
 #include "server/logging.h"
+#include "server/memory_convert.h"
 #include "server/status_mapping.h"
 #include "server/tensor_codec.h"
 
@@ -303,6 +304,7 @@ void UpdateReactor::CommitLocked() {
     response.set_tensors(static_cast<uint32_t>(model_->info().constants.size()));
     response.set_fold_time_us(
         std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+    PushMemoryToProto(st.last_push, response.mutable_memory());
     {
       grpc::ProtoBufferWriter writer(response_, grpc::kProtoBufferWriterMaxBufferLength,
                                      static_cast<int>(response.ByteSizeLong()));

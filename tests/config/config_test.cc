@@ -502,5 +502,28 @@ TEST_CASE("a repository model's config.yaml") {
   CHECK_THAT(error("num_runners: [\n"), Catch::Contains("invalid YAML"));
 }
 
+TEST_CASE("weight staging budgets: per model, server-wide, repository config") {
+  auto config = Parse("server: {weights_staging_budget_bytes: 1000000}\n" +
+                      Model("    weights_staging_budget_bytes: 4096\n"));
+  INFO(config.status().ToString());
+  REQUIRE(config.ok());
+  CHECK(config->weights_staging_budget_bytes == 1000000);
+  CHECK(config->models[0].weights_staging_budget_bytes == 4096);
+  auto defaults = Parse(Model(""));
+  REQUIRE(defaults.ok());
+  CHECK(defaults->weights_staging_budget_bytes == 0);  // no limit
+  CHECK(defaults->models[0].weights_staging_budget_bytes == 0);
+  ExpectError("server: {weights_staging_budget_bytes: -1}\n",
+              {"server.weights_staging_budget_bytes", "must be >= 0", "got -1"});
+  ExpectError(Model("    weights_staging_budget_bytes: -5\n"),
+              {"models[0].weights_staging_budget_bytes", "must be >= 0"});
+  ExpectError(Model("    weights_staging_budget_bytes: lots\n"),
+              {"models[0].weights_staging_budget_bytes", "integer"});
+  auto repo = ParseRepositoryModelConfig("weights_staging_budget_bytes: 123\n", "c", "m");
+  INFO(repo.status().ToString());
+  REQUIRE(repo.ok());
+  CHECK(repo->entry.weights_staging_budget_bytes == 123);
+}
+
 }  // namespace
 }  // namespace pt2serve

@@ -373,9 +373,14 @@ def test_pt2serve_inference_service(pt2serve_v1):
                       "num_runners", "max_queue_size", "weights_version", "package_path",
                       "constants", "constants_bytes", "cpu_threads", "signature_source",
                       "runtime_constant_folding", "folded_constants", "isolation", "restarts",
-                      "dynamic_batching"}
+                      "dynamic_batching", "weights_memory"}
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["cpu_threads"].number == 14
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["dynamic_batching"].number == 20
+    assert inf.ModelInfo.DESCRIPTOR.fields_by_name["weights_memory"].number == 21
+    assert {(f.name, f.number) for f in inf.BufferMemory.DESCRIPTOR.fields} == {
+        ("host_bytes", 1), ("device_bytes", 2), ("folded_bytes", 3)}
+    assert len(inf.PushMemory.DESCRIPTOR.fields) == 8
+    assert len(inf.WeightsMemory.DESCRIPTOR.fields) == 10
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["isolation"].number == 18
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["restarts"].number == 19
     assert {(f.name, f.number) for f in inf.TensorSpec.DESCRIPTOR.fields} == {
@@ -428,6 +433,8 @@ def test_pt2serve_admin_service(pt2serve_v1):
     status.active.updated_at.GetCurrentTime()
     back = adm.ConstantBufferStatus.FromString(status.SerializeToString())
     assert back.inactive.state == adm.PREVIOUS and back.active.updated_at.seconds > 0
+    assert adm.ConstantBufferStatus.DESCRIPTOR.fields_by_name["memory"].number == 7
+    assert adm.UpdateConstantBufferResponse.DESCRIPTOR.fields_by_name["memory"].number == 6
 
 
 def test_pt2serve_stubs_serve(pt2serve_v1):

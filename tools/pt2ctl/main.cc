@@ -131,6 +131,18 @@ std::string Micros(int64_t us) {
   return buf;
 }
 
+// "reserved 24 KiB; daemon RSS 300 MiB -> peak 310 MiB[; device used A -> peak B]"
+std::string PushMemoryLine(const v1::PushMemory& m) {
+  std::string line = "reserved " + FormatBytes(m.staging_bytes()) + "; daemon RSS " +
+                     FormatBytes(m.process_rss_before_bytes()) + " -> peak " +
+                     FormatBytes(m.process_peak_rss_bytes());
+  if (m.device_peak_used_bytes() != 0) {
+    line += "; device used " + FormatBytes(m.device_used_before_bytes()) + " -> peak " +
+            FormatBytes(m.device_peak_used_bytes());
+  }
+  return line;
+}
+
 std::string SwapLine(const char* verb, const v1::SwapResponse& r) {
   return std::string(verb) + " " + r.model() + ": active '" + r.active_version() +
          "' (previous '" + r.previous_version() + "'), swap took " + Micros(r.swap_time_us());
@@ -371,6 +383,7 @@ std::string PushLine(const PushArgs& a, const PushResult& r) {
   line += "; staged " + FormatBytes(resp.staged_bytes()) + " (" +
           std::to_string(resp.tensors()) + " tensors, staging " + Micros(resp.fold_time_us()) +
           ")";
+  if (resp.has_memory()) line += "; " + PushMemoryLine(resp.memory());
   line += r.sha256.empty() ? "; no sha256" : "; sha256 " + r.sha256.substr(0, 12);
   return line;
 }
@@ -459,15 +472,34 @@ int WeightsStatus(const Globals& g, const std::string& model) {
   }
   std::printf("model %s: %s in use\n", response.model().c_str(),
               FormatBytes(response.bytes_in_use()).c_str());
-  Table table({"BUFFER", "STATE", "VERSION", "BYTES", "SHA256", "SOURCE", "UPDATED"});
-  auto add = [&](const char* which, const v1::BufferInfo& b) {
+  // BYTES: weight data; HOST / DEVICE: what the buffer holds in all (blob +
+  // constant-folded results, FOLDED of it).
+  Table table({"BUFFER", "STATE", "VERSION", "BYTES", "HOST", "DEVICE", "FOLDED", "SHA256",
+               "SOURCE", "UPDATED"});
+  const v1::WeightsMemory& mem = response.memory();
+  auto add = [&](const char* which, const v1::BufferInfo& b, const v1::BufferMemory& m) {
     table.AddRow({which, std::string(StateName(b.state())), Or(b.version()),
-                  FormatBytes(b.bytes()), Or(b.sha256().substr(0, 12)), Or(b.source()),
-                  FormatTime(b.updated_at())});
+                  FormatBytes(b.bytes()), FormatBytes(m.host_bytes()),
+                  FormatBytes(m.device_bytes()), FormatBytes(m.folded_bytes()),
+                  Or(b.sha256().substr(0, 12)), Or(b.source()), FormatTime(b.updated_at())});
   };
-  add("active", response.active());
-  add("inactive", response.inactive());
+  add("active", response.active(), mem.active());
+  add("inactive", response.inactive(), mem.inactive());
   std::fputs(table.ToString().c_str(), stdout);
+  auto budget = [](uint64_t limit) { return limit ? FormatBytes(limit) : std::string("none"); };
+  std::printf("staging: %s held (upload buffers %s); model budget %s; server %s held, budget %s\n",
+              FormatBytes(mem.staging_bytes()).c_str(), FormatBytes(mem.upload_bytes()).c_str(),
+              budget(mem.staging_budget_bytes()).c_str(),
+              FormatBytes(mem.server_staging_bytes()).c_str(),
+              budget(mem.server_staging_budget_bytes()).c_str());
+  std::printf("process: RSS %s, peak %s\n", FormatBytes(mem.process_rss_bytes()).c_str(),
+              FormatBytes(mem.process_peak_rss_bytes()).c_str());
+  if (!mem.last_push().version().empty()) {
+    std::printf("last push '%s' (%s, %s): %s\n", mem.last_push().version().c_str(),
+                mem.last_push().ok() ? "staged" : "failed",
+                FormatTime(mem.last_push().finished_at()).c_str(),
+                PushMemoryLine(mem.last_push()).c_str());
+  }
   if (!response.last_error().empty()) {
     std::printf("last error (%s): %s\n", FormatTime(response.last_error_at()).c_str(),
                 response.last_error().c_str());
