@@ -74,7 +74,9 @@ std::optional<ChunkLayout> ScanChunk(grpc::ByteBuffer& raw) {
       return std::nullopt;
     }
   }
-  if (in.BytesUntilLimit() != 0) return std::nullopt;  // a malformed field inside
+  // The loop also ends on a literal tag 0, which protobuf refuses (found by
+  // fuzzing): the chunk must end exactly at its length, on no tag.
+  if (in.BytesUntilLimit() != 0 || !in.ConsumedEntireMessage()) return std::nullopt;
   in.PopLimit(limit);
   if (in.ReadTag() != 0 || !in.ConsumedEntireMessage()) return std::nullopt;
   return chunk;
