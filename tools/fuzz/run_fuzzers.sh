@@ -49,7 +49,7 @@ fuzz_one() {
   local t=$1
   mkdir -p "$DIR/corpus/$t"
   # New inputs go to the first corpus dir (build-fuzz/), never to the seeds.
-  nice "$DIR/tests/fuzz/${t}_fuzz" "$DIR/corpus/$t" "tests/fuzz/corpus/$t" \
+  nice -n 19 "$DIR/tests/fuzz/${t}_fuzz" "$DIR/corpus/$t" "tests/fuzz/corpus/$t" \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
     -print_final_stats=1 -artifact_prefix="$DIR/artifacts/$t-" \
     >"$DIR/logs/$t.log" 2>&1 || true
