@@ -1,5 +1,7 @@
 #include "server/upload_codec.h"
 
+#include <climits>
+
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/stubs/common.h>
 #include <google/protobuf/wire_format_lite.h>
@@ -15,6 +17,26 @@ using google::protobuf::internal::WireFormatLite;
 
 constexpr uint32_t Tag(int field, WireFormatLite::WireType type) {
   return (static_cast<uint32_t>(field) << 3) | static_cast<uint32_t>(type);
+}
+
+// Protobuf's parser reads a length prefix in at most 5 bytes and refuses one
+// of 2 GiB or more (less its 16 bytes of slop); ReadVarint32 alone takes up to
+// 10 bytes and truncates. Found by fuzzing: a 6-byte prefix passed the scan.
+bool ReadSize(CodedInputStream& in, uint32_t& size) {
+  const int start = in.CurrentPosition();
+  uint64_t value = 0;
+  if (!in.ReadVarint64(&value)) return false;
+  if (in.CurrentPosition() - start > 5 || value > uint64_t{INT_MAX} - 16) return false;
+  size = static_cast<uint32_t>(value);
+  return true;
+}
+
+// ReadTag, but 0 (not a chunk) for a tag longer than the 5 bytes protobuf's
+// parser accepts.
+uint32_t ReadTag(CodedInputStream& in) {
+  const int start = in.CurrentPosition();
+  const uint32_t tag = in.ReadTag();
+  return in.CurrentPosition() - start > 5 ? 0 : tag;
 }
 
 }  // namespace
@@ -47,11 +69,11 @@ std::optional<ChunkLayout> ScanChunk(grpc::ByteBuffer& raw) {
   grpc::ProtoBufferReader reader(&raw);
   CodedInputStream in(&reader);
   uint32_t length = 0;
-  if (in.ReadTag() != Tag(2, kBytes) || !in.ReadVarint32(&length)) return std::nullopt;
+  if (ReadTag(in) != Tag(2, kBytes) || !ReadSize(in, length)) return std::nullopt;
   const auto limit = in.PushLimit(static_cast<int>(length));
   ChunkLayout chunk;
   bool name = false, offset = false, data = false;
-  while (const uint32_t tag = in.ReadTag()) {
+  while (const uint32_t tag = ReadTag(in)) {
     if (tag == Tag(1, kBytes) && !name) {
       if (!WireFormatLite::ReadString(&in, &chunk.name)) return std::nullopt;
       // TensorChunk.name is a proto3 string: protobuf refuses a message whose
@@ -66,7 +88,7 @@ std::optional<ChunkLayout> ScanChunk(grpc::ByteBuffer& raw) {
       if (!in.ReadVarint64(&chunk.offset)) return std::nullopt;
       offset = true;
     } else if (tag == Tag(3, kBytes) && !data) {
-      if (!in.ReadVarint32(&chunk.data_size)) return std::nullopt;
+      if (!ReadSize(in, chunk.data_size)) return std::nullopt;
       chunk.data_at = in.CurrentPosition();
       if (!in.Skip(static_cast<int>(chunk.data_size))) return std::nullopt;
       data = true;
