@@ -8,7 +8,8 @@
 #   scripts/sanitizers.sh [asan|tsan|all] [CTEST_REGEX]
 #
 # CTEST_REGEX narrows the ctest tests run (default: every test of those
-# binaries). Needs scripts/setup.sh to have run (the .venv with torch and the
+# binaries); PT2SERVE_ASAN_TARGETS / PT2SERVE_TSAN_TARGETS narrow what is
+# built. Needs scripts/setup.sh to have run (the .venv with torch and the
 # zoo packages); it runs it when build/env.sh is missing. Exit status is
 # non-zero if a build failed, a test failed or a sanitizer reported anything.
 # Times and findings: docs/sanitizers.md.
@@ -76,10 +77,10 @@ run_tree() {  # run_tree NAME SANITIZER TARGETS REGEX
 }
 
 if [[ $which == asan || $which == all ]]; then
-  run_tree asan address "runtime_test common_test config_test" \
+  run_tree asan address "${PT2SERVE_ASAN_TARGETS:-runtime_test common_test config_test}" \
     "${filter:-^(make_fixture_packages|(runtime_test|common_test|config_test):.*)\$}"
 fi
 if [[ $which == tsan || $which == all ]]; then
-  run_tree tsan thread "runtime_test" "${filter:-^(make_fixture_packages|runtime_test:.*)\$}"
+  run_tree tsan thread "${PT2SERVE_TSAN_TARGETS:-runtime_test}" "${filter:-^(make_fixture_packages|runtime_test:.*)\$}"
 fi
 exit $status
