@@ -129,8 +129,18 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t s
         }
       }
       if (!known) return InvalidArgument("tensor '" + name + "': unsupported dtype " + code);
-      for (const auto& d : entry.at("shape")) t.shape.push_back(d.get<int64_t>());
+      // Integers only: nlohmann's get<>() casts a float to an integer type,
+      // which is undefined behaviour when it is out of range (found by fuzzing).
+      for (const auto& d : entry.at("shape")) {
+        if (!d.is_number_integer()) {
+          return InvalidArgument("tensor '" + name + "': shape entries must be integers");
+        }
+        t.shape.push_back(d.get<int64_t>());
+      }
       const auto& offsets = entry.at("data_offsets");
+      if (!offsets.at(0).is_number_unsigned() || !offsets.at(1).is_number_unsigned()) {
+        return InvalidArgument("tensor '" + name + "': data_offsets must be non-negative integers");
+      }
       const uint64_t begin = offsets.at(0).get<uint64_t>();
       const uint64_t end = offsets.at(1).get<uint64_t>();
       if (begin > end || end > block_size) {

@@ -41,13 +41,26 @@ StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
                            j["dtype"].get<std::string>());
   }
   spec.dtype = *dtype;
-  for (const auto& d : j["shape"]) spec.shape.push_back(d.get<int64_t>());
+  // Integers only: nlohmann's get<int64_t>() casts a float, which is
+  // undefined behaviour when it is out of range (found by fuzzing).
+  for (const auto& d : j["shape"]) {
+    if (!d.is_number_integer()) {
+      return InvalidArgument("tensor '" + spec.name + "': shape entries must be integers");
+    }
+    spec.shape.push_back(d.get<int64_t>());
+  }
   if (j.contains("dims")) {
     const auto& dims = j["dims"];
     if (!dims.is_array() || dims.size() != spec.shape.size()) {
       return InvalidArgument("tensor '" + spec.name + "': 'dims' needs one entry per dim");
     }
     for (const auto& d : dims) {
+      for (const char* key : {"min", "max"}) {
+        if (d.is_object() && d.contains(key) && !d[key].is_null() && !d[key].is_number_integer()) {
+          return InvalidArgument("tensor '" + spec.name + "': dims " + key +
+                                 " must be an integer");
+        }
+      }
       DimRange r;
       r.min = d.value("min", int64_t{0});
       r.max = d.contains("max") && !d["max"].is_null() ? d["max"].get<int64_t>()

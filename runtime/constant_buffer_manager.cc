@@ -5,8 +5,6 @@
 #include <cstring>
 #include <iterator>
 #include <new>
-#include <optional>
-#include <set>
 #include <unordered_map>
 #include <utility>
 
@@ -22,92 +20,7 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 using SystemClock = std::chrono::system_clock;
 
-// Longest problem list quoted in one message; the count always covers all.
-// A gRPC status message travels in a trailer of limited size.
-constexpr size_t kMaxListedProblems = 32;
-
-// One tensor offered for a constant: a Tensor (with data) or an announced
-// TensorSpec (no data yet, nbytes unknown).
-struct Offered {
-  std::string_view name;
-  DType dtype;
-  const Shape* shape;
-  std::optional<size_t> nbytes;
-};
-
 std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
-
-// Appends every mismatch between `offered` and the package's constants:
-// missing FQNs (in FQN order) first, then per offered tensor in the order
-// given: unknown, duplicate, dtype, shape, data size.
-void FindProblems(const std::vector<ConstantInfo>& constants, const std::vector<Offered>& offered,
-                  std::vector<std::string>& problems) {
-  std::map<std::string_view, int> count;
-  for (const Offered& o : offered) ++count[o.name];
-  for (const ConstantInfo& c : constants) {
-    if (!count.contains(c.fqn)) problems.push_back("missing " + Quoted(c.fqn));
-  }
-  std::map<std::string_view, const ConstantInfo*> by_fqn;
-  for (const ConstantInfo& c : constants) by_fqn[c.fqn] = &c;
-  std::set<std::string_view> reported_duplicates;
-  for (const Offered& o : offered) {
-    auto it = by_fqn.find(o.name);
-    if (it == by_fqn.end()) {
-      problems.push_back("unknown " + Quoted(o.name) +
-                         " (not an updatable constant of this package; GetModel lists them)");
-      continue;
-    }
-    if (count[o.name] > 1) {
-      if (reported_duplicates.insert(o.name).second) {
-        problems.push_back(Quoted(o.name) + " given " + std::to_string(count[o.name]) +
-                           " times");
-      }
-      continue;
-    }
-    const ConstantInfo& c = *it->second;
-    bool layout_ok = true;
-    if (o.dtype != c.dtype) {
-      problems.push_back(Quoted(o.name) + " has dtype " + std::string(DTypeName(o.dtype)) +
-                         ", expected " + std::string(DTypeName(c.dtype)));
-      layout_ok = false;
-    }
-    if (*o.shape != c.shape) {
-      problems.push_back(Quoted(o.name) + " has shape " + ShapeToString(*o.shape) +
-                         ", expected " + ShapeToString(c.shape));
-      layout_ok = false;
-    }
-    if (layout_ok && o.nbytes && *o.nbytes != c.nbytes) {
-      problems.push_back(Quoted(o.name) + " has " + std::to_string(*o.nbytes) +
-                         " bytes of data, expected " + std::to_string(c.nbytes));
-    }
-  }
-}
-
-void CheckOptions(const StageOptions& options, std::vector<std::string>& problems) {
-  if (options.version.empty()) problems.push_back("no version label given");
-  if (options.sha256_follows && !options.sha256.empty()) {
-    problems.push_back("a sha256 was given up front and announced to follow the data");
-  }
-  if (!options.sha256.empty() && !Sha256::IsHexDigest(options.sha256)) {
-    problems.push_back("sha256 " + Quoted(options.sha256) + " is not 64 hex digits");
-  }
-}
-
-// "3 problems with the weights for model 'mlp': missing 'fc2.bias'; ..."
-Status ProblemsStatus(const std::string& model, const std::vector<std::string>& problems) {
-  std::string msg = std::to_string(problems.size()) +
-                    (problems.size() == 1 ? " problem" : " problems") +
-                    " with the weights for model '" + model + "': ";
-  const size_t listed = std::min(problems.size(), kMaxListedProblems);
-  for (size_t i = 0; i < listed; ++i) {
-    if (i) msg += "; ";
-    msg += problems[i];
-  }
-  if (listed < problems.size()) {
-    msg += "; ... and " + std::to_string(problems.size() - listed) + " more";
-  }
-  return InvalidArgument(std::move(msg));
-}
 
 std::string ToLower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -323,12 +236,10 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
     if (probe) probe->Sample();
   };
   const PackageInfo& info = model_.info();
-  std::vector<std::string> problems;
-  CheckOptions(options, problems);
-  std::vector<Offered> offered;
+  std::vector<OfferedTensor> offered;
   offered.reserve(tensors.size());
   for (const Tensor& t : tensors) offered.push_back({t.name, t.dtype, &t.shape, t.nbytes});
-  FindProblems(info.constants, offered, problems);
+  const std::vector<std::string> problems = WeightSetProblems(info.constants, offered, options);
   if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
 
 
@@ -604,14 +515,13 @@ BufferStatus ConstantBufferManager::status() const {
 StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     std::vector<TensorSpec> tensors, StageOptions options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
-  std::vector<std::string> problems;
-  CheckOptions(options, problems);
-  std::vector<Offered> offered;
+  std::vector<OfferedTensor> offered;
   offered.reserve(tensors.size());
   for (const TensorSpec& t : tensors) {
     offered.push_back({t.name, t.dtype, &t.shape, std::nullopt});
   }
-  FindProblems(model_.info().constants, offered, problems);
+  const std::vector<std::string> problems =
+      WeightSetProblems(model_.info().constants, offered, options);
   auto probe = std::make_unique<PushProbe>(model_.device_specs());
   // Refused pushes are recorded too (last_push says what they asked for).
   auto refuse = [&](Status error) -> Status {

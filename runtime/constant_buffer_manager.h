@@ -90,28 +90,13 @@
 #include "common/status.h"
 #include "common/tensor.h"
 #include "runtime/staging_budget.h"
+#include "runtime/weight_set_check.h"  // StageOptions
 
 namespace pt2serve {
 
 class Model;
 class UploadSession;
 class PushProbe;
-
-struct StageOptions {
-  // Label reported as the weights version once this set is active. Required.
-  std::string version;
-  // Optional lower- or upper-case hex SHA-256. StageFromFile checks it against
-  // the file's bytes, UploadSession::Commit against the uploaded chunks (in
-  // arrival order); Stage only records it.
-  std::string sha256;
-  // BeginUpload only: the expected SHA-256 arrives after the data
-  // (UploadSession::ExpectSha256), so the chunks are hashed while they come
-  // in. Excludes `sha256`.
-  bool sha256_follows = false;
-  // Free text for status(): a path, a URL, a training job. StageFromFile
-  // defaults it to the path.
-  std::string source;
-};
 
 enum class InactiveState { kEmpty, kStaged, kPrevious };
 // "EMPTY", "STAGED", "PREVIOUS".

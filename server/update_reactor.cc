@@ -1,11 +1,8 @@
 #include "server/update_reactor.h"
 
 #include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/wire_format_lite.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
-
-#include <optional>
 
 #include "common/limits.h"
 
@@ -14,60 +11,12 @@
 #include "server/logging.h"
 #include "server/memory_convert.h"
 #include "server/status_mapping.h"
-#include "server/tensor_codec.h"
+#include "server/upload_codec.h"
 
 namespace pt2serve::server {
 namespace {
 
 using google::protobuf::io::CodedInputStream;
-using google::protobuf::internal::WireFormatLite;
-
-// Where the fields of a chunk lie in a raw UpdateConstantBufferRequest.
-struct ChunkLayout {
-  std::string name;
-  uint64_t offset = 0;
-  int data_at = 0;  // byte position of TensorChunk.data in the message
-  uint32_t data_size = 0;
-};
-
-constexpr uint32_t Tag(int field, WireFormatLite::WireType type) {
-  return (static_cast<uint32_t>(field) << 3) | static_cast<uint32_t>(type);
-}
-
-// Scans `raw` without copying TensorChunk.data: succeeds for a message that
-// is exactly one `chunk` field with name, offset and data at most once each
-// (what every protobuf library writes). nullopt for anything else, which the
-// caller then parses the ordinary way (and so gets protobuf's exact rules).
-std::optional<ChunkLayout> ScanChunk(grpc::ByteBuffer& raw) {
-  constexpr auto kBytes = WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
-  grpc::ProtoBufferReader reader(&raw);
-  CodedInputStream in(&reader);
-  uint32_t length = 0;
-  if (in.ReadTag() != Tag(2, kBytes) || !in.ReadVarint32(&length)) return std::nullopt;
-  const auto limit = in.PushLimit(static_cast<int>(length));
-  ChunkLayout chunk;
-  bool name = false, offset = false, data = false;
-  while (const uint32_t tag = in.ReadTag()) {
-    if (tag == Tag(1, kBytes) && !name) {
-      if (!WireFormatLite::ReadString(&in, &chunk.name)) return std::nullopt;
-      name = true;
-    } else if (tag == Tag(2, WireFormatLite::WIRETYPE_VARINT) && !offset) {
-      if (!in.ReadVarint64(&chunk.offset)) return std::nullopt;
-      offset = true;
-    } else if (tag == Tag(3, kBytes) && !data) {
-      if (!in.ReadVarint32(&chunk.data_size)) return std::nullopt;
-      chunk.data_at = in.CurrentPosition();
-      if (!in.Skip(static_cast<int>(chunk.data_size))) return std::nullopt;
-      data = true;
-    } else {
-      return std::nullopt;
-    }
-  }
-  if (in.BytesUntilLimit() != 0) return std::nullopt;  // a malformed field inside
-  in.PopLimit(limit);
-  if (in.ReadTag() != 0 || !in.ConsumedEntireMessage()) return std::nullopt;
-  return chunk;
-}
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -243,25 +192,7 @@ Status UpdateReactor::OnHeader(const pt2serve::v1::UpdateHeader& header) {
       return Status::Ok();
     }
     case pt2serve::v1::UpdateHeader::kTensors: {
-      std::vector<TensorSpec> specs;
-      for (const auto& entry : header.tensors().entries()) {
-        TensorSpec spec;
-        spec.name = entry.name();
-        auto dtype = FromProtoDType(entry.dtype());
-        if (!dtype.ok()) return dtype.status().WithPrefix("tensor '" + entry.name() + "'");
-        spec.dtype = *dtype;
-        spec.shape.assign(entry.shape().begin(), entry.shape().end());
-        auto size = ByteSize(spec.shape, spec.dtype);
-        if (!size.ok()) return size.status().WithPrefix("tensor '" + entry.name() + "'");
-        const uint64_t expected = *size;
-        if (entry.byte_size() != expected) {
-          return InvalidArgument("tensor '" + entry.name() + "': byte_size " +
-                                 std::to_string(entry.byte_size()) + " does not match shape " +
-                                 ShapeToString(spec.shape) + " (" + std::to_string(expected) +
-                                 " bytes)");
-        }
-        specs.push_back(std::move(spec));
-      }
+      PT2_ASSIGN_OR_RETURN(std::vector<TensorSpec> specs, ManifestSpecs(header.tensors()));
       options_.source = "stream";
       PT2_ASSIGN_OR_RETURN(session_, model_->weights().BeginUpload(std::move(specs), options_));
       return Status::Ok();

@@ -54,6 +54,13 @@ TEST_CASE("malformed files are rejected with the reason", "[safetensors]") {
              Catch::Contains("do not match shape"));
   CHECK(SafetensorsFile::Open("/nonexistent.safetensors").status().code() ==
         StatusCode::kNotFound);
+  // Fuzz finding: floats were cast to integers (undefined behaviour when out of range).
+  CHECK_THAT(ParseString(Build(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", 4))
+                 .status().message(),
+             Catch::Contains("shape entries must be integers"));
+  CHECK_THAT(ParseString(Build(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1e40]}})", 4))
+                 .status().message(),
+             Catch::Contains("data_offsets must be non-negative integers"));
 }
 
 TEST_CASE("reads the exporter's weight files", "[safetensors]") {

@@ -39,6 +39,13 @@ TEST_CASE("signature JSON parses and rejects malformed input", "[tensor]") {
   auto bad_shape = Signature::FromJson(
       R"({"inputs":[{"name":"x","dtype":"float32","shape":"oops"}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
   CHECK(bad_shape.status().code() == StatusCode::kInvalidArgument);
+  // Fuzz finding: floats were cast to integers (undefined behaviour when out of range).
+  auto float_dim = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"float32","shape":[2.5]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
+  CHECK_THAT(float_dim.status().message(), Catch::Contains("shape entries must be integers"));
+  auto float_max = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1],"dims":[{"min":1,"max":1e90}]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
+  CHECK_THAT(float_max.status().message(), Catch::Contains("dims max must be an integer"));
 }
 
 TEST_CASE("ValidateAgainstSpec names the tensor and the problem", "[tensor]") {

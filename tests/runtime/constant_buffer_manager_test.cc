@@ -627,17 +627,24 @@ namespace {
 // Holds runner slots of `model` with gated work submitted straight to its
 // pool (as long-running requests would), until Release().
 struct RunnerHold {
-  RunnerHold(Model& model, size_t runners) {
+  RunnerHold(Model& model, size_t runners) : submitted(static_cast<int>(runners)) {
     for (size_t i = 0; i < runners; ++i) {
       model.pool().Submit([this](size_t) { return opened.wait(), Status::Ok(); },
                           kNoDeadline, [this](const Status&, const RequestTiming&) { ++done; });
     }
     while (model.pool().stats().in_flight < runners) std::this_thread::sleep_for(1ms);
   }
-  ~RunnerHold() { Release(); }
+  // The held work refers to this object: it must have finished (its
+  // completion ran) before the members go (TSan found the pool's threads
+  // still inside opened.wait() while the promise was destroyed).
+  ~RunnerHold() {
+    Release();
+    while (done.load() < submitted) std::this_thread::sleep_for(1ms);
+  }
   void Release() {
     if (!released.exchange(true)) gate.set_value();
   }
+  const int submitted;
   std::promise<void> gate;
   std::shared_future<void> opened = gate.get_future().share();
   std::atomic<bool> released{false};
@@ -663,9 +670,10 @@ TEST_CASE("a push while the request queue is full waits for a runner instead of 
 
   RunnerHold hold(model, 1);
   std::promise<Status> staged;
-  std::thread pusher([&] {
-    staged.set_value(weights.Stage(WeightsFile("mlp.seed8.weights.safetensors"), Version("seed8")));
-  });
+  // Read here: WeightsFile REQUIREs, and Catch2 assertions are for the test's
+  // own thread only (TSan found the race).
+  const std::vector<Tensor> seed8 = WeightsFile("mlp.seed8.weights.safetensors");
+  std::thread pusher([&] { staged.set_value(weights.Stage(seed8, Version("seed8"))); });
   auto result = staged.get_future();
   // The fold waits for the runner (it is busy) rather than being refused.
   CHECK(result.wait_for(200ms) == std::future_status::timeout);

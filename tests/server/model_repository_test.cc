@@ -212,8 +212,10 @@ TEST_CASE("a failed repository load leaves no entry and is retried when the file
   const std::string root = testing::TempDir();
   fs::create_directories(root + "/bad");
   std::ofstream(root + "/bad/model.pt2") << "not a zip";
-  ModelRegistry registry;
+  // Declared before the registry, whose destructor unloads "bad" and
+  // notifies the observer.
   int failed_events = 0;
+  ModelRegistry registry;
   registry.AddObserver(
       [&](const ModelStatus& s) { failed_events += s.state == ModelState::kFailed; });
   ModelRepository repo(registry, Options(root, "all"));
