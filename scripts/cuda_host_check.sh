@@ -17,6 +17,8 @@
 #                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
 #   scripts/cuda_host_check.sh soak     # build; tools/bench/soak.py on the CUDA zoo
 #                                       # (SOAK_CYCLES, default 1000; SOAK_MODELS)
+#   scripts/cuda_host_check.sh memory   # build; weights memory accounting of big_mlp on CUDA
+#                                       # (pt2ctl weights status after each step, as JSON)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -330,6 +332,31 @@ WRAP
         --pt2ctl "$BUILD/tools/pt2ctl/pt2ctl" --json "$OUT/soak-cuda.json" ${SOAK_ARGS:-} \
         >"$OUT/soak-cuda.log" 2>&1 || rc=1
       tail -n 40 "$OUT/soak-cuda.log" | tee -a "$OUT/steps.log"
+    fi ;;
+  memory)  # issue 11 part 3: what weights status reports on the GPU at each step of a push
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
+        || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
+      tok=/tmp/mem.token; echo memtoken > $tok; chmod 600 $tok
+      "$BUILD/server/pt2serve" -m "big_mlp=$CUDA_DIR/big_mlp.pt2" --inference-address 127.0.0.1:18101 \
+        --admin-address 127.0.0.1:18102 --metrics-address '' --admin-token-file $tok >"$LOGS/mem-daemon.log" 2>&1 &
+      dpid=$!
+      for i in $(seq 300); do grep -q listening "$LOGS/mem-daemon.log" && break; sleep 0.2; done
+      ctl() { "$BUILD/tools/pt2ctl/pt2ctl" --admin-address 127.0.0.1:18102 --token-file $tok --json "$@"; }
+      {
+        echo "== serving"; ctl weights status big_mlp
+        echo "== push (staged)"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v2
+        echo "== staged"; ctl weights status big_mlp
+        echo "== swap"; ctl weights swap big_mlp v2 >/dev/null; ctl weights status big_mlp
+        echo "== free-inactive"; ctl weights free-inactive big_mlp >/dev/null; ctl weights status big_mlp
+        echo "== push after free"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v3
+        echo "== staged after free"; ctl weights status big_mlp
+      } >"$OUT/memory-cuda.log" 2>&1 || rc=1
+      nvidia-smi --query-gpu=memory.used --format=csv >>"$OUT/memory-cuda.log" 2>&1
+      kill -TERM $dpid; wait $dpid
+      log "memory stage done (memory-cuda.log)"
     fi ;;
   quick-latency)
     do_build || rc=1
