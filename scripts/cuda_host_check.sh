@@ -349,7 +349,7 @@ WRAP
         echo "== serving"; ctl weights status big_mlp
         echo "== push (staged)"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v2
         echo "== staged"; ctl weights status big_mlp
-        echo "== swap"; ctl weights swap big_mlp v2 >/dev/null; ctl weights status big_mlp
+        echo "== swap"; ctl weights swap big_mlp --expect v2 >/dev/null; ctl weights status big_mlp
         echo "== free-inactive"; ctl weights free-inactive big_mlp >/dev/null; ctl weights status big_mlp
         echo "== push after free"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v3
         echo "== staged after free"; ctl weights status big_mlp
