@@ -345,6 +345,8 @@ WRAP
       dpid=$!
       for i in $(seq 300); do grep -q listening "$LOGS/mem-daemon.log" && break; sleep 0.2; done
       ctl() { "$BUILD/tools/pt2ctl/pt2ctl" --admin-address 127.0.0.1:18102 --token-file $tok --json "$@"; }
+      # "listening" comes before the model is READY: wait for weights status to answer.
+      for i in $(seq 120); do ctl weights status big_mlp >/dev/null 2>&1 && break; sleep 0.5; done
       {
         echo "== serving"; ctl weights status big_mlp
         echo "== push (staged)"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v2
