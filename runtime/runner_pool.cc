@@ -320,12 +320,13 @@ RunnerPool::Ticket RunnerPool::Submit(Work work, Deadline deadline, Done done) {
 }
 
 RunnerPool::Ticket RunnerPool::SubmitOrRunHere(Work work, Deadline deadline, Done done) {
+  const auto submitted = Clock::now();
   size_t runner = 0;
   if (!TryTakeFast(&runner)) return Submit(std::move(work), deadline, std::move(done));
   if (options_.thread_init) options_.thread_init();
-  const auto admitted = Clock::now();
+  const auto admitted = Clock::now();  // queue time: taking the runner, thread settings
   Status result = RunGuarded([&] { return work(runner); });
-  const RequestTiming timing{std::chrono::nanoseconds{0}, Clock::now() - admitted};
+  const RequestTiming timing{admitted - submitted, Clock::now() - admitted};
   ReleaseRunner(runner, &timing, result.ok());
   done(result, timing);
   return 0;

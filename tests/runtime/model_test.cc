@@ -165,23 +165,20 @@ TEST_CASE("a short CPU model's async requests run on the caller once its cost is
   // Once the running mean of its cost is known to be short (mlp takes
   // microseconds; the first calls may be slow while caches warm up), a call
   // that finds a runner free completes on the calling thread, before
-  // InferAsync returns, with the right result.
+  // InferAsync returns (ticket 0), with the right result. On a loaded machine
+  // the mean can drift above the limit again, sending a call back through
+  // the pool: each call must be one or the other, consistently.
   RunnerPool::Ticket ticket = 1;
-  int warmup = 0;
-  for (; warmup < 200; ++warmup) {
+  int here = 0;
+  for (int i = 0; i < 200; ++i) {
     auto [ran_on, good] = call_once(&ticket);
     CHECK(good);
-    if (ran_on == caller) break;
+    CHECK((ticket == 0) == (ran_on == caller));
+    if (ran_on == caller) ++here;
   }
-  INFO("calls before the first one on the caller: " << warmup);
-  REQUIRE(warmup < 200);
-  for (int i = 0; i < 5; ++i) {
-    auto [ran_on, good] = call_once(&ticket);
-    CHECK(ticket == 0);
-    CHECK(ran_on == caller);
-    CHECK(good);
-  }
-  CHECK(model->pool().stats().completed == static_cast<uint64_t>(warmup) + 7);
+  INFO("calls on the caller's thread: " << here << " of 200");
+  CHECK(here > 0);
+  CHECK(model->pool().stats().completed == 201);
 }
 
 // The intra-op thread count a request of `model` ran with: InferAsync's

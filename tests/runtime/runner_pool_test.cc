@@ -399,7 +399,7 @@ TEST_CASE("SubmitOrRunHere runs on the caller when a runner is free, else queues
       kNoDeadline,
       [&](const Status& s, const RequestTiming& timing) {
         CHECK(s.ok());
-        CHECK(timing.queue.count() == 0);
+        CHECK(timing.queue < std::chrono::milliseconds(100));  // no wait for a runner
         done_called = true;
       });
   CHECK(ticket == 0);
