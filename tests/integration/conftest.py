@@ -192,6 +192,13 @@ class Daemon:
         self._exit_code = self.proc.returncode
         return self._exit_code
 
+    def stop_clean(self) -> None:
+        """Fixture teardown: the daemon must still be running, and exit 0 on SIGTERM."""
+        alive = self.alive()
+        code = self.stop() if alive else self.proc.returncode
+        assert alive, f"the daemon died (exit {code}); stderr:\n{self.stderr_tail()}"
+        assert code == 0, f"exit {code} after SIGTERM; stderr:\n{self.stderr_tail()}"
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
