@@ -144,7 +144,13 @@ StatusOr<Signature> Signature::FromJson(std::string_view json) {
       PT2_ASSIGN_OR_RETURN(auto spec, SpecFromJson(out));
       sig.outputs.push_back(std::move(spec));
     }
-    sig.max_batch_size = j.value("max_batch_size", int64_t{0});
+    if (j.contains("max_batch_size") && !j["max_batch_size"].is_null()) {
+      // Integers only, as for shapes above (a float here was a UBSan report).
+      if (!j["max_batch_size"].is_number_integer()) {
+        return InvalidArgument("signature max_batch_size must be an integer");
+      }
+      sig.max_batch_size = j["max_batch_size"].get<int64_t>();
+    }
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgument(std::string("malformed signature: ") + e.what());
   }

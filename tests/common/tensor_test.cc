@@ -46,6 +46,11 @@ TEST_CASE("signature JSON parses and rejects malformed input", "[tensor]") {
   auto float_max = Signature::FromJson(
       R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1],"dims":[{"min":1,"max":1e90}]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}]})");
   CHECK_THAT(float_max.status().message(), Catch::Contains("dims max must be an integer"));
+  // The same for max_batch_size (found later, by 16 fuzzing workers on the CUDA host).
+  auto float_batch = Signature::FromJson(
+      R"({"inputs":[{"name":"x","dtype":"float32","shape":[-1]}],"outputs":[{"name":"y","dtype":"float32","shape":[1]}],"max_batch_size":8e61})");
+  CHECK_THAT(float_batch.status().message(),
+             Catch::Contains("max_batch_size must be an integer"));
 }
 
 TEST_CASE("ValidateAgainstSpec names the tensor and the problem", "[tensor]") {
