@@ -39,12 +39,6 @@ RunnerPoolOptions Normalized(RunnerPoolOptions options) {
   return options;
 }
 
-// How long a synchronous waiter at the head of the queue lets newly arriving
-// callers take a free runner before it (see UpdateGateLocked). Barging avoids
-// a convoy (every runner reserved for a thread that first has to be woken);
-// the window bounds how unfair it can get.
-constexpr auto kBargeWindow = std::chrono::microseconds(500);
-
 uint64_t Mask(size_t runners) {
   return runners >= 64 ? ~uint64_t{0} : (uint64_t{1} << runners) - 1;
 }
@@ -114,7 +108,7 @@ void RunnerPool::UpdateGateLocked() {
     // while; never past an async one (pool workers are awake) or a head that
     // has waited out its window.
     closed = head->cv == nullptr || head->priority ||
-             Clock::now() - head->enqueued >= kBargeWindow;
+             Clock::now() - head->enqueued >= options_.barge_window;
   }
   gate_closed_.store(closed);
 }
@@ -131,7 +125,7 @@ void RunnerPool::DispatchLocked(AfterUnlock& after) {
       if (w->cv) w->cv->notify_one(); else after.finished.push_back(w);
       continue;
     }
-    if (w->cv && !w->priority && now - w->enqueued < kBargeWindow) {
+    if (w->cv && !w->priority && now - w->enqueued < options_.barge_window) {
       // Within its barging window a synchronous head is woken to compete for
       // a free runner instead of having one reserved while it wakes up.
       if (free_mask_.load() != 0 && !w->poked) {
@@ -254,6 +248,12 @@ Status RunnerPool::Run(const Work& work, Deadline deadline, RequestTiming* timin
       for (;;) {
         cv->wait(lock, [&] { return w.state != WaiterState::kQueued || w.poked; });
         if (w.state != WaiterState::kQueued) break;
+        if (options_.on_poked_for_test) {
+          lock.unlock();
+          options_.on_poked_for_test();
+          lock.lock();
+          if (w.state != WaiterState::kQueued) break;
+        }
         w.poked = false;
         if (!paused_ && queue_.front() == &w && TakeRunner(&w.runner)) {
           queue_.pop_front();

@@ -49,6 +49,15 @@ struct RunnerPoolOptions {
   // Runs once on each pool thread before it takes any work (per-thread
   // library settings, e.g. the intra-op thread count). Must not throw.
   std::function<void()> thread_init;
+  // How long a synchronous waiter at the head of the queue lets arriving
+  // callers take a free runner before it (see Run). Barging avoids a convoy
+  // (every runner reserved for a thread that first has to be woken); the
+  // window bounds how unfair it can get.
+  std::chrono::microseconds barge_window{500};
+  // Tests only: called by a synchronous waiter that was woken to compete for
+  // a free runner, with no lock held, before it tries to take one. Lets a
+  // test stand for a thread that the OS is slow to run. Must not throw.
+  std::function<void()> on_poked_for_test;
 };
 
 // Time a request spent waiting for a runner and running on it.
@@ -90,9 +99,9 @@ class RunnerPool {
 
   // Runs `work` on the calling thread once a runner is free. Blocks. Waiters
   // are served in FIFO order, except that a caller arriving while the
-  // synchronous waiter at the head is less than 0.5 ms into its wait may take
-  // a free runner first (it is woken to compete; past 0.5 ms runners are
-  // handed to waiters strictly in order). Returns RESOURCE_EXHAUSTED when the
+  // synchronous waiter at the head is less than options.barge_window (0.5 ms)
+  // into its wait may take a free runner first (it is woken to compete; past
+  // the window runners are handed to waiters strictly in order). Returns RESOURCE_EXHAUSTED when the
   // queue is full, DEADLINE_EXCEEDED when the deadline passes while waiting,
   // UNAVAILABLE after Shutdown, otherwise what `work` returned.
   Status Run(const Work& work, Deadline deadline = kNoDeadline,

@@ -295,34 +295,43 @@ TEST_CASE("each in-flight request holds a distinct runner slot", "[runner_pool]"
 
 TEST_CASE("a waiter behind one that expires is not left beside a free runner",
           "[runner_pool][issue14]") {
-  // The runner comes free while the head waiter is inside its barging
-  // window, so the head is woken to take it; its deadline passes before it
-  // does (the reaper removes it). The next waiter must then get the runner
-  // at once, not sit beside it until its own deadline.
-  RunnerPool pool({1, 16});
-  int stalled = 0;
-  for (int i = 0; i < 300; ++i) {
-    const uint64_t expired_before = pool.stats().expired;
-    Gate gate;
-    auto blocker = std::async(std::launch::async, [&] { return pool.Run([&](size_t) { return gate.Wait(); }); });
-    while (pool.stats().in_flight == 0) std::this_thread::sleep_for(10us);
-    const auto head_deadline = Clock::now() + std::chrono::microseconds(50 + 5 * (i % 150));
-    auto a = std::async(std::launch::async, [&] {
-      return pool.Run([](size_t) { return Status::Ok(); }, head_deadline);
-    });
-    auto b = std::async(std::launch::async, [&] {
-      return pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 1s);
-    });
-    // Both queued (or the first already expired).
-    while (pool.stats().queued + (pool.stats().expired - expired_before) < 2) {
-      std::this_thread::yield();
-    }
-    gate.Open();
-    CHECK(blocker.get().ok());
-    static_cast<void>(a.get());  // OK or DEADLINE_EXCEEDED, depending on the timing
-    if (!b.get().ok()) ++stalled;
-  }
-  CHECK(stalled == 0);
+  // The runner comes free while the head waiter A is inside its barging
+  // window, so A is woken to take it; A's thread is slow to run (the test
+  // hook holds it until the reaper has expired A). The next waiter B must
+  // then get the runner at once, not sit beside it until its own deadline.
+  // Before the fix the reaper removed A without handing the runner on, and
+  // B ended with DEADLINE_EXCEEDED after 2 s.
+  std::atomic<std::thread::id> slow_thread{};
+  RunnerPoolOptions options(1, 16);
+  options.barge_window = std::chrono::seconds(30);  // A is always woken, never granted
+  RunnerPool* pool_ptr = nullptr;
+  options.on_poked_for_test = [&] {
+    if (std::this_thread::get_id() != slow_thread.load()) return;
+    while (pool_ptr->stats().expired == 0) std::this_thread::sleep_for(100us);
+  };
+  RunnerPool pool(options);
+  pool_ptr = &pool;
+
+  Gate gate;
+  auto blocker = std::async(std::launch::async, [&] {
+    return pool.Run([&](size_t) { return gate.Wait(); });
+  });
+  while (pool.stats().in_flight == 0) std::this_thread::sleep_for(100us);
+  auto a = std::async(std::launch::async, [&] {
+    slow_thread = std::this_thread::get_id();
+    return pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 200ms);
+  });
+  while (pool.stats().queued < 1) std::this_thread::sleep_for(100us);
+  auto b = std::async(std::launch::async, [&] {
+    return pool.Run([](size_t) { return Status::Ok(); }, Clock::now() + 2s);
+  });
+  while (pool.stats().queued < 2) std::this_thread::sleep_for(100us);
+  gate.Open();
+  CHECK(blocker.get().ok());
+  CHECK(a.get().code() == StatusCode::kDeadlineExceeded);
+  const Status b_result = b.get();
+  CHECK(b_result.ok());  // served once A expired, not expired at its own deadline
+  CHECK(pool.stats().expired == 1);
 }
 
 TEST_CASE("RunPriority is never refused for a full queue and goes ahead of requests",
