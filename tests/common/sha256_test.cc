@@ -1,7 +1,11 @@
 #include "common/sha256.h"
 #include "common/background_sha256.h"
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -77,4 +81,26 @@ TEST_CASE("BackgroundSha256 can be destroyed with bytes still queued", "[sha256]
   for (int i = 0; i < 4; ++i) bg->Update(data.data(), data.size());
   bg.reset();  // joins without hashing the rest, and without touching freed memory
   SUCCEED();
+}
+
+TEST_CASE("HexOfFile hashes the whole file, across and at chunk boundaries", "[sha256]") {
+  // The file is read in 8 MiB chunks by a pipeline with 3 buffers: cover an
+  // empty file, exact chunk multiples and more chunks than buffers.
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("pt2serve_sha256_" + std::to_string(::getpid()))).string();
+  constexpr size_t kChunk = 8 << 20;
+  for (size_t size : {size_t{0}, size_t{1}, kChunk, kChunk + 1, 4 * kChunk + 5}) {
+    std::string bytes(size, '\0');
+    for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>((i * 131 + i / 4093) & 0xff);
+    std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(size));
+    auto hex = Sha256::HexOfFile(path);
+    REQUIRE(hex.ok());
+    CHECK(*hex == Sha256::HexOf(bytes.data(), bytes.size()));
+  }
+  std::filesystem::remove(path);
+  auto missing = Sha256::HexOfFile(path);
+  CHECK(missing.status().code() == StatusCode::kNotFound);
+  auto directory = Sha256::HexOfFile(std::filesystem::temp_directory_path().string());
+  CHECK(directory.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(directory.status().message(), Catch::Contains("error reading"));
 }
