@@ -12,6 +12,8 @@
 #   scripts/cuda_host_check.sh containment    # build, ctest + cuda_test, isolation cost
 #   scripts/cuda_host_check.sh staging  # build, cuda_test, the stale-read test without the
 #                                       # staging sync (must fail), upload benchmarks
+#   scripts/cuda_host_check.sh upload   # build, upload benchmarks (big_mlp, huge_mlp) and
+#                                       # the plain pinned/pageable H2D copy bandwidth
 #   scripts/cuda_host_check.sh peers    # build; batching and the grpcio peer side by side
 #                                       # (tools/bench/peers/run_peers.sh --device cuda); needs
 #                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
@@ -41,7 +43,7 @@ if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and 
   mkdir -p .debs && (cd .debs && apt-get download libgrpc++-dev libgrpc++1.51 libgrpc29 \
     libgrpc-dev libprotobuf-dev libprotobuf32 libprotoc32 protobuf-compiler \
     protobuf-compiler-grpc libabsl-dev libabsl20220623 libre2-9 libre2-dev libc-ares2 \
-    libc-ares-dev libupb-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libtbb-dev libtbb12 \
+    libc-ares-dev libupb-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libtbb-dev libtbb12 libtbbbind-2-5 \
     libtbbmalloc2 prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
     libprometheus-cpp-push1.0 libcivetweb1 libcivetweb-dev libyaml-cpp-dev libyaml-cpp0.7 catch2 \
     libssl3 libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libcurl4-openssl-dev libcurl4 civetweb \
@@ -303,6 +305,23 @@ case $STAGE in
       fi
       cp /tmp/local_replica.cc.orig runtime/local_replica.cc
       cmake --build "$BUILD" --target cuda_test pt2serve >"$LOGS/resync-build.log" 2>&1 || rc=1
+      do_bench_upload || rc=1
+    fi ;;
+  upload)  # issue 11: weight transfer only (build, big_mlp and huge_mlp upload benchmarks),
+            # with the host-to-device bandwidth of a plain copy loop as the reference
+    do_build || rc=1
+    if [[ $rc == 0 ]]; then
+      $PY - <<'PYCOPY' 2>&1 | tee -a "$OUT/steps.log"
+import time, torch
+n = 2 << 30  # 2 GiB
+dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+for label, pinned in (("pinned", True), ("pageable", False)):
+    host = torch.ones(n, dtype=torch.uint8, pin_memory=pinned)
+    dev.copy_(host, non_blocking=pinned); torch.cuda.synchronize()
+    t0 = time.perf_counter(); dev.copy_(host, non_blocking=pinned); torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    print(f"plain H2D copy, {label} host memory: {n / dt / 1e9:.1f} GB/s ({n / 1e9:.2f} GB in {dt:.3f} s)")
+PYCOPY
       do_bench_upload || rc=1
     fi ;;
   peers)  # issue 10: batching gain and pt2serve vs the Python grpcio peer on the GPU

@@ -16,6 +16,7 @@
 #   any crash inputs stay in .fuzz-bundle/; copy them back into build-fuzz/
 #   (corpus/, artifacts/) and add the totals to build-fuzz/history.txt by hand.
 #   Exit status is non-zero if a target crashed or a worker did not finish.
+#   PT2SERVE_FUZZ_MAX_LEN caps the input size as in run_fuzzers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=.fuzz-bundle
@@ -55,7 +56,7 @@ for spec in "$@"; do
   for ((w = 0; w < n; w++)); do
     # Same options as run_fuzzers.sh; -reload picks up the other workers' finds.
     "$B/bin/${t}_fuzz" "$B/corpus/$t" "$B/seeds/$t" -max_total_time="$seconds" -timeout=10 \
-      -rss_limit_mb=2048 -max_len=8192 -reload=1 -print_final_stats=1 \
+      -rss_limit_mb=2048 -max_len="${PT2SERVE_FUZZ_MAX_LEN:-8192}" -reload=1 -print_final_stats=1 \
       -artifact_prefix="$B/artifacts/$t-" >"$B/logs/$t.$w.log" 2>&1 &
   done
 done
@@ -71,7 +72,8 @@ for spec in "$@"; do
     execs=$((execs + ${e:-0}))
     grep -q '^Done ' "$B/logs/$t.$w.log" || { status=1; echo "$t worker $w did not finish" >&2; }
   done
-  crashes=$(find "$B/artifacts" -name "$t-*" -type f | wc -l)
+  crashes=$(find "$B/artifacts" -type f \( -name "$t-crash-*" -o -name "$t-leak-*" \
+    -o -name "$t-oom-*" -o -name "$t-timeout-*" \) | wc -l)  # not slow-unit-
   ((crashes == 0)) || status=1
   printf '%-16s %8s %12s %8s %8s\n' "$t" "$n" "$execs" "$(find "$B/corpus/$t" -type f | wc -l)" \
     "$crashes"

@@ -6,7 +6,8 @@
 #
 # SECONDS defaults to 60; TARGETs default to all (kserve_request
 # native_request upload_manifest safetensors signature_json server_config).
-# PT2SERVE_FUZZ_JOBS=N runs N targets at once (default 1). Needs clang-14 and
+# PT2SERVE_FUZZ_JOBS=N runs N targets at once (default 1);
+# PT2SERVE_FUZZ_MAX_LEN caps the input size (default 8192 bytes). Needs clang-14 and
 # libclang-rt-14-dev (apt) and the .venv of scripts/setup.sh (the configure
 # step finds LibTorch, though no fuzz target links it).
 #
@@ -50,7 +51,7 @@ fuzz_one() {
   mkdir -p "$DIR/corpus/$t"
   # New inputs go to the first corpus dir (build-fuzz/), never to the seeds.
   nice -n 19 "$DIR/tests/fuzz/${t}_fuzz" "$DIR/corpus/$t" "tests/fuzz/corpus/$t" \
-    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
+    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len="${PT2SERVE_FUZZ_MAX_LEN:-8192}" \
     -print_final_stats=1 -artifact_prefix="$DIR/artifacts/$t-" \
     >"$DIR/logs/$t.log" 2>&1 || true
 }
@@ -69,7 +70,10 @@ for t in "${TARGETS[@]}"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logf" | tail -1)
   corpus=$(find "$DIR/corpus/$t" -type f | wc -l)
-  crashes=$(find $DIR/artifacts -name "$t-*" -type f | wc -l)
+  # crash-, leak-, oom- and timeout- inputs are failures; slow-unit- ones are
+  # not (a process stopped for a while, e.g. by SIGSTOP, leaves one too).
+  crashes=$(find $DIR/artifacts -type f \( -name "$t-crash-*" -o -name "$t-leak-*" \
+    -o -name "$t-oom-*" -o -name "$t-timeout-*" \) | wc -l)
   printf '%-16s %12s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "$SECONDS_PER_TARGET" \
     "$corpus" "$crashes"
   # Totals over every run, for docs/fuzzing.md.
