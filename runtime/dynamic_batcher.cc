@@ -18,7 +18,13 @@ DynamicBatcher::DynamicBatcher(BatcherOptions options, RunnerPool& pool, Executo
 
 DynamicBatcher::~DynamicBatcher() {
   Shutdown();
-  timer_.join();
+  {
+    // Pool callbacks still to come would run BatchFinished() on a freed
+    // batcher (found by TSan: heap-use-after-free after pool.Shutdown()).
+    std::unique_lock lock(mu_);
+    drained_cv_.wait(lock, [&] { return unfinished_ == 0; });
+  }
+  if (timer_.joinable()) timer_.join();
 }
 
 uint64_t DynamicBatcher::Submit(EntryPtr entry) {
@@ -173,6 +179,7 @@ std::vector<DynamicBatcher::Batch> DynamicBatcher::FormLocked(Clock::time_point 
     }
     queued_ -= batch.size();
     ++in_flight_;
+    ++unfinished_;  // until Dispatch's pool callback for it has returned
     ++stats_.batches;
     out.push_back(std::move(batch));
   }
@@ -200,6 +207,8 @@ void DynamicBatcher::Dispatch(std::vector<Batch> batches) {
             FailAll(dropped, status);
           }
           BatchFinished();
+          std::lock_guard lock(mu_);
+          if (--unfinished_ == 0) drained_cv_.notify_all();
         });
   }
 }
@@ -297,6 +306,9 @@ void DynamicBatcher::Shutdown() {
   std::sort(failed.begin(), failed.end(),
             [](const EntryPtr& a, const EntryPtr& b) { return a->seq < b->seq; });
   FailAll(failed, Unavailable("model is shutting down"));
+  // A timer pass that formed batches before stopping_ was set may still be
+  // handing them to the pool: wait for it (never called on the timer thread).
+  if (timer_.joinable() && timer_.get_id() != std::this_thread::get_id()) timer_.join();
 }
 
 BatcherStats DynamicBatcher::stats() const {

@@ -103,7 +103,9 @@ class DynamicBatcher {
   using Executor = std::function<void(const Batch& batch, size_t runner)>;
 
   // `pool` must outlive the batcher's in-flight batches: call Shutdown(),
-  // then shut the pool down, then destroy the batcher.
+  // then shut the pool down, then destroy the batcher. The destructor waits
+  // until the pool has called back for every batch handed to it (the pool's
+  // Shutdown returns once runners are free, which can be before that).
   DynamicBatcher(BatcherOptions options, RunnerPool& pool, Executor executor);
   ~DynamicBatcher();
   DynamicBatcher(const DynamicBatcher&) = delete;
@@ -119,7 +121,9 @@ class DynamicBatcher {
   // preserve_ordering, once every earlier request has been answered.
   void Deliver(Entry& entry, const std::function<void()>& reply);
   // Refuses new requests and fails the queued ones with UNAVAILABLE. Batches
-  // already handed to the pool still run. Idempotent.
+  // already handed to the pool still run. The first call also stops the
+  // timer thread, so nothing hands the pool new batches once it returns.
+  // Idempotent.
   void Shutdown();
 
   const BatcherOptions& options() const { return options_; }
@@ -151,6 +155,8 @@ class DynamicBatcher {
   std::unordered_map<uint64_t, EntryPtr> live_;       // queued or dispatched, not started
   size_t queued_ = 0;
   size_t in_flight_ = 0;                              // batches handed to the pool
+  size_t unfinished_ = 0;  // handed to the pool, its callback not yet returned
+  std::condition_variable drained_cv_;                // unfinished_ reached 0
   uint64_t next_ticket_ = 1;
   uint64_t next_seq_ = 0;
   Deadline next_deadline_ = kNoDeadline;              // earliest queued deadline (may be stale-early)

@@ -418,18 +418,23 @@ TEST_CASE("SubmitOrRunHere runs on the caller when a runner is free, else queues
 
   // The only runner busy: the request goes through the queue to a pool thread.
   Gate gate;
-  std::thread holder([&] { CHECK(pool.Run([&](size_t) { return gate.Wait(); }).ok()); });
+  // (Catch2 v2 assertions are not thread-safe: other threads hand results back.)
+  auto holder = std::async(std::launch::async, [&] {
+    return pool.Run([&](size_t) { return gate.Wait(); });
+  });
   while (pool.stats().in_flight == 0) std::this_thread::yield();
   std::promise<std::thread::id> queued_on;
+  std::promise<Status> queued_status;
   ticket = pool.SubmitOrRunHere(
       [&](size_t) {
         queued_on.set_value(std::this_thread::get_id());
         return Status::Ok();
       },
-      kNoDeadline, [](const Status& s, const RequestTiming&) { CHECK(s.ok()); });
+      kNoDeadline, [&](const Status& s, const RequestTiming&) { queued_status.set_value(s); });
   CHECK(ticket != 0);
   gate.Open();
-  holder.join();
+  CHECK(holder.get().ok());
   auto id = queued_on.get_future().get();
   CHECK(id != caller);
+  CHECK(queued_status.get_future().get().ok());
 }
