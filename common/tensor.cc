@@ -28,6 +28,16 @@ const DTypeInfo& Info(DType dtype) {
   return kDTypes[0];  // unreachable: every enumerator is listed
 }
 
+// The integer at obj[key], or `fallback` when the key is absent or null.
+// Integers only: nlohmann's get<int64_t>() casts a float, which is undefined
+// behaviour when it is out of range (found by fuzzing).
+StatusOr<int64_t> OptionalInt(const nlohmann::json& obj, const char* key, int64_t fallback,
+                              const std::string& what) {
+  if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return fallback;
+  if (!obj[key].is_number_integer()) return InvalidArgument(what + " must be an integer");
+  return obj[key].get<int64_t>();
+}
+
 StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("name") || !j.contains("dtype") ||
       !j.contains("shape")) {
@@ -41,8 +51,7 @@ StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
                            j["dtype"].get<std::string>());
   }
   spec.dtype = *dtype;
-  // Integers only: nlohmann's get<int64_t>() casts a float, which is
-  // undefined behaviour when it is out of range (found by fuzzing).
+  // Integers only, as in OptionalInt.
   for (const auto& d : j["shape"]) {
     if (!d.is_number_integer()) {
       return InvalidArgument("tensor '" + spec.name + "': shape entries must be integers");
@@ -55,17 +64,11 @@ StatusOr<TensorSpec> SpecFromJson(const nlohmann::json& j) {
       return InvalidArgument("tensor '" + spec.name + "': 'dims' needs one entry per dim");
     }
     for (const auto& d : dims) {
-      for (const char* key : {"min", "max"}) {
-        if (d.is_object() && d.contains(key) && !d[key].is_null() && !d[key].is_number_integer()) {
-          return InvalidArgument("tensor '" + spec.name + "': dims " + key +
-                                 " must be an integer");
-        }
-      }
+      const std::string where = "tensor '" + spec.name + "': dims ";
       DimRange r;
-      r.min = d.value("min", int64_t{0});
-      r.max = d.contains("max") && !d["max"].is_null() ? d["max"].get<int64_t>()
-                                                        : DimRange::kUnbounded;
-      r.symbol = d.value("symbol", std::string());
+      PT2_ASSIGN_OR_RETURN(r.min, OptionalInt(d, "min", 0, where + "min"));
+      PT2_ASSIGN_OR_RETURN(r.max, OptionalInt(d, "max", DimRange::kUnbounded, where + "max"));
+      r.symbol = d.value("symbol", std::string());  // throws (malformed) if d is no object
       if (r.min < 0 || r.max < r.min) {
         return InvalidArgument("tensor '" + spec.name + "': bad dim range " +
                                std::to_string(r.min) + ".." + std::to_string(r.max));
@@ -144,13 +147,8 @@ StatusOr<Signature> Signature::FromJson(std::string_view json) {
       PT2_ASSIGN_OR_RETURN(auto spec, SpecFromJson(out));
       sig.outputs.push_back(std::move(spec));
     }
-    if (j.contains("max_batch_size") && !j["max_batch_size"].is_null()) {
-      // Integers only, as for shapes above (a float here was a UBSan report).
-      if (!j["max_batch_size"].is_number_integer()) {
-        return InvalidArgument("signature max_batch_size must be an integer");
-      }
-      sig.max_batch_size = j["max_batch_size"].get<int64_t>();
-    }
+    PT2_ASSIGN_OR_RETURN(sig.max_batch_size,
+                         OptionalInt(j, "max_batch_size", 0, "signature max_batch_size"));
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgument(std::string("malformed signature: ") + e.what());
   }
