@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=.fuzz-bundle
+source tools/fuzz/fuzz_common.sh
 mode=${1:?pack or run}
 shift
 
@@ -54,10 +55,9 @@ mkdir -p "$B/logs" "$B/artifacts"
 for spec in "$@"; do
   t=${spec%%:*} n=${spec##*:}
   for ((w = 0; w < n; w++)); do
-    # Same options as run_fuzzers.sh; -reload picks up the other workers' finds.
-    "$B/bin/${t}_fuzz" "$B/corpus/$t" "$B/seeds/$t" -max_total_time="$seconds" -timeout=10 \
-      -rss_limit_mb=2048 -max_len="${PT2SERVE_FUZZ_MAX_LEN:-8192}" -reload=1 -print_final_stats=1 \
-      -artifact_prefix="$B/artifacts/$t-" >"$B/logs/$t.$w.log" 2>&1 &
+    # The options of run_fuzzers.sh; -reload picks up the other workers' finds.
+    "$B/bin/${t}_fuzz" "$B/corpus/$t" "$B/seeds/$t" -max_total_time="$seconds" "${FUZZ_OPTS[@]}" \
+      -reload=1 -artifact_prefix="$B/artifacts/$t-" >"$B/logs/$t.$w.log" 2>&1 &
   done
 done
 wait || true
@@ -72,8 +72,7 @@ for spec in "$@"; do
     execs=$((execs + ${e:-0}))
     grep -q '^Done ' "$B/logs/$t.$w.log" || { status=1; echo "$t worker $w did not finish" >&2; }
   done
-  crashes=$(find "$B/artifacts" -type f \( -name "$t-crash-*" -o -name "$t-leak-*" \
-    -o -name "$t-oom-*" -o -name "$t-timeout-*" \) | wc -l)  # not slow-unit-
+  crashes=$(count_failures "$B/artifacts" "$t")
   ((crashes == 0)) || status=1
   printf '%-16s %8s %12s %8s %8s\n' "$t" "$n" "$execs" "$(find "$B/corpus/$t" -type f | wc -l)" \
     "$crashes"

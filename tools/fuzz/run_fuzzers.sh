@@ -28,6 +28,7 @@ JOBS=${PT2SERVE_FUZZ_JOBS:-1}
 CXX=${PT2SERVE_FUZZ_CXX:-clang++-14}
 CC=${PT2SERVE_FUZZ_CC:-clang-14}
 DIR=build-fuzz
+source tools/fuzz/fuzz_common.sh
 log() { echo "[fuzz] $*" >&2; }
 
 command -v "$CXX" >/dev/null || { log "$CXX not found (apt-get install clang-14 libclang-rt-14-dev)"; exit 2; }
@@ -51,8 +52,7 @@ fuzz_one() {
   mkdir -p "$DIR/corpus/$t"
   # New inputs go to the first corpus dir (build-fuzz/), never to the seeds.
   nice -n 19 "$DIR/tests/fuzz/${t}_fuzz" "$DIR/corpus/$t" "tests/fuzz/corpus/$t" \
-    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len="${PT2SERVE_FUZZ_MAX_LEN:-8192}" \
-    -print_final_stats=1 -artifact_prefix="$DIR/artifacts/$t-" \
+    -max_total_time="$SECONDS_PER_TARGET" "${FUZZ_OPTS[@]}" -artifact_prefix="$DIR/artifacts/$t-" \
     >"$DIR/logs/$t.log" 2>&1 || true
 }
 running=0
@@ -70,10 +70,7 @@ for t in "${TARGETS[@]}"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logf" | tail -1)
   corpus=$(find "$DIR/corpus/$t" -type f | wc -l)
-  # crash-, leak-, oom- and timeout- inputs are failures; slow-unit- ones are
-  # not (a process stopped for a while, e.g. by SIGSTOP, leaves one too).
-  crashes=$(find $DIR/artifacts -type f \( -name "$t-crash-*" -o -name "$t-leak-*" \
-    -o -name "$t-oom-*" -o -name "$t-timeout-*" \) | wc -l)
+  crashes=$(count_failures "$DIR/artifacts" "$t")
   printf '%-16s %12s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "$SECONDS_PER_TARGET" \
     "$corpus" "$crashes"
   # Totals over every run, for docs/fuzzing.md.
