@@ -48,11 +48,21 @@ STOP_TIMEOUT = 30.0      # seconds for a SIGTERM'd daemon to exit
 # --------------------------------------------------------------------------------- helpers
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (bind to 0, read it, close) and that this test process
+    has not handed out before: the kernel may return a just-closed ephemeral port again, which
+    gave one daemon the same port for two listeners (a config error, not a retryable race)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    raise AssertionError("no unused loopback port in 1000 tries")
 
 
 @pytest.fixture(scope="session")
