@@ -1,5 +1,7 @@
 #include "common/safetensors.h"
 
+#include "common/sha256.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -9,6 +11,8 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <oneapi/tbb/info.h>
+#include <oneapi/tbb/parallel_pipeline.h>
 
 namespace pt2serve {
 namespace {
@@ -167,7 +171,54 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t s
     return InvalidArgument(std::string("malformed safetensors header: ") + e.what());
   }
   PT2_RETURN_IF_ERROR(CheckDisjoint(file.tensors, block));
+  file.bytes = data;
+  file.size = size;
+  file.owner = std::move(owner);
   return file;
+}
+
+std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
+                                         bool with_sha256) const {
+  constexpr size_t kBlockBytes = 8 << 20;
+  struct Range {
+    size_t begin = 0;
+    size_t end = 0;
+  };
+  Sha256 hasher;
+  size_t next = 0;
+  // Tokens bound the blocks in flight: enough for the copy threads to run
+  // ahead of the hash, few enough to keep them in the CPU caches' reach.
+  const size_t tokens = 2 * static_cast<size_t>(oneapi::tbb::info::default_concurrency()) + 2;
+  oneapi::tbb::parallel_pipeline(
+      tokens,
+      oneapi::tbb::make_filter<void, Range>(
+          oneapi::tbb::filter_mode::serial_in_order,
+          [&](oneapi::tbb::flow_control& fc) -> Range {
+            if (next >= size) {
+              fc.stop();
+              return {};
+            }
+            Range r{next, std::min(size, next + kBlockBytes)};
+            next = r.end;
+            return r;
+          }) &
+          oneapi::tbb::make_filter<Range, Range>(
+              oneapi::tbb::filter_mode::parallel,
+              [&](Range r) {
+                for (size_t i = 0; i < tensors.size(); ++i) {
+                  const size_t t_begin = static_cast<size_t>(tensors[i].data - bytes);
+                  const size_t t_end = t_begin + tensors[i].nbytes;
+                  const size_t from = std::max(r.begin, t_begin);
+                  const size_t to = std::min(r.end, t_end);
+                  if (from < to) std::memcpy(dest[i] + (from - t_begin), bytes + from, to - from);
+                }
+                return r;
+              }) &
+          oneapi::tbb::make_filter<Range, void>(
+              oneapi::tbb::filter_mode::serial_in_order, [&](Range r) {
+                if (with_sha256) hasher.Update(bytes + r.begin, r.end - r.begin);
+              }));
+  return with_sha256 ? hasher.FinishHex() : std::string();
 }
 
 const Tensor* SafetensorsFile::Find(const std::string& name) const {

@@ -7,7 +7,9 @@
 // and keep it alive.
 #pragma once
 
+#include <cstddef>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,11 @@ namespace pt2serve {
 struct SafetensorsFile {
   std::vector<Tensor> tensors;  // in header order
   std::map<std::string, std::string> metadata;
+  // The whole file image (header included), kept alive by `owner` and by
+  // each tensor's owner.
+  const std::byte* bytes = nullptr;
+  size_t size = 0;
+  std::shared_ptr<const void> owner;
 
   // NOT_FOUND for a missing file; INVALID_ARGUMENT naming the problem for a
   // malformed one (bad header, unknown dtype, offsets out of range or not
@@ -29,6 +36,16 @@ struct SafetensorsFile {
                                          std::shared_ptr<const void> owner);
 
   const Tensor* Find(const std::string& name) const;
+
+  // Copies tensor i's bytes to dest[i] (parallel to `tensors`, each holding
+  // tensors[i].nbytes) and returns the lower-case hex SHA-256 of the whole
+  // file image when `with_sha256` (else ""), in one pass over the file: a
+  // oneTBB pipeline copies 8 MiB blocks on several threads (which also pages
+  // a cold file in) while one thread hashes the blocks in order behind them.
+  // The hash is the longest stage (one SHA-256 stream cannot be split), so
+  // the copies cost almost no extra time. REQUIRES: dest.size() ==
+  // tensors.size(); the destinations do not overlap.
+  std::string CopyTensors(const std::vector<std::byte*>& dest, bool with_sha256) const;
 };
 
 // Safetensors dtype code ("F32", "BF16", "I64", ...).

@@ -45,6 +45,10 @@ class PushProbe {
   }
   // What the push reserved (or was refused), set by ReserveStaging.
   size_t staging = 0;
+  // Copies into the inactive buffers (StageHoldingSlot), over all replicas.
+  std::chrono::nanoseconds write_time{0};
+  size_t written_bytes = 0;
+  bool pinned = false;  // the copies read pinned staging memory
 
   PushMemory Finish() {
     Sample();
@@ -53,6 +57,9 @@ class PushProbe {
     m.process_peak_rss = window_.Finish();
     m.device_used_before = before_;
     m.device_peak_used = peak_;
+    m.write_time = std::chrono::duration_cast<std::chrono::microseconds>(write_time);
+    m.written_bytes = written_bytes;
+    m.pinned_staging = pinned;
     m.finished_at = std::chrono::system_clock::now();
     return m;
   }
@@ -112,6 +119,9 @@ ConstantBufferManager::ConstantBufferManager(Model& model,
                     model.replicas().size()),
       folded_bytes_(model.info().folded_nbytes * model.replicas().size()),
       on_host_(model.info().device.kind == DeviceKind::kCpu),
+      staging_devices_(!on_host_ && model.config().isolation == Isolation::kInProcess
+                           ? model.device_specs()
+                           : std::vector<DeviceSpec>{}),
       staging_budget_(model.config().weights_staging_budget_bytes),
       account_(StagingBudget::Open(server_budget ? server_budget
                                                  : std::make_shared<StagingBudget>(0))) {
@@ -150,26 +160,56 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   if (options.source.empty()) options.source = safetensors_path;
   PushProbe probe(model_.device_specs());
+  // Host staging copies (accelerators only), released when the push ends.
+  size_t copy_bytes = 0;
   auto stage = [&]() -> Status {
-    // The file is memory-mapped (page cache): no upload buffers of ours.
-    if (Status reserved = ReserveStaging(0, probe); !reserved.ok()) {
-      return FailStage(reserved, false);
-    }
     auto file = SafetensorsFile::Open(safetensors_path);
     if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
-    if (Sha256::IsHexDigest(options.sha256)) {  // a malformed one is reported by Stage
-      auto actual = Sha256::HexOfFile(safetensors_path);
-      if (!actual.ok()) return FailStage(actual.status(), false);
-      if (*actual != ToLower(options.sha256)) {
-        return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
-                                  ", got " + *actual + " (" + safetensors_path + ")"),
-                         false);
+    // On CPU the file's memory map (page cache) is the staging memory: no
+    // upload buffers of ours. Accelerators get pinned copies.
+    size_t upload_bytes = 0;
+    if (!staging_devices_.empty()) {
+      for (const Tensor& t : file->tensors) {
+        upload_bytes += StagingFootprint(staging_devices_, t.nbytes);
       }
     }
-    // file->tensors alias the mapping, which stays alive until we return.
-    return StageHoldingSlot(file->tensors, options, &probe);
+    if (Status reserved = ReserveStaging(upload_bytes, probe); !reserved.ok()) {
+      return FailStage(reserved, false);
+    }
+    // A malformed checksum is reported by StageHoldingSlot.
+    const bool check = Sha256::IsHexDigest(options.sha256);
+    std::string actual;
+    std::vector<Tensor> tensors = file->tensors;  // alias the mapping
+    if (!staging_devices_.empty()) {
+      std::vector<std::byte*> dest;
+      copy_bytes = upload_bytes;
+      AddUploadBytes(copy_bytes);
+      for (Tensor& t : tensors) {
+        auto memory = AllocateStagingMemory(staging_devices_, t.nbytes);
+        if (!memory.ok()) return FailStage(memory.status(), false);
+        probe.pinned = memory->pinned;
+        dest.push_back(memory->data);
+        t.data = memory->data;
+        t.owner = std::move(memory->owner);
+      }
+      actual = file->CopyTensors(dest, check);
+    } else if (check) {
+      auto digest = Sha256::HexOfFile(safetensors_path);
+      if (!digest.ok()) return FailStage(digest.status(), false);
+      actual = *digest;
+    }
+    if (check && actual != ToLower(options.sha256)) {
+      return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
+                                ", got " + actual + " (" + safetensors_path + ")"),
+                       false);
+    }
+    return StageHoldingSlot(tensors, options, &probe);
   };
   Status status = stage();
+  if (copy_bytes != 0) {  // the copies died with stage()'s tensors
+    ReleaseUploadBytes(copy_bytes);
+    ReleaseCachedStagingMemory(staging_devices_);
+  }
   RecordPush(probe, options.version, status.ok());
   return status;
 }
@@ -276,7 +316,12 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
     }
     sample();
     Status written = Injected("write", k);
+    const auto write_start = SteadyClock::now();
     if (written.ok()) written = replica->WriteInactive(tensors);
+    if (probe) {
+      probe->write_time += SteadyClock::now() - write_start;
+      for (const Tensor& t : tensors) probe->written_bytes += t.nbytes;
+    }
     sample();
     if (!written.ok()) return FailStage(written.WithPrefix(where), /*buffer_written=*/true);
     Status folded = fold();
@@ -533,27 +578,29 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
 
   std::map<std::string_view, size_t> nbytes;
   for (const ConstantInfo& c : model_.info().constants) nbytes[c.fqn] = c.nbytes;
-  size_t upload_bytes = 0;
-  for (const TensorSpec& t : tensors) upload_bytes += nbytes.at(t.name);
+  size_t upload_bytes = 0;  // what the buffers will hold (pinned blocks round up)
+  for (const TensorSpec& t : tensors) {
+    upload_bytes += StagingFootprint(staging_devices_, nbytes.at(t.name));
+  }
   if (Status reserved = ReserveStaging(upload_bytes, *probe); !reserved.ok()) {
     return refuse(reserved);
   }
   std::vector<UploadSession::Part> parts(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     parts[i].nbytes = nbytes.at(tensors[i].name);
-    // Default-initialized: no time spent zeroing memory the upload overwrites.
-    parts[i].data.reset(new (std::nothrow) std::byte[std::max<size_t>(parts[i].nbytes, 1)]);
-    if (!parts[i].data) {
+    auto memory = AllocateStagingMemory(staging_devices_, parts[i].nbytes);
+    if (!memory.ok()) {
       parts.clear();
-      return refuse(ResourceExhausted("out of host memory for the upload of '" +
-                                      tensors[i].name + "' (" +
-                                      std::to_string(nbytes.at(tensors[i].name)) + " bytes)"));
+      ReleaseCachedStagingMemory(staging_devices_);
+      return refuse(memory.status().WithPrefix("upload of '" + tensors[i].name + "'"));
     }
+    probe->pinned = memory->pinned;
+    parts[i].memory = std::move(*memory);
   }
   AddUploadBytes(upload_bytes);
   return std::unique_ptr<UploadSession>(new UploadSession(*this, std::move(slot), std::move(tensors),
-                                                          std::move(parts), std::move(options),
-                                                          std::move(probe)));
+                                                          std::move(parts), upload_bytes,
+                                                          std::move(options), std::move(probe)));
 }
 
 // ---------------------------------------------------------------------------
@@ -562,12 +609,14 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
 UploadSession::UploadSession(ConstantBufferManager& manager,
                              ConstantBufferManager::WriterSlot slot,
                              std::vector<TensorSpec> specs, std::vector<Part> parts,
-                             StageOptions options, std::unique_ptr<PushProbe> probe)
+                             size_t held_bytes, StageOptions options,
+                             std::unique_ptr<PushProbe> probe)
     : manager_(manager),
       slot_(std::move(slot)),
       probe_(std::move(probe)),
       specs_(std::move(specs)),
       parts_(std::move(parts)),
+      held_bytes_(held_bytes),
       options_(std::move(options)) {
   for (size_t i = 0; i < specs_.size(); ++i) {
     index_.emplace(specs_[i].name, i);
@@ -583,7 +632,8 @@ void UploadSession::Finish(bool ok) {
   if (finished_) return;
   finished_ = true;
   parts_.clear();
-  manager_.ReleaseUploadBytes(bytes_expected_);
+  ReleaseCachedStagingMemory(manager_.staging_devices_);
+  manager_.ReleaseUploadBytes(held_bytes_);
   manager_.RecordPush(*probe_, options_.version, ok);
 }
 
@@ -619,7 +669,7 @@ Status UploadSession::Write(std::string_view name, uint64_t offset, size_t size,
                            std::to_string(end) + ") of tensor " + Quoted(name) +
                            " were already written");
   }
-  std::byte* dest = part.data.get() + offset;
+  std::byte* dest = part.memory.data + offset;
   if (!fill(dest)) {
     return InvalidArgument("upload: chunk data for bytes [" + std::to_string(offset) + ", " +
                            std::to_string(end) + ") of tensor " + Quoted(name) + " is truncated");
@@ -704,14 +754,13 @@ Status UploadSession::Commit() {
     std::vector<Tensor> tensors;
     tensors.reserve(specs_.size());
     for (size_t i = 0; i < specs_.size(); ++i) {
-      std::shared_ptr<std::byte[]> owner(std::move(parts_[i].data));
       Tensor t;
       t.name = specs_[i].name;
       t.dtype = specs_[i].dtype;
       t.shape = specs_[i].shape;
-      t.data = owner.get();
+      t.data = parts_[i].memory.data;
       t.nbytes = parts_[i].nbytes;
-      t.owner = std::move(owner);
+      t.owner = std::move(parts_[i].memory.owner);
       tensors.push_back(std::move(t));
     }
     parts_.clear();

@@ -89,6 +89,7 @@
 #include "common/sha256.h"
 #include "common/status.h"
 #include "common/tensor.h"
+#include "devices/staging_memory.h"
 #include "runtime/staging_budget.h"
 #include "runtime/weight_set_check.h"  // StageOptions
 
@@ -132,6 +133,12 @@ struct PushMemory {
   // process); both 0 for CPU models or when the backend cannot tell.
   size_t device_used_before = 0;
   size_t device_peak_used = 0;
+  // Copying the set into the inactive buffer of every replica (on an
+  // accelerator: the host-to-device copy), and whether it read pinned
+  // staging memory.
+  std::chrono::microseconds write_time{0};
+  size_t written_bytes = 0;
+  bool pinned_staging = false;
 };
 
 struct BufferStatus {
@@ -185,9 +192,13 @@ class ConstantBufferManager {
   // LibTorch errors. The tensors are only read during the call.
   Status Stage(const std::vector<Tensor>& tensors, const StageOptions& options);
 
-  // Stage() of a safetensors file, read through a memory map (the container's
-  // copy into its buffer is the only full copy on CPU). NOT_FOUND for a
-  // missing file; DATA_LOSS when options.sha256 is given and differs from the
+  // Stage() of a safetensors file, read through a memory map. On CPU the
+  // container's copy into its buffer is the only full copy. On an
+  // accelerator the tensors are first copied into pinned staging memory
+  // while the file is hashed (one pass over the file, both overlapped), so
+  // that the device copy runs at DMA speed. Nothing is written to the
+  // inactive buffer before the checksum matched. NOT_FOUND for a missing
+  // file; DATA_LOSS when options.sha256 is given and differs from the
   // SHA-256 of the file's bytes (what `sha256sum FILE` prints).
   Status StageFromFile(const std::string& safetensors_path, StageOptions options);
 
@@ -305,6 +316,11 @@ class ConstantBufferManager {
   const size_t buffer_bytes_;
   const size_t folded_bytes_;
   const bool on_host_;                 // CPU replicas: buffers are host memory
+  // What staging memory is allocated for (AllocateStagingMemory): the
+  // replicas' devices when they run in this process, pinned for
+  // accelerators; empty (plain heap) for CPU models and process-isolated
+  // ones, whose weights are copied into a worker's shared memory anyway.
+  const std::vector<DeviceSpec> staging_devices_;
   const size_t staging_budget_;        // the model's own; 0 = none
   const std::unique_ptr<StagingBudget::Account> account_;  // in the server-wide budget
 
@@ -378,15 +394,15 @@ class UploadSession {
   friend class ConstantBufferManager;
   struct Part {
     size_t nbytes = 0;
-    std::unique_ptr<std::byte[]> data;
+    StagingMemory memory;  // nbytes, pinned for in-process accelerator models
     // Written byte ranges [begin, end), disjoint and merged when adjacent.
     std::map<uint64_t, uint64_t> written;
     uint64_t received = 0;
   };
 
   UploadSession(ConstantBufferManager& manager, ConstantBufferManager::WriterSlot slot,
-                std::vector<TensorSpec> specs, std::vector<Part> parts, StageOptions options,
-                std::unique_ptr<PushProbe> probe);
+                std::vector<TensorSpec> specs, std::vector<Part> parts, size_t held_bytes,
+                StageOptions options, std::unique_ptr<PushProbe> probe);
 
   // Releases the upload buffers and records the push (once).
   void Finish(bool ok);
@@ -397,6 +413,7 @@ class UploadSession {
   bool finished_ = false;
   const std::vector<TensorSpec> specs_;
   std::vector<Part> parts_;  // parallel to specs_
+  const size_t held_bytes_;  // host memory the parts hold (charged as upload bytes)
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in specs_
   StageOptions options_;
   // Fed (with views of parts_' buffers, written once) when a checksum is

@@ -181,7 +181,7 @@ do_bench_upload() {
   timeout 150 tools/bench/run_benchmarks.sh /tmp/pt2serve-bench/upload-big.md "$CUDA_DIR" \
     --build-dir "$BUILD" --skip-pool --skip-grpc --skip-swap >"$LOGS/upload-big.log" 2>&1 || rc=1
   cp /tmp/pt2serve-bench/upload-big.md "$OUT/" 2>/dev/null
-  grep -E "^\| " /tmp/pt2serve-bench/upload-big.md | grep -i -E "push|upload|staging|stage|pinned|H2D" \
+  grep -E "^\| |^- .*GB/s" /tmp/pt2serve-bench/upload-big.md | grep -i -E "push|upload|staging|stage|pinned|H2D|GB/s" \
     | head -n 20 | tee -a "$OUT/steps.log"
   if [[ -z ${SKIP_HUGE:-} ]]; then
     log "exporting huge_mlp (2.1 GB) for CUDA"
@@ -199,7 +199,7 @@ e.export_model(HugeMLP(), 'huge_mlp', [e.parse_input_spec('x:float32:-1,4096').s
         --build-dir "$BUILD" --big-dir "$big" --big-model huge_mlp --skip-pool --skip-grpc \
         --skip-swap >"$LOGS/upload-huge.log" 2>&1 || rc=1
       cp /tmp/pt2serve-bench/upload-huge.md "$OUT/" 2>/dev/null
-      grep -E "^\| " /tmp/pt2serve-bench/upload-huge.md | grep -i -E "push|upload|staging|stage" \
+      grep -E "^\| |^- .*GB/s" /tmp/pt2serve-bench/upload-huge.md | grep -i -E "push|upload|staging|stage|GB/s" \
         | head -n 20 | tee -a "$OUT/steps.log"
     fi
   fi
@@ -322,6 +322,12 @@ for label, pinned in (("pinned", True), ("pageable", False)):
     dt = time.perf_counter() - t0
     print(f"plain H2D copy, {label} host memory: {n / dt / 1e9:.1f} GB/s ({n / 1e9:.2f} GB in {dt:.3f} s)")
 PYCOPY
+      model_dirs
+      log "cuda_test: pinned staging"
+      PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR timeout 120 "$BUILD/tests/cuda_test" \
+        "CUDA staging goes through pinned memory; a bad file checksum changes nothing" -r compact \
+        >"$OUT/cuda_test_staging.log" 2>&1 || rc=1
+      tail -n 4 "$OUT/cuda_test_staging.log" | tee -a "$OUT/steps.log"
       do_bench_upload || rc=1
     fi ;;
   peers)  # issue 10: batching gain and pt2serve vs the Python grpcio peer on the GPU

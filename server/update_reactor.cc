@@ -243,9 +243,15 @@ void UpdateReactor::CommitLocked() {
         return FailLocked(Internal("cannot serialize the UpdateConstantBuffer response"));
       }
     }
-    Logger("admin")->info("model '{}': weights '{}' staged from {} ({} bytes, {} ms)",
-                          model_name_, options_.version, options_.source, st.inactive.bytes,
-                          std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const PushMemory& push = st.last_push;
+    const double write_s = std::chrono::duration<double>(push.write_time).count();
+    Logger("admin")->info(
+        "model '{}': weights '{}' staged from {} ({} bytes, {} ms; copy into the inactive "
+        "buffer {} bytes in {:.1f} ms, {:.2f} GB/s from {} host memory)",
+        model_name_, options_.version, options_.source, st.inactive.bytes,
+        std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), push.written_bytes,
+        write_s * 1e3, write_s > 0 ? static_cast<double>(push.written_bytes) / write_s / 1e9 : 0.0,
+        push.pinned_staging ? "pinned" : "pageable");
     FinishLocked(grpc::Status::OK);
   });
   if (!started.ok()) FailLocked(started);  // too many admin operations running

@@ -3,7 +3,9 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
+#include <vector>
 
+#include "common/sha256.h"
 #include "tests/support/test_models.h"
 
 using namespace pt2serve;
@@ -95,4 +97,38 @@ TEST_CASE("tensors whose data ranges overlap are rejected, naming both", "[safet
             R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
             24));
   CHECK(adjacent.ok());
+}
+
+TEST_CASE("CopyTensors copies every tensor and hashes the whole file in one pass",
+          "[safetensors]") {
+  // Tensors that straddle the 8 MiB blocks of the pipeline, an empty one, and
+  // bytes after the last tensor (hashed, never copied).
+  constexpr size_t kA = 12, kB = 10485764, kC = 20971520, kTail = 7;
+  const std::string header =
+      R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},)"
+      R"("b":{"dtype":"F32","shape":[2621441],"data_offsets":[12,10485776]},)"
+      R"("e":{"dtype":"F32","shape":[0],"data_offsets":[10485776,10485776]},)"
+      R"("c":{"dtype":"F32","shape":[5242880],"data_offsets":[10485776,31457296]}})";
+  std::string image = Build(header, kA + kB + kC + kTail);
+  const size_t data_start = 8 + header.size();
+  for (size_t i = data_start; i < image.size(); ++i) {
+    image[i] = static_cast<char>((i * 131 + i / 4093) & 0xff);
+  }
+  auto f = ParseString(image);
+  REQUIRE(f.ok());
+  REQUIRE(f->size == image.size());
+  std::vector<std::vector<std::byte>> copies;
+  std::vector<std::byte*> dest;
+  for (const Tensor& t : f->tensors) {
+    copies.emplace_back(t.nbytes + 1, std::byte{0x5a});  // +1: nothing written past the end
+    dest.push_back(copies.back().data());
+  }
+  CHECK(f->CopyTensors(dest, /*with_sha256=*/true) == Sha256::HexOf(image.data(), image.size()));
+  for (size_t i = 0; i < f->tensors.size(); ++i) {
+    const Tensor& t = f->tensors[i];
+    INFO(t.name);
+    CHECK(std::memcmp(copies[i].data(), t.data, t.nbytes) == 0);
+    CHECK(copies[i][t.nbytes] == std::byte{0x5a});
+  }
+  CHECK(f->CopyTensors(dest, /*with_sha256=*/false).empty());
 }

@@ -14,8 +14,10 @@
 #include <thread>
 
 #include "common/safetensors.h"
+#include "common/sha256.h"
 #include "devices/device_executor.h"
 #include "devices/device_memory.h"
+#include "devices/staging_memory.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
 #include "tests/support/hot_swap_race.h"
@@ -208,6 +210,74 @@ TEST_CASE("a request right after a swap sees the staged set's folded constants",
   }
   weights.SetFaultHookForTest(nullptr);
   CHECK(stale == 0);
+}
+
+// Issue 11: weights reach a CUDA model through pinned host memory (the DMA
+// engine reads it at bus speed), a server-side file is hashed while it is
+// copied there, and a checksum mismatch writes nothing (PREVIOUS survives).
+TEST_CASE("CUDA staging goes through pinned memory; a bad file checksum changes nothing",
+          "[cuda]") {
+  auto cuda = AllocateStagingMemory({DeviceSpec{DeviceKind::kCuda, 0}}, 1 << 20);
+  REQUIRE(cuda.ok());
+  CHECK(cuda->pinned);
+  CHECK(StagingFootprint({DeviceSpec{DeviceKind::kCuda, 0}}, 1000) == 1024);  // power-of-two blocks
+  auto host = AllocateStagingMemory({DeviceSpec{}}, 1 << 20);
+  REQUIRE(host.ok());
+  CHECK_FALSE(host->pinned);
+
+  auto model = LoadCuda("mlp", 1);
+  ConstantBufferManager& weights = model->weights();
+  const Reference initial = CudaReference("mlp");
+  const Reference seed7 = FixtureReference("mlp.seed7.reference.safetensors");
+  const std::string seed7_file = FixturePath("mlp.seed7.weights.safetensors");
+  auto seed7_sha = Sha256::HexOfFile(seed7_file);
+  REQUIRE(seed7_sha.ok());
+  auto expect = [&](const Reference& ref, const std::string& version) {
+    auto r = model->Infer({"", ref.inputs, {}, kNoDeadline});
+    REQUIRE(r.ok());
+    CHECK(r->weights_version == version);
+    CHECK(Mismatch(*r, *model, ref, kRtol, kAtol).empty());
+  };
+
+  StageOptions options;
+  options.version = "seed7-file";
+  options.sha256 = *seed7_sha;
+  Status staged = weights.StageFromFile(seed7_file, options);
+  INFO(staged.ToString());
+  REQUIRE(staged.ok());
+  const PushMemory push = weights.status().last_push;
+  CHECK(push.pinned_staging);
+  CHECK(push.written_bytes == model->info().constants_nbytes);
+  CHECK(push.write_time.count() > 0);
+  CHECK(weights.status().upload_bytes == 0);  // the pinned copies are gone
+  REQUIRE(weights.Swap().ok());
+  expect(seed7, "seed7-file");
+
+  // The initial set is PREVIOUS now; a file whose checksum does not match
+  // must leave it there (the copy into pinned memory ran, nothing else).
+  options.version = "bad";
+  options.sha256 = std::string(64, '0');
+  Status bad = weights.StageFromFile(seed7_file, options);
+  CHECK(bad.code() == StatusCode::kDataLoss);
+  CHECK(weights.status().inactive_state == InactiveState::kPrevious);
+  CHECK(weights.status().upload_bytes == 0);
+  REQUIRE(weights.Rollback().ok());
+  expect(initial, model->config().initial_weights_version);
+
+  // An upload's chunks land in pinned memory too.
+  auto file = SafetensorsFile::Open(seed7_file);
+  REQUIRE(file.ok());
+  std::vector<TensorSpec> specs;
+  for (const Tensor& t : file->tensors) specs.push_back({t.name, t.dtype, t.shape});
+  options.version = "seed7-upload";
+  options.sha256.clear();
+  auto session = weights.BeginUpload(specs, options);
+  REQUIRE(session.ok());
+  for (const Tensor& t : file->tensors) REQUIRE((*session)->Write(t.name, 0, t.data, t.nbytes).ok());
+  REQUIRE((*session)->Commit().ok());
+  CHECK(weights.status().last_push.pinned_staging);
+  REQUIRE(weights.Swap().ok());
+  expect(seed7, "seed7-upload");
 }
 
 TEST_CASE("CUDA device mismatches are load errors", "[cuda]") {

@@ -403,6 +403,14 @@ EOF
     fi
     out "Daemon VmRSS at the end: $(rss_mb "$DAEMON_PID") MB."
     out ""
+    # The daemon logs each push's copy into the inactive buffer (on an accelerator: the
+    # host-to-device part) with its bandwidth and whether the staging memory was pinned.
+    out "Copies into the inactive buffer, one per push above, from the daemon's log:"
+    out ""
+    grep -o "weights '[^']*' staged.*copy into the inactive buffer[^)]*)" "$DATA/upload.daemon.log" \
+      | sed -E "s/^weights '([^']*)' staged from ([^ ]*).*copy into the inactive buffer (.*)\)$/- \1 (\2): \3/" \
+      | tee -a "$RESULTS" || out "(none logged)"
+    out ""
     stop_daemon
   fi
 fi
