@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "runtime/extraction_dirs.h"
 #include "runtime/shared_memory.h"
 #include "runtime/worker_channel.h"
 #include "runtime/worker_protocol.h"
@@ -50,10 +51,13 @@ std::string DescribeExit(int status) {
   return "stopped (status " + std::to_string(status) + ")";
 }
 
+// Reaps `pid`, then deletes the package extraction directories it left
+// behind (a worker that crashed or was killed never removes its own).
 int WaitForExit(pid_t pid) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  RemoveStaleExtractionDirs();
   return status;
 }
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "config/server_config.h"
+#include "runtime/extraction_dirs.h"
 #include "server/logging.h"
 #include "server/server.h"
 #include "server/version.h"
@@ -228,6 +229,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Package extraction directories of pt2serve processes that died without
+  // removing them (see runtime/extraction_dirs.h).
+  if (const size_t stale = RemoveStaleExtractionDirs()) {
+    server::Logger("server")->info(
+        "removed {} package extraction directories under {} left by exited pt2serve processes",
+        stale, kExtractionRoot);
+  }
 
   // Test-only fault injection (server/fault_injection.h), read once.
   server::FaultInjection faults;
