@@ -12,7 +12,6 @@
 #include "devices/cpu_isa.h"
 #include "devices/tensor_convert.h"
 #include "package/package_description.h"
-#include "runtime/extraction_dirs.h"
 #include "runtime/output_probe.h"
 
 namespace pt2serve {
@@ -127,9 +126,9 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
         options.path, "model", /*run_single_threaded=*/false,
         std::max<size_t>(options.num_runners, 1),
         static_cast<c10::DeviceIndex>(info.device.index));
-    // Marks the directory the package was just extracted into, so that it is
+    // Claims the directory the package was just extracted into, so that it is
     // removed if this process dies before the loader can (extraction_dirs.h).
-    ClaimExtractionDirs();
+    pkg->extraction_claim_ = ExtractionClaim::ClaimNew();
   } catch (const std::exception& e) {
     return InvalidArgument("failed to load package " + options.path + ": " + What(e));
   }

@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "common/tensor.h"
 #include "devices/device.h"
+#include "runtime/extraction_dirs.h"
 #include "runtime/package_info.h"
 
 namespace torch::inductor {
@@ -63,6 +64,9 @@ class ModelPackage {
  private:
   ModelPackage() = default;
   PackageInfo info_;
+  // Declared before loader_, so released after the loader removed the
+  // directory itself.
+  ExtractionClaim extraction_claim_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
 

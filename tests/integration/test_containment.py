@@ -282,3 +282,93 @@ def test_isolation_flag_admin_load_and_bad_values(daemon_factory, model_dir, lm_
     bad = subprocess.run([*pt2ctl, "models", "load", "mlp2", "mlp.pt2", "--isolation", "x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "isolation" in (bad.stderr + bad.stdout)
+
+
+def extraction_owners() -> dict[str, int]:
+    """Package extraction directories under /tmp marked by pt2serve processes: dir -> owner PID
+    (runtime/extraction_dirs.h)."""
+    owners = {}
+    for entry in os.scandir("/tmp"):
+        try:
+            line = open(os.path.join(entry.path, ".pt2serve-owner")).read()
+        except OSError:
+            continue
+        m = re.search(r"\bpid=(\d+)\b", line)
+        if m:
+            owners[entry.path] = int(m.group(1))
+    return owners
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of a running process; None once it has exited (zombies included)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    state, ppid = stat[stat.rfind(")") + 2:].split()[:2]
+    return None if state in ("Z", "X") else int(ppid)
+
+
+def test_extraction_dirs_of_dead_processes_are_removed(tmp_path, model_dir, refs):
+    """A killed worker's, and a killed daemon's, /tmp/aotinductor_* directories do not pile up:
+    the daemon removes a worker's when it reaps it, and the next daemon removes those of a
+    daemon that was SIGKILLed (it never got to)."""
+    mlp_ref = refs["mlp"]
+    models = [{"name": "iso", "path": str(model_dir / "mlp.pt2"), "num_runners": 1,
+               "isolation": "process"},
+              {"name": "mlp", "path": str(model_dir / "mlp.pt2"), "num_runners": 1}]
+
+    def serving(d, model, limit=RECOVERY_S):
+        c = grpcclient.InferenceServerClient(d.url)
+        start = time.monotonic()
+        while True:
+            try:
+                r = c.infer(model, mlp_inputs(mlp_ref["inputs"]["x"]), client_timeout=10)
+                np.testing.assert_allclose(r.as_numpy("y"), mlp_ref["outputs"]["y"], rtol=1e-4,
+                                           atol=1e-5)
+                return
+            except InferenceServerException:
+                if time.monotonic() - start > limit:
+                    raise
+                time.sleep(0.05)
+
+    def wait_for(predicate, what, limit=RECOVERY_S):
+        deadline = time.monotonic() + limit
+        while not predicate():
+            assert time.monotonic() < deadline, f"{what} within {limit}s; marked: {extraction_owners()}"
+            time.sleep(0.05)
+
+    first = start_daemon(tmp_path / "first", models=models)
+    try:
+        serving(first, "iso")
+        serving(first, "mlp")
+        own = [p for p in extraction_owners().values() if p == first.pid]
+        assert own, "the daemon marked no extraction directory of its in-process model"
+        workers = {path: pid for path, pid in extraction_owners().items()
+                   if parent_pid(pid) == first.pid}
+        assert len(workers) == 1, workers
+        (worker_dir, worker), = workers.items()
+        assert os.path.isdir(worker_dir)
+        for _ in range(3):  # each restart used to leave one directory behind
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: not os.path.exists(worker_dir), "the killed worker's directory gone")
+            serving(first, "iso")
+            workers = {path: pid for path, pid in extraction_owners().items()
+                       if parent_pid(pid) == first.pid}
+            assert len(workers) == 1 and worker not in workers.values(), workers
+            (worker_dir, worker), = workers.items()
+        first.kill()  # SIGKILL: no destructor removes anything
+        first_pid = first.pid
+    finally:
+        first.kill()
+    wait_for(lambda: parent_pid(worker) is None, "the orphaned worker exits")
+    left = [path for path, pid in extraction_owners().items() if pid in (first_pid, worker)]
+    assert left, "a SIGKILLed daemon's directories should still be there before the next start"
+
+    second = start_daemon(tmp_path / "second", models=models[1:])
+    try:
+        serving(second, "mlp")
+        assert not [p for p in left if os.path.exists(p)], left
+        assert "left by exited pt2serve processes" in second.stderr_text()
+    finally:
+        second.stop_clean()
