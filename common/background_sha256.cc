@@ -49,12 +49,12 @@ void BackgroundSha256::Run() {
         hasher_.Update(r.data + done, n);
         std::lock_guard progress(mu_);
         hashed_ += n;
-        stopping = stop_;
+        stopping = stop_ || abandoning_;
       }
     }
     lock.lock();
     busy_ = false;
-    if (queue_.empty()) idle_.notify_all();
+    idle_.notify_all();
   }
 }
 
@@ -64,6 +64,17 @@ std::string BackgroundSha256::FinishHex() {
   // The helper is parked in wake_.wait: hasher_ is ours until the next Update.
   hashed_ = 0;
   return hasher_.FinishHex();
+}
+
+void BackgroundSha256::Abandon() {
+  std::unique_lock lock(mu_);
+  queue_.clear();
+  abandoning_ = true;
+  idle_.wait(lock, [&] { return !busy_; });
+  abandoning_ = false;
+  // The helper is parked in wake_.wait: hasher_ is ours until the next Update.
+  hashed_ = 0;
+  hasher_.Reset();
 }
 
 uint64_t BackgroundSha256::bytes_hashed() const {

@@ -37,6 +37,10 @@ class BackgroundSha256 {
   // Waits until everything queued is hashed; returns the lower-case hex
   // digest and starts a new stream.
   std::string FinishHex();
+  // Drops the stream: discards what is queued and waits until the helper has
+  // let go of every range (it stops within one slice), so the caller may free
+  // them; the next Update starts a new stream.
+  void Abandon();
   // Bytes hashed so far (for progress reports); any thread.
   uint64_t bytes_hashed() const;
 
@@ -55,6 +59,7 @@ class BackgroundSha256 {
   std::deque<Range> queue_;
   bool busy_ = false;  // the helper is hashing ranges it took off the queue
   bool stop_ = false;
+  bool abandoning_ = false;  // Abandon() waits: the helper stops after its slice
   uint64_t hashed_ = 0;
   std::thread thread_;  // started by the first Update
 };

@@ -631,6 +631,9 @@ UploadSession::~UploadSession() { Finish(false); }
 void UploadSession::Finish(bool ok) {
   if (finished_) return;
   finished_ = true;
+  // The helper may still be hashing an abandoned upload's buffers (a client
+  // that went away mid-stream): it must let go of them before they are freed.
+  hasher_.Abandon();
   parts_.clear();
   ReleaseCachedStagingMemory(manager_.staging_devices_);
   manager_.ReleaseUploadBytes(held_bytes_);
