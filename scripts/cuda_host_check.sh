@@ -15,6 +15,7 @@
 #   scripts/cuda_host_check.sh upload   # build, upload benchmarks (big_mlp, huge_mlp) and
 #                                       # the plain pinned/pageable H2D copy bandwidth
 #   scripts/cuda_host_check.sh peers    # build; batching and the grpcio peer side by side
+#                                       # (PEERS_MID=1: the mid-size tools/bench/mid_mlp.py)
 #                                       # (tools/bench/peers/run_peers.sh --device cuda); needs
 #                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
 #   scripts/cuda_host_check.sh soak     # build; tools/bench/soak.py on the CUDA zoo
@@ -339,9 +340,21 @@ PYCOPY
 LD_LIBRARY_PATH=$ROOT/.pa/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec $ROOT/.pa/bin/perf_analyzer "\$@"
 WRAP
       chmod +x /tmp/perf_analyzer
-      log "peers on $CUDA_DIR (${PEERS_MODELS:-mlp,cnn})"
+      peers_dir=$CUDA_DIR peers_models=${PEERS_MODELS:-mlp,cnn}
+      if [[ -n ${PEERS_MID:-} ]]; then  # the mid-size model (tools/bench/mid_mlp.py) instead
+        peers_dir=/tmp/pt2serve-mid peers_models=midmlp
+        log "exporting midmlp for CUDA"
+        (cd tools/bench && timeout 200 $PY -c "
+import sys, torch; from pathlib import Path
+sys.path.insert(0, '../export'); import export_model as e; from mid_mlp import MidMLP
+torch.manual_seed(e.DEFAULT_SEED)
+e.export_model(MidMLP(), 'midmlp', [e.parse_input_spec('x:float32:-1,1024').spec], ['y'],
+               Path('$peers_dir'), e.cache_key(), 64, device='cuda')") \
+          >"$LOGS/export-mid.log" 2>&1 || log "midmlp export failed: $(tail -n 3 "$LOGS/export-mid.log")"
+      fi
+      log "peers on $peers_dir ($peers_models)"
       timeout ${PEERS_TIMEOUT:-420} tools/bench/peers/run_peers.sh --out "$OUT/peers-cuda.md" \
-        --pt2serve "$BUILD/server/pt2serve" --model-dir "$CUDA_DIR" --models "${PEERS_MODELS:-mlp,cnn}" \
+        --pt2serve "$BUILD/server/pt2serve" --model-dir "$peers_dir" --models "$peers_models" \
         --device cuda --perf-analyzer /tmp/perf_analyzer --peers-python "$PY" --skip-pytriton \
         ${PEERS_ARGS:---no-repeat} >"$LOGS/peers.log" 2>&1 || rc=1
       tail -n 30 "$LOGS/peers.log" | tee -a "$OUT/steps.log"
