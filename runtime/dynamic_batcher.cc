@@ -27,7 +27,7 @@ DynamicBatcher::~DynamicBatcher() {
   if (timer_.joinable()) timer_.join();
 }
 
-uint64_t DynamicBatcher::Submit(EntryPtr entry) {
+uint64_t DynamicBatcher::Submit(EntryPtr entry, bool run_here) {
   std::vector<Batch> ready;
   std::vector<EntryPtr> failed;
   uint64_t ticket = 0;
@@ -70,7 +70,7 @@ uint64_t DynamicBatcher::Submit(EntryPtr entry) {
     return 0;
   }
   FailAll(failed, Expired());
-  Dispatch(std::move(ready));
+  Dispatch(std::move(ready), run_here);
   return ticket;
 }
 
@@ -186,10 +186,12 @@ std::vector<DynamicBatcher::Batch> DynamicBatcher::FormLocked(Clock::time_point 
   return out;
 }
 
-void DynamicBatcher::Dispatch(std::vector<Batch> batches) {
+void DynamicBatcher::Dispatch(std::vector<Batch> batches, bool run_here) {
   for (Batch& b : batches) {
     auto batch = std::make_shared<Batch>(std::move(b));
-    pool_.Submit(
+    auto submit = run_here ? &RunnerPool::SubmitOrRunHere : &RunnerPool::Submit;
+    run_here = false;  // one batch at most on the caller's thread
+    (pool_.*submit)(
         [this, batch](size_t runner) {
           RunBatch(*batch, runner);
           return Status::Ok();

@@ -24,9 +24,10 @@
 // CANCELLED / DEADLINE_EXCEEDED and dropped from the batch.
 //
 // No thread hop on the fast path: the submitting thread dispatches a batch
-// that is ready at once; the batcher's own thread only wakes for a
-// max_queue_delay or the nearest deadline, and a finishing batch dispatches
-// the next one from the pool thread.
+// that is ready at once (and, when its caller allows it and a runner is free,
+// runs it right there: RunnerPool::SubmitOrRunHere); the batcher's own thread
+// only wakes for a max_queue_delay or the nearest deadline, and a finishing
+// batch dispatches the next one from the pool thread.
 //
 // Thread-safety: every public method may be called from any thread.
 #pragma once
@@ -114,7 +115,11 @@ class DynamicBatcher {
   // Queues `entry` and returns its ticket (0 when it was refused: then
   // entry->fail has already run). REQUIRES: 1 <= rows <= max_batch_size and
   // priority <= priority_levels (the caller validates and names the model).
-  uint64_t Submit(EntryPtr entry);
+  // `run_here`: the caller's thread may block for one batch, so a batch this
+  // submission makes ready runs on it when a runner is free at once (at
+  // concurrency 1 with max_queue_delay 0 that is every request: the hand-off
+  // to a pool thread would be pure latency). Formation is the same either way.
+  uint64_t Submit(EntryPtr entry, bool run_here = false);
   // Cancels a request whose batch has not started; false otherwise.
   bool Cancel(uint64_t ticket);
   // Answers one entry of a running batch: runs `reply` now or, with
@@ -135,7 +140,9 @@ class DynamicBatcher {
   std::vector<Batch> FormLocked(Clock::time_point now, std::vector<EntryPtr>& failed);
   // Removes queued entries whose deadline passed (into `failed`).
   void ExpireLocked(Clock::time_point now, std::vector<EntryPtr>& failed);
-  void Dispatch(std::vector<Batch> batches);
+  // Hands `batches` to the pool; the first may run on the calling thread
+  // (`run_here`, see Submit).
+  void Dispatch(std::vector<Batch> batches, bool run_here = false);
   void RunBatch(const Batch& batch, size_t runner);
   void BatchFinished();
   // Answers entries that leave without running. REQUIRES: mu_ not held.

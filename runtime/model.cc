@@ -158,7 +158,7 @@ Model::Model(ModelConfig config, std::vector<std::unique_ptr<Replica>> replicas,
           [threads = config_.cpu_threads] { SetThisThreadCpuThreads(threads); }})),
       weights_version_(config_.initial_weights_version),
       weights_(std::make_unique<ConstantBufferManager>(*this, std::move(staging_budget))) {
-  run_here_ = !batching && replicas_.size() == 1 && info().device.kind == DeviceKind::kCpu &&
+  run_here_ = replicas_.size() == 1 && info().device.kind == DeviceKind::kCpu &&
               config_.isolation == Isolation::kInProcess;
   if (batching) {
     batcher_ = std::make_unique<DynamicBatcher>(
@@ -376,7 +376,10 @@ RunnerPool::Ticket Model::InferAsync(InferRequest request, InferDone done) {
     entry->fail = [call](const Status& status) { call->done(status); };
     call->done = std::move(done);
     entry->payload = call;
-    return batcher_->Submit(std::move(entry));
+    const bool here = ClaimRunHere();
+    const uint64_t ticket = batcher_->Submit(std::move(entry), here);
+    if (here) run_here_busy_.store(false, std::memory_order_release);
+    return ticket;
   }
   call->response.batch_rows = signature().max_batch_size > 0 ? call->ordered[0]->shape[0] : 1;
   auto work = [this, call, deadline](size_t runner) {
@@ -416,6 +419,13 @@ void Model::RecordCompute(std::chrono::nanoseconds compute) {
 
 void Model::RunBatch(const DynamicBatcher::Batch& batch, size_t runner) {
   const auto start = Clock::now();
+  // What a batch costs decides whether the next one may run on an RPC
+  // thread (ClaimRunHere), whichever way this one ends.
+  struct RecordOnExit {
+    Model* model;
+    Clock::time_point start;
+    ~RecordOnExit() { model->RecordCompute(Clock::now() - start); }
+  } record{this, start};
   std::vector<AsyncCall*> calls;
   std::vector<int64_t> rows;
   Deadline latest = Clock::time_point::min();

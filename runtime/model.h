@@ -196,12 +196,13 @@ class Model {
                                                     const Signature& sig, size_t runners);
   // Runs a formed batch (DynamicBatcher's executor).
   void RunBatch(const DynamicBatcher::Batch& batch, size_t runner);
-  // InferAsync without batching: whether this request may run on the
-  // caller's thread when a runner is free (RunnerPool::SubmitOrRunHere).
-  // Only for in-process CPU models whose calls are short (running mean of
-  // the compute time <= kRunHereMaxCompute), and one such call at a time, so
-  // model work never holds more than one of the daemon's RPC threads. On
-  // true the caller resets run_here_busy_ once the call has returned.
+  // InferAsync: whether this request (or, with batching, the batch it makes
+  // ready) may run on the caller's thread when a runner is free
+  // (RunnerPool::SubmitOrRunHere). Only for in-process CPU models whose calls
+  // are short (running mean of the compute time, per call or per batch, <=
+  // kRunHereMaxCompute), and one such call at a time, so model work never
+  // holds more than one of the daemon's RPC threads. On true the caller
+  // resets run_here_busy_ once the call has returned.
   bool ClaimRunHere();
   void RecordCompute(std::chrono::nanoseconds compute);
 
