@@ -93,13 +93,16 @@ Outcome WeightPusher::PushStream(const PushOptions& options, PushResult* result)
   // Hashes the mapped file (alive as long as `file`) while the chunks go out.
   BackgroundSha256 hasher;
   bool ok = writer->Write(request);
+  // One chunk message, reused: its data string keeps its capacity, so each
+  // chunk is copied into memory that is already mapped (a fresh 2 MiB buffer
+  // per chunk cost a page fault per 4 KiB, ~1/3 of pt2ctl's time).
+  request.Clear();
+  v1::TensorChunk* chunk = request.mutable_chunk();
   for (const ChunkRef& c : plan) {
     if (!ok) break;  // the server ended the stream (an error) or it broke
     const Tensor& t = tensors[c.tensor];
     hasher.Update(t.data + c.offset, c.size);
-    request.Clear();
-    v1::TensorChunk* chunk = request.mutable_chunk();
-    chunk->set_name(t.name);
+    if (chunk->name() != t.name) chunk->set_name(t.name);
     chunk->set_offset(c.offset);
     chunk->set_data(t.data + c.offset, c.size);
     ok = writer->Write(request);
