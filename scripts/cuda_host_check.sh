@@ -186,13 +186,8 @@ do_bench_upload() {
     | head -n 20 | tee -a "$OUT/steps.log"
   if [[ -z ${SKIP_HUGE:-} ]]; then
     log "exporting huge_mlp (2.1 GB) for CUDA"
-    # The exporter's `module` command compiles for the CPU only: call its export_model directly.
-    (cd tools/bench && timeout 200 $PY -c "
-import sys, torch; from pathlib import Path
-sys.path.insert(0, '../export'); import export_model as e; from huge_mlp import HugeMLP
-torch.manual_seed(e.DEFAULT_SEED)
-e.export_model(HugeMLP(), 'huge_mlp', [e.parse_input_spec('x:float32:-1,4096').spec], ['y'],
-               Path('$big'), e.cache_key(), 8, device='cuda')") \
+    (cd tools/bench && timeout 200 $PY ../export/export_model.py module --target huge_mlp:HugeMLP \
+       --name huge_mlp --inputs x:float32:-1,4096 --outputs y --max-batch 8 --device cuda --out "$big") \
       >"$LOGS/export-huge.log" 2>&1 || log "huge_mlp export failed: $(tail -n 3 "$LOGS/export-huge.log")"
     if [[ -f $big/huge_mlp.pt2 ]]; then
       log "upload benchmark huge_mlp (2.1 GB)"
@@ -344,12 +339,8 @@ WRAP
       if [[ -n ${PEERS_MID:-} ]]; then  # the mid-size model (tools/bench/mid_mlp.py) instead
         peers_dir=/tmp/pt2serve-mid peers_models=midmlp
         log "exporting midmlp for CUDA"
-        (cd tools/bench && timeout 200 $PY -c "
-import sys, torch; from pathlib import Path
-sys.path.insert(0, '../export'); import export_model as e; from mid_mlp import MidMLP
-torch.manual_seed(e.DEFAULT_SEED)
-e.export_model(MidMLP(), 'midmlp', [e.parse_input_spec('x:float32:-1,1024').spec], ['y'],
-               Path('$peers_dir'), e.cache_key(), 64, device='cuda')") \
+        (cd tools/bench && timeout 200 $PY ../export/export_model.py module --target mid_mlp:MidMLP \
+           --inputs x:float32:-1,1024 --outputs y --max-batch 64 --device cuda --out "$peers_dir") \
           >"$LOGS/export-mid.log" 2>&1 || log "midmlp export failed: $(tail -n 3 "$LOGS/export-mid.log")"
       fi
       log "peers on $peers_dir ($peers_models)"

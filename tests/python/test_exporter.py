@@ -270,3 +270,19 @@ def test_module_command(tmp_path):
     assert set(ref) == {"input.tokens", "input.mask", "output.logits", "output.best",
                         "output.pooled"}
     assert ref["input.tokens"].shape == ref["input.mask"].shape
+
+
+def test_module_device_option(tmp_path):
+    """`module --device cuda` compiles for the GPU (used by scripts/cuda_host_check.sh for the
+    benchmark models); on a host without CUDA it fails with torch's reason, writing nothing."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA: the failure case needs a host without it")
+    proc = subprocess.run([sys.executable, str(EXPORTER), "module", "--target", "test_exporter:Block",
+                           "--inputs", "tokens:int64:-1,seq", "--inputs", "mask:float32:-1,seq",
+                           "--outputs", "logits,best,pooled", "--device", "cuda",
+                           "--out", str(tmp_path / "out")],
+                          cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "export failed" in proc.stderr and "CUDA" in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("**/*.pt2"))

@@ -10,7 +10,7 @@ does not change):
         --target mid_mlp:MidMLP --inputs x:float32:-1,1024 --outputs y --max-batch 64 --out DIR
 
 then `tools/bench/peers/run_peers.sh --model-dir DIR --models midmlp`. On a CUDA host
-`scripts/cuda_host_check.sh peers` exports it for the GPU when PEERS_MID=1.
+`scripts/cuda_host_check.sh peers` exports it for the GPU (`--device cuda`) when PEERS_MID=1.
 """
 
 import torch

@@ -367,7 +367,7 @@ def cmd_module(args) -> None:
     plan = dim_plan(specs, [a.dim_names for a in args.inputs], infer=args.infer_dims)
     try:
         seconds = export_model(module, name, specs, outputs, Path(args.out), cache_key(),
-                               args.max_batch, plan=plan)
+                               args.max_batch, device=args.device, plan=plan)
     except Exception as e:  # torch.export raises UserError, AssertionError, RuntimeError...
         raise SystemExit(f"export failed: {type(e).__name__}: {e}\n\nEvery -1 is its own dynamic "
                          "dim. If the model needs dims of different inputs to be equal, give "
@@ -420,6 +420,7 @@ def main(argv=None) -> None:
                     help="output names in return order, comma-separated or repeated")
     mo.add_argument("--name", help="model name (default: class name, lower case)")
     mo.add_argument("--max-batch", type=int, default=MAX_BATCH, help="upper bound of dynamic dim 0")
+    mo.add_argument("--device", default="cpu", help="compile for this device: cpu (default) or cuda")
     mo.add_argument("--out", required=True, help="output directory")
     mo.set_defaults(func=cmd_module)
 
