@@ -3,7 +3,8 @@
 A push streams one UpdateConstantBuffer call: a header announcing every tensor (name, dtype,
 shape, byte size), the data in chunks read from each tensor's own memory (torch tensors on
 the CPU and contiguous numpy arrays are not copied as a whole; each chunk is copied once into
-its message), and a trailer with the SHA-256 of the bytes sent, hashed while sending. The
+its message), and a trailer with the SHA-256 of the bytes sent, hashed on a helper thread while
+sending. The
 server stages the set only when every byte arrived and the digest matches; otherwise the
 active weights keep serving and nothing is staged.
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
@@ -44,6 +47,37 @@ _TORCH_DTYPES = {  # torch dtype name -> wire dtype
     "float16": inference_pb2.DT_FLOAT16, "bfloat16": inference_pb2.DT_BFLOAT16,
     "float32": inference_pb2.DT_FLOAT32, "float64": inference_pb2.DT_FLOAT64,
 }
+class _BackgroundSha256:
+    """SHA-256 of the pushed bytes on a helper thread: hashlib releases the GIL while it hashes
+    a large buffer, so the digest is computed while gRPC serializes and sends the next chunks
+    instead of before each one. The caller keeps every buffer alive until hexdigest()."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pt2serve-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._hash.update(piece)
+
+    def update(self, piece) -> None:
+        self._queue.put(piece)
+
+    def hexdigest(self) -> str:
+        """Waits for every queued piece; the hasher is finished afterwards."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._hash.hexdigest()
+
+    def abandon(self) -> None:
+        """Stops the helper without waiting for a result (a push that failed)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+
+
 # Prefixes that wrappers add to state_dict keys but that are not part of the exported
 # module's constant names: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -209,7 +243,7 @@ class Client:
                       progress: Optional[Callable[[int, int], None]],
                       chunk_bytes: int) -> PushResult:
         total = sum(e.data.nbytes for e in entries)
-        hasher = hashlib.sha256()
+        hasher = _BackgroundSha256()
         sent = 0
         raised: list[BaseException] = []  # by `progress` (or our own code) while streaming
 
@@ -243,6 +277,7 @@ class Client:
             reply = self._admin.UpdateConstantBuffer(requests(), metadata=self._metadata,
                                                      timeout=self.timeout)
         except grpc.RpcError as e:
+            hasher.abandon()
             if raised:
                 raise raised[0]
             raise PushError("push", e.code(), e.details() or "") from None
