@@ -122,6 +122,7 @@ ConstantBufferManager::ConstantBufferManager(Model& model,
       staging_devices_(!on_host_ && model.config().isolation == Isolation::kInProcess
                            ? model.device_specs()
                            : std::vector<DeviceSpec>{}),
+      copy_file_tensors_(!staging_devices_.empty()),
       staging_budget_(model.config().weights_staging_budget_bytes),
       account_(StagingBudget::Open(server_budget ? server_budget
                                                  : std::make_shared<StagingBudget>(0))) {
@@ -160,15 +161,15 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   if (options.source.empty()) options.source = safetensors_path;
   PushProbe probe(model_.device_specs());
-  // Host staging copies (accelerators only), released when the push ends.
+  // Host staging copies (copy_file_tensors_), released when the push ends.
   size_t copy_bytes = 0;
   auto stage = [&]() -> Status {
     auto file = SafetensorsFile::Open(safetensors_path);
     if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
     // On CPU the file's memory map (page cache) is the staging memory: no
-    // upload buffers of ours. Accelerators get pinned copies.
+    // upload buffers of ours. Accelerators get (pinned) copies.
     size_t upload_bytes = 0;
-    if (!staging_devices_.empty()) {
+    if (copy_file_tensors_) {
       for (const Tensor& t : file->tensors) {
         upload_bytes += StagingFootprint(staging_devices_, t.nbytes);
       }
@@ -180,7 +181,7 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
     const bool check = Sha256::IsHexDigest(options.sha256);
     std::string actual;
     std::vector<Tensor> tensors = file->tensors;  // alias the mapping
-    if (!staging_devices_.empty()) {
+    if (copy_file_tensors_) {
       std::vector<std::byte*> dest;
       copy_bytes = upload_bytes;
       AddUploadBytes(copy_bytes);

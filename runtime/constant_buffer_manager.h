@@ -247,6 +247,11 @@ class ConstantBufferManager {
   // is used as that step's failure. Not thread-safe: set before use.
   using FaultHook = std::function<Status(std::string_view op, size_t replica)>;
   void SetFaultHookForTest(FaultHook hook) { fault_hook_ = std::move(hook); }
+  // Tests: StageFromFile copies the file's tensors into staging memory while
+  // it hashes the file, as it does for accelerator models (with ordinary
+  // memory here), so that CPU tests cover that path. Not thread-safe: set
+  // before use.
+  void CopyFileTensorsForTest() { copy_file_tensors_ = true; }
 
  private:
   friend class UploadSession;
@@ -321,6 +326,10 @@ class ConstantBufferManager {
   // accelerators; empty (plain heap) for CPU models and process-isolated
   // ones, whose weights are copied into a worker's shared memory anyway.
   const std::vector<DeviceSpec> staging_devices_;
+  // StageFromFile copies the file's tensors into staging memory while it
+  // hashes the file (accelerators: so that the device copy reads pinned
+  // memory) instead of staging straight from the memory map.
+  bool copy_file_tensors_;
   const size_t staging_budget_;        // the model's own; 0 = none
   const std::unique_ptr<StagingBudget::Account> account_;  // in the server-wide budget
 

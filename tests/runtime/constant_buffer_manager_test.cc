@@ -308,6 +308,45 @@ TEST_CASE("a file checksum that matches is accepted and recorded", "[constant_bu
   CHECK(model->weights().status().inactive.sha256 == sha);
 }
 
+// The path accelerator models take (there into pinned memory): the file's
+// tensors are copied into staging memory in the same pass that hashes the
+// file, nothing is written before the digest matched, and the copies are
+// released (and uncharged) when the push ends.
+TEST_CASE("a server-side file staged through copies made while it is hashed",
+          "[constant_buffer]") {
+  auto model = LoadMlp();
+  ConstantBufferManager& weights = model->weights();
+  weights.CopyFileTensorsForTest();
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  const std::string file = FixturePath("mlp.seed7.weights.safetensors");
+  StageOptions options = Version("seed7");
+  options.sha256 = ReadLine(FixturePath("mlp.seed7.weights.sha256"));
+  REQUIRE(weights.StageFromFile(file, options).ok());
+  BufferStatus s = weights.status();
+  CHECK(s.upload_bytes == 0);  // the copies are gone
+  CHECK_FALSE(s.last_push.pinned_staging);  // ordinary memory for a CPU model
+  CHECK(s.last_push.written_bytes == model->info().constants_nbytes);
+  // Reserved: the copies (W) on top of the inactive buffer.
+  CHECK(s.last_push.staging_bytes ==
+        model->info().constants_nbytes + model->info().blob_nbytes + model->info().folded_nbytes);
+  REQUIRE(weights.Swap().ok());
+  ExpectServes(*model, seed7, "seed7");
+
+  // A digest that does not match: DATA_LOSS, and the rollback target (the
+  // package's weights, PREVIOUS now) is untouched.
+  options.version = "bad";
+  options.sha256 = std::string(64, 'a');
+  ExpectError(weights.StageFromFile(file, options), StatusCode::kDataLoss, "checksum mismatch");
+  s = weights.status();
+  CHECK(s.inactive_state == InactiveState::kPrevious);
+  CHECK(s.inactive.version == "initial");
+  CHECK(s.upload_bytes == 0);
+  ExpectServes(*model, seed7, "seed7");
+  REQUIRE(weights.Rollback().ok());
+  ExpectServes(*model, initial, "initial");
+}
+
 TEST_CASE("a failed stage drops the staged set but keeps the rollback target",
           "[constant_buffer]") {
   auto model = LoadMlp();
