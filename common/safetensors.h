@@ -21,8 +21,8 @@ namespace pt2serve {
 struct SafetensorsFile {
   std::vector<Tensor> tensors;  // in header order
   std::map<std::string, std::string> metadata;
-  // The whole file image (header included), kept alive by `owner` and by
-  // each tensor's owner.
+  // The whole file image (header included), kept alive by `owner` (also
+  // when the file holds no tensor) and by each tensor's owner.
   const std::byte* bytes = nullptr;
   size_t size = 0;
   std::shared_ptr<const void> owner;

@@ -195,9 +195,9 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
       }
       actual = file->CopyTensors(dest, check);
     } else if (check) {
-      auto digest = Sha256::HexOfFile(safetensors_path);
-      if (!digest.ok()) return FailStage(digest.status(), false);
-      actual = *digest;
+      // The mapping that is staged is the one hashed: no second read of the
+      // file, which could also have changed in between.
+      actual = Sha256::HexOf(file->bytes, file->size);
     }
     if (check && actual != ToLower(options.sha256)) {
       return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
