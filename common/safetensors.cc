@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/parallel_pipeline.h>
@@ -179,6 +181,17 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(const std::byte* data, size_t s
 
 std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
                                          bool with_sha256) const {
+  auto copied = CopyTensors(
+      [&](size_t i, size_t offset, const std::byte* src, size_t n) {
+        std::memcpy(dest[i] + offset, src, n);
+        return Status::Ok();
+      },
+      with_sha256);
+  return copied.ok() ? *copied : std::string();  // memcpy cannot fail
+}
+
+StatusOr<std::string> SafetensorsFile::CopyTensors(const PieceCopy& copy,
+                                                   bool with_sha256) const {
   constexpr size_t kBlockBytes = 8 << 20;
   struct Range {
     size_t begin = 0;
@@ -186,6 +199,9 @@ std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
   };
   Sha256 hasher;
   size_t next = 0;
+  std::mutex error_mu;
+  Status error;                     // the first failed copy; guarded by error_mu
+  std::atomic<bool> failed{false};  // stops the pass
   // Tokens bound the blocks in flight: enough for the copy threads to run
   // ahead of the hash, few enough to keep them in the CPU caches' reach.
   const size_t tokens = 2 * static_cast<size_t>(oneapi::tbb::info::default_concurrency()) + 2;
@@ -194,7 +210,7 @@ std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
       oneapi::tbb::make_filter<void, Range>(
           oneapi::tbb::filter_mode::serial_in_order,
           [&](oneapi::tbb::flow_control& fc) -> Range {
-            if (next >= size) {
+            if (next >= size || failed.load()) {
               fc.stop();
               return {};
             }
@@ -205,19 +221,25 @@ std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
           oneapi::tbb::make_filter<Range, Range>(
               oneapi::tbb::filter_mode::parallel,
               [&](Range r) {
-                for (size_t i = 0; i < tensors.size(); ++i) {
+                for (size_t i = 0; i < tensors.size() && !failed.load(); ++i) {
                   const size_t t_begin = static_cast<size_t>(tensors[i].data - bytes);
                   const size_t t_end = t_begin + tensors[i].nbytes;
                   const size_t from = std::max(r.begin, t_begin);
                   const size_t to = std::min(r.end, t_end);
-                  if (from < to) std::memcpy(dest[i] + (from - t_begin), bytes + from, to - from);
+                  if (from >= to) continue;
+                  Status s = copy(i, from - t_begin, bytes + from, to - from);
+                  if (!s.ok()) {
+                    std::lock_guard lock(error_mu);
+                    if (!failed.exchange(true)) error = std::move(s);
+                  }
                 }
                 return r;
               }) &
           oneapi::tbb::make_filter<Range, void>(
               oneapi::tbb::filter_mode::serial_in_order, [&](Range r) {
-                if (with_sha256) hasher.Update(bytes + r.begin, r.end - r.begin);
+                if (with_sha256 && !failed.load()) hasher.Update(bytes + r.begin, r.end - r.begin);
               }));
+  if (failed.load()) return error;
   return with_sha256 ? hasher.FinishHex() : std::string();
 }
 

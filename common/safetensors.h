@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,6 +47,15 @@ struct SafetensorsFile {
   // the copies cost almost no extra time. REQUIRES: dest.size() ==
   // tensors.size(); the destinations do not overlap.
   std::string CopyTensors(const std::vector<std::byte*>& dest, bool with_sha256) const;
+
+  // The same pass with the copy left to `copy(i, offset, src, size)`: called
+  // for every piece of every tensor (tensor i's bytes [offset, offset +
+  // size), read from `src` in the mapping), several at once on oneTBB
+  // threads. Returns the digest as above, or the first error of `copy`
+  // (the pass then stops early).
+  using PieceCopy =
+      std::function<Status(size_t tensor, size_t offset, const std::byte* src, size_t size)>;
+  StatusOr<std::string> CopyTensors(const PieceCopy& copy, bool with_sha256) const;
 };
 
 // Safetensors dtype code ("F32", "BF16", "I64", ...).

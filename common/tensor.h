@@ -94,6 +94,10 @@ struct Tensor {
   const std::byte* data = nullptr;
   size_t nbytes = 0;
   std::shared_ptr<const void> owner;
+  // `data` is memory of the accelerator the tensor is bound for, not host
+  // memory (only weight staging makes these: see devices/device_staging.h).
+  // Never read through `data` on the host.
+  bool on_device = false;
 
   // Makes a tensor that owns a copy of `bytes`.
   static Tensor Copy(std::string name, DType dtype, Shape shape,

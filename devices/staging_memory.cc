@@ -34,9 +34,13 @@ at::HostAllocator* HostAllocatorFor(c10::DeviceType type) {
 
 }  // namespace
 
-size_t StagingFootprint(const std::vector<DeviceSpec>& devices, size_t nbytes) {
+bool HasPinnedStagingMemory(const std::vector<DeviceSpec>& devices) {
   auto type = PinningDeviceType(devices);
-  if (!type || HostAllocatorFor(*type) == nullptr) return nbytes;
+  return type && HostAllocatorFor(*type) != nullptr;
+}
+
+size_t StagingFootprint(const std::vector<DeviceSpec>& devices, size_t nbytes) {
+  if (!HasPinnedStagingMemory(devices)) return nbytes;
   return std::bit_ceil(std::max<size_t>(nbytes, 1));
 }
 

@@ -47,6 +47,9 @@ StatusOr<StagingMemory> AllocateStagingMemory(const std::vector<DeviceSpec>& dev
 // rounding), so this is what a push must reserve against its budgets.
 size_t StagingFootprint(const std::vector<DeviceSpec>& devices, size_t nbytes);
 
+// Whether AllocateStagingMemory gives pinned memory for `devices`.
+bool HasPinnedStagingMemory(const std::vector<DeviceSpec>& devices);
+
 // Gives the pinned blocks that nobody holds back to the system (no-op for
 // CPU models). Blocks still in use stay valid.
 void ReleaseCachedStagingMemory(const std::vector<DeviceSpec>& devices);

@@ -51,11 +51,13 @@ StatusOr<at::Tensor> ToAten(const Tensor& t, const DeviceSpec& device) {
   try {
     // The model never writes its inputs; from_blob needs a non-const pointer.
     auto owner = t.owner;
+    auto options = at::TensorOptions().dtype(*type);
+    // Already on its device (staged weights): wrapped, not copied.
+    if (t.on_device) options = options.device(ToC10Device(device));
     at::Tensor host = at::from_blob(
         const_cast<std::byte*>(t.data), t.shape,
-        [owner](void*) mutable { owner.reset(); },
-        at::TensorOptions().dtype(*type));
-    if (device.kind == DeviceKind::kCpu) return host;
+        [owner](void*) mutable { owner.reset(); }, options);
+    if (t.on_device || device.kind == DeviceKind::kCpu) return host;
     return host.to(ToC10Device(device), /*non_blocking=*/false, /*copy=*/true);
   } catch (const c10::Error& e) {
     return Internal("tensor '" + t.name + "': " + e.what_without_backtrace());

@@ -17,7 +17,8 @@ std::optional<c10::ScalarType> ToScalarType(DType dtype);
 std::optional<DType> FromScalarType(c10::ScalarType type);
 
 // Wraps `t` without copying on CPU (the at::Tensor keeps t.owner alive) and
-// copies it to `device` otherwise. REQUIRES: t passed ValidateAgainstSpec.
+// copies it to `device` otherwise; a tensor already on `device`
+// (t.on_device) is wrapped as well. REQUIRES: t passed ValidateAgainstSpec.
 StatusOr<at::Tensor> ToAten(const Tensor& t, const DeviceSpec& device);
 
 // Host copy of `t` in the torch-free form; no copy when it is already a

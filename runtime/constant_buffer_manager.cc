@@ -8,9 +8,12 @@
 #include <unordered_map>
 #include <utility>
 
+#include <oneapi/tbb/task_group.h>
+
 #include "common/process_memory.h"
 #include "common/safetensors.h"
 #include "devices/device_memory.h"
+#include "devices/device_staging.h"
 #include "runtime/model.h"
 #include "runtime/replica.h"
 
@@ -49,6 +52,8 @@ class PushProbe {
   std::chrono::nanoseconds write_time{0};
   size_t written_bytes = 0;
   bool pinned = false;  // the copies read pinned staging memory
+  bool device_staged = false;
+  std::chrono::nanoseconds transfer_time{0};
 
   PushMemory Finish() {
     Sample();
@@ -60,6 +65,8 @@ class PushProbe {
     m.write_time = std::chrono::duration_cast<std::chrono::microseconds>(write_time);
     m.written_bytes = written_bytes;
     m.pinned_staging = pinned;
+    m.device_staged = device_staged;
+    m.transfer_time = std::chrono::duration_cast<std::chrono::microseconds>(transfer_time);
     m.finished_at = std::chrono::system_clock::now();
     return m;
   }
@@ -130,6 +137,14 @@ ConstantBufferManager::ConstantBufferManager(Model& model,
   active_.info.source = model.info().path;
   active_.info.updated_at = SystemClock::now();
   active_.folded = true;  // ModelPackage::Load folds the compiled-in constants
+  if (staging_devices_.size() == 1 && model.replicas().size() == 1 &&
+      HasPinnedStagingMemory(staging_devices_)) {
+    device_staging_ = staging_devices_.front();
+  }
+}
+
+void ConstantBufferManager::DeviceStagingForTest() {
+  device_staging_ = model_.device_specs().front();
 }
 
 ConstantBufferManager::~ConstantBufferManager() = default;
@@ -166,6 +181,7 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   auto stage = [&]() -> Status {
     auto file = SafetensorsFile::Open(safetensors_path);
     if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
+    if (device_staging_) return StageFileThroughDevice(*file, options, probe, &copy_bytes);
     // On CPU the file's memory map (page cache) is the staging memory: no
     // upload buffers of ours. Accelerators get (pinned) copies.
     size_t upload_bytes = 0;
@@ -215,15 +231,66 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   return status;
 }
 
-Status ConstantBufferManager::ReserveStaging(size_t upload_bytes, PushProbe& probe) {
+Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file,
+                                                     const StageOptions& options,
+                                                     PushProbe& probe, size_t* upload_bytes) {
+  // A file that is not a weight set of this package costs no transfer.
+  if (Status checked = CheckWeightSet(file.tensors, options); !checked.ok()) {
+    return FailStage(checked, false);
+  }
+  std::vector<size_t> sizes;
+  size_t total = 0;
+  for (const Tensor& t : file.tensors) {
+    sizes.push_back(t.nbytes);
+    total += t.nbytes;
+  }
+  if (Status reserved = ReserveStaging(DeviceStaging::kRingBytes, probe, total); !reserved.ok()) {
+    return FailStage(reserved, false);
+  }
+  *upload_bytes = DeviceStaging::kRingBytes;
+  AddUploadBytes(*upload_bytes);
+  auto staging = DeviceStaging::Create(*device_staging_, sizes);
+  if (!staging.ok()) return FailStage(staging.status(), false);
+  probe.pinned = true;
+  probe.device_staged = true;
+  const bool check = Sha256::IsHexDigest(options.sha256);
+  const auto start = SteadyClock::now();
+  StatusOr<std::string> actual = file.CopyTensors(
+      [&](size_t i, size_t offset, const std::byte* src, size_t n) {
+        return (*staging)->Copy(i, offset, src, n);
+      },
+      check);
+  Status arrived = actual.ok() ? (*staging)->Finish() : actual.status();
+  probe.transfer_time += SteadyClock::now() - start;
+  probe.Sample();
+  if (!arrived.ok()) return FailStage(arrived, false);
+  if (check && *actual != ToLower(options.sha256)) {
+    return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
+                              ", got " + *actual + " (" + options.source + ")"),
+                     false);
+  }
+  std::vector<Tensor> tensors = file.tensors;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    tensors[i].owner = (*staging)->TakeTensor(i, &tensors[i].data);
+    tensors[i].on_device = true;
+  }
+  staging->reset();
+  return StageHoldingSlot(tensors, options, &probe);
+}
+
+Status ConstantBufferManager::ReserveStaging(size_t upload_bytes, PushProbe& probe,
+                                             size_t device_copy_bytes) {
   // A freed buffer is refolded before it is written: its folded results
   // exist twice for a moment (measured: one more F at the push's peak).
   const size_t refold = inactive_needs_refold_ ? folded_bytes_ : 0;
-  const size_t needed = upload_bytes + buffer_bytes_ + refold;
+  const size_t needed = upload_bytes + device_copy_bytes + buffer_bytes_ + refold;
   probe.staging = needed;
   std::string what = "weight push to model '" + model_name_ + "' (" +
-                     std::to_string(upload_bytes) + " bytes of upload buffers + " +
-                     std::to_string(buffer_bytes_) + " bytes of inactive constant buffer";
+                     std::to_string(upload_bytes) + " bytes of upload buffers + ";
+  if (device_copy_bytes) {
+    what += std::to_string(device_copy_bytes) + " bytes of transient copy on the device + ";
+  }
+  what += std::to_string(buffer_bytes_) + " bytes of inactive constant buffer";
   if (refold) what += " + " + std::to_string(refold) + " bytes to refold it after a free";
   what += ")";
   if (staging_budget_ != 0 && needed > staging_budget_) {
@@ -276,12 +343,9 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   auto sample = [probe] {
     if (probe) probe->Sample();
   };
-  const PackageInfo& info = model_.info();
-  std::vector<OfferedTensor> offered;
-  offered.reserve(tensors.size());
-  for (const Tensor& t : tensors) offered.push_back({t.name, t.dtype, &t.shape, t.nbytes});
-  const std::vector<std::string> problems = WeightSetProblems(info.constants, offered, options);
-  if (!problems.empty()) return FailStage(ProblemsStatus(model_name_, problems), false);
+  if (Status checked = CheckWeightSet(tensors, options); !checked.ok()) {
+    return FailStage(checked, false);
+  }
 
 
   {
@@ -340,6 +404,16 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
   inactive_.folded = true;
   inactive_state_ = InactiveState::kStaged;
   return Status::Ok();
+}
+
+Status ConstantBufferManager::CheckWeightSet(const std::vector<Tensor>& tensors,
+                                             const StageOptions& options) const {
+  std::vector<OfferedTensor> offered;
+  offered.reserve(tensors.size());
+  for (const Tensor& t : tensors) offered.push_back({t.name, t.dtype, &t.shape, t.nbytes});
+  const std::vector<std::string> problems =
+      WeightSetProblems(model_.info().constants, offered, options);
+  return problems.empty() ? Status::Ok() : ProblemsStatus(model_name_, problems);
 }
 
 Status ConstantBufferManager::FailStage(Status error, bool buffer_written) {
@@ -558,6 +632,16 @@ BufferStatus ConstantBufferManager::status() const {
   return s;
 }
 
+// Device staging of an upload: each tensor is copied to the device by a
+// oneTBB task as soon as its last chunk arrived, while the next tensors are
+// received. The tasks only read their part (written once, complete).
+struct UploadSession::DeviceCopies {
+  std::unique_ptr<DeviceStaging> staging;
+  oneapi::tbb::task_group tasks;
+  std::mutex mu;
+  Status error;  // the first failed copy; guarded by mu
+};
+
 StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     std::vector<TensorSpec> tensors, StageOptions options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
@@ -579,29 +663,63 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
 
   std::map<std::string_view, size_t> nbytes;
   for (const ConstantInfo& c : model_.info().constants) nbytes[c.fqn] = c.nbytes;
+  // With device staging the chunks land in ordinary host memory (pinning a
+  // whole set costs about what it saves) and go on through the pinned ring.
+  const std::vector<DeviceSpec> part_devices =
+      device_staging_ ? std::vector<DeviceSpec>{} : staging_devices_;
   size_t upload_bytes = 0;  // what the buffers will hold (pinned blocks round up)
+  size_t device_copy_bytes = 0;
+  std::vector<size_t> sizes;
   for (const TensorSpec& t : tensors) {
-    upload_bytes += StagingFootprint(staging_devices_, nbytes.at(t.name));
+    sizes.push_back(nbytes.at(t.name));
+    upload_bytes += StagingFootprint(part_devices, sizes.back());
+    if (device_staging_) device_copy_bytes += sizes.back();
   }
-  if (Status reserved = ReserveStaging(upload_bytes, *probe); !reserved.ok()) {
+  if (device_staging_) upload_bytes += DeviceStaging::kRingBytes;
+  if (Status reserved = ReserveStaging(upload_bytes, *probe, device_copy_bytes); !reserved.ok()) {
     return refuse(reserved);
+  }
+  std::unique_ptr<DeviceStaging> device;
+  if (device_staging_) {
+    auto created = DeviceStaging::Create(*device_staging_, sizes);
+    if (!created.ok()) return refuse(created.status());
+    device = std::move(*created);
+    probe->pinned = true;
+    probe->device_staged = true;
   }
   std::vector<UploadSession::Part> parts(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    parts[i].nbytes = nbytes.at(tensors[i].name);
-    auto memory = AllocateStagingMemory(staging_devices_, parts[i].nbytes);
+    parts[i].nbytes = sizes[i];
+    auto memory = AllocateStagingMemory(part_devices, parts[i].nbytes);
     if (!memory.ok()) {
       parts.clear();
       ReleaseCachedStagingMemory(staging_devices_);
       return refuse(memory.status().WithPrefix("upload of '" + tensors[i].name + "'"));
     }
-    probe->pinned = memory->pinned;
+    if (!device) probe->pinned = memory->pinned;
     parts[i].memory = std::move(*memory);
   }
   AddUploadBytes(upload_bytes);
-  return std::unique_ptr<UploadSession>(new UploadSession(*this, std::move(slot), std::move(tensors),
-                                                          std::move(parts), upload_bytes,
-                                                          std::move(options), std::move(probe)));
+  auto session = std::unique_ptr<UploadSession>(
+      new UploadSession(*this, std::move(slot), std::move(tensors), std::move(parts),
+                        upload_bytes, std::move(options), std::move(probe)));
+  if (device) {
+    session->device_ = std::make_unique<UploadSession::DeviceCopies>();
+    session->device_->staging = std::move(device);
+  }
+  return session;
+}
+
+void UploadSession::CopyPartToDevice(size_t i) {
+  DeviceCopies* device = device_.get();
+  const Part& part = parts_[i];
+  device->tasks.run([device, i, data = part.memory.data, n = part.nbytes] {
+    Status copied = device->staging->Copy(i, 0, data, n);
+    if (!copied.ok()) {
+      std::lock_guard lock(device->mu);
+      if (device->error.ok()) device->error = std::move(copied);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -635,6 +753,8 @@ void UploadSession::Finish(bool ok) {
   // The helper may still be hashing an abandoned upload's buffers (a client
   // that went away mid-stream): it must let go of them before they are freed.
   hasher_.Abandon();
+  if (device_) device_->tasks.wait();  // its copies read the parts
+  device_.reset();
   parts_.clear();
   ReleaseCachedStagingMemory(manager_.staging_devices_);
   manager_.ReleaseUploadBytes(held_bytes_);
@@ -682,6 +802,7 @@ Status UploadSession::Write(std::string_view name, uint64_t offset, size_t size,
   if (!options_.sha256.empty() || options_.sha256_follows) hasher_.Update(dest, size);
   part.received += size;
   bytes_received_ += size;
+  if (device_ && part.received == part.nbytes) CopyPartToDevice(found->second);
   // Record [offset, end), merged with touching neighbours.
   uint64_t begin = offset, stop = end;
   if (prev != part.written.end() && prev->second == offset) {
@@ -751,6 +872,29 @@ Status UploadSession::Commit() {
     }
   }
 
+  if (device_) {  // the set goes on from its transient copy on the device
+    const auto start = SteadyClock::now();
+    device_->tasks.wait();
+    Status arrived = device_->error.ok() ? device_->staging->Finish() : device_->error;
+    probe_->transfer_time += SteadyClock::now() - start;
+    probe_->Sample();
+    if (!arrived.ok()) return fail(arrived);
+    std::vector<Tensor> tensors(specs_.size());
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      tensors[i].name = specs_[i].name;
+      tensors[i].dtype = specs_[i].dtype;
+      tensors[i].shape = specs_[i].shape;
+      tensors[i].nbytes = parts_[i].nbytes;
+      tensors[i].owner = device_->staging->TakeTensor(i, &tensors[i].data);
+      tensors[i].on_device = true;
+    }
+    device_.reset();
+    parts_.clear();  // the host copy is not needed any more
+    Status staged = manager_.StageHoldingSlot(tensors, options_, probe_.get());
+    tensors.clear();
+    Finish(staged.ok());
+    return staged;
+  }
   // Hand the buffers over without copying; they are freed when Stage's
   // tensors (and anything LibTorch made from them) are gone.
   Status staged;

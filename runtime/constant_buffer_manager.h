@@ -81,6 +81,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,6 +99,7 @@ namespace pt2serve {
 class Model;
 class UploadSession;
 class PushProbe;
+struct SafetensorsFile;
 
 enum class InactiveState { kEmpty, kStaged, kPrevious };
 // "EMPTY", "STAGED", "PREVIOUS".
@@ -139,6 +141,13 @@ struct PushMemory {
   std::chrono::microseconds write_time{0};
   size_t written_bytes = 0;
   bool pinned_staging = false;
+  // With device staging: the set reached the device as a transient copy
+  // first (through pinned memory, overlapped with reading or receiving it),
+  // so write_time is a device-to-device copy. transfer_time is how long the
+  // set took to reach the device from the first byte, hashing included
+  // (files), or how long the commit waited for the last copies (uploads).
+  bool device_staged = false;
+  std::chrono::microseconds transfer_time{0};
 };
 
 struct BufferStatus {
@@ -193,11 +202,13 @@ class ConstantBufferManager {
   Status Stage(const std::vector<Tensor>& tensors, const StageOptions& options);
 
   // Stage() of a safetensors file, read through a memory map. On CPU the
-  // container's copy into its buffer is the only full copy. On an
-  // accelerator the tensors are first copied into pinned staging memory
-  // while the file is hashed (one pass over the file, both overlapped), so
-  // that the device copy runs at DMA speed. Nothing is written to the
-  // inactive buffer before the checksum matched. NOT_FOUND for a missing
+  // container's copy into its buffer is the only full copy. A model with one
+  // in-process accelerator replica gets the file's tensors moved to its
+  // device while the file is hashed (one pass over the file, all
+  // overlapped; DeviceStaging), into a transient device copy that is written
+  // into the inactive buffer once the checksum matched. Other accelerator
+  // models copy the tensors into pinned host memory in that pass instead.
+  // Nothing is written to the inactive buffer before the checksum matched. NOT_FOUND for a missing
   // file; DATA_LOSS when options.sha256 is given and differs from the
   // SHA-256 of the file's bytes (what `sha256sum FILE` prints).
   Status StageFromFile(const std::string& safetensors_path, StageOptions options);
@@ -206,7 +217,8 @@ class ConstantBufferManager {
   // announced names/dtypes/shapes up front (all problems in one
   // INVALID_ARGUMENT, like Stage), reserves the staging memory
   // (RESOURCE_EXHAUSTED naming the budget) and allocates one host buffer
-  // per tensor for the chunks. The session holds the writer slot until it is committed
+  // per tensor for the chunks (with device staging, see StageFromFile, each
+  // tensor also goes to the device as soon as it is complete). The session holds the writer slot until it is committed
   // or destroyed.
   StatusOr<std::unique_ptr<UploadSession>> BeginUpload(std::vector<TensorSpec> tensors,
                                                        StageOptions options);
@@ -252,6 +264,10 @@ class ConstantBufferManager {
   // memory here), so that CPU tests cover that path. Not thread-safe: set
   // before use.
   void CopyFileTensorsForTest() { copy_file_tensors_ = true; }
+  // Tests: pushes go through DeviceStaging as for a model on one
+  // accelerator, with the model's CPU as the "device". Not thread-safe: set
+  // before use.
+  void DeviceStagingForTest();
 
  private:
   friend class UploadSession;
@@ -280,11 +296,15 @@ class ConstantBufferManager {
 
   // FAILED_PRECONDITION when another writer holds the slot.
   StatusOr<WriterSlot> AcquireWriter();
-  // Reserves a push's staging memory (`upload_bytes` of host buffers plus
-  // the inactive buffer, plus one more F when the freed buffer must be
-  // refolded first) against both budgets, noting it in `probe`. REQUIRES:
-  // the writer slot.
-  Status ReserveStaging(size_t upload_bytes, PushProbe& probe);
+  // Reserves a push's staging memory (`upload_bytes` of host buffers, a
+  // transient device copy of `device_copy_bytes`, the inactive buffer, and
+  // one more F when the freed buffer must be refolded first) against both
+  // budgets, noting it in `probe`. REQUIRES: the writer slot.
+  Status ReserveStaging(size_t upload_bytes, PushProbe& probe, size_t device_copy_bytes = 0);
+  // StageFromFile's body with device staging; `upload_bytes` is set to the
+  // host memory it added to upload_bytes_ (released by the caller).
+  Status StageFileThroughDevice(const SafetensorsFile& file, const StageOptions& options,
+                                PushProbe& probe, size_t* upload_bytes);
   // Sets the budget charge to what is held now (upload_bytes_ + the
   // inactive buffer while allocated).
   void SyncCharge();
@@ -303,6 +323,9 @@ class ConstantBufferManager {
   // `probe` (may be null) is sampled at each step.
   Status StageHoldingSlot(const std::vector<Tensor>& tensors, const StageOptions& options,
                           PushProbe* probe);
+  // INVALID_ARGUMENT listing every way `tensors` is not a weight set of
+  // this package (names, dtypes, shapes, sizes).
+  Status CheckWeightSet(const std::vector<Tensor>& tensors, const StageOptions& options) const;
   StatusOr<SwapResult> SwapHoldingSlot();
   // Applies the failure rule (see top of file) and returns `error`.
   // `buffer_written`: the container's inactive buffer was (partly) written.
@@ -330,6 +353,12 @@ class ConstantBufferManager {
   // hashes the file (accelerators: so that the device copy reads pinned
   // memory) instead of staging straight from the memory map.
   bool copy_file_tensors_;
+  // The device a push moves the set to as it arrives (DeviceStaging): set
+  // for a model with a single in-process replica on an accelerator that has
+  // pinned host memory. Pushes then hold only DeviceStaging's ring and (for
+  // uploads) the received chunks on the host, and a transient copy of the
+  // set on the device until it is written into the inactive buffer.
+  std::optional<DeviceSpec> device_staging_;
   const size_t staging_budget_;        // the model's own; 0 = none
   const std::unique_ptr<StagingBudget::Account> account_;  // in the server-wide budget
 
@@ -415,6 +444,10 @@ class UploadSession {
 
   // Releases the upload buffers and records the push (once).
   void Finish(bool ok);
+  // Device staging: part `i` is complete; queue its copy to the device.
+  void CopyPartToDevice(size_t i);
+
+  struct DeviceCopies;  // parts on their way to the device (device staging)
 
   ConstantBufferManager& manager_;
   ConstantBufferManager::WriterSlot slot_;  // empty once committed
@@ -428,6 +461,9 @@ class UploadSession {
   // Fed (with views of parts_' buffers, written once) when a checksum is
   // expected. Declared after parts_: destroyed, and its thread joined, first.
   BackgroundSha256 hasher_;
+  // Set with device staging. Its copies read parts_: Finish() waits for them
+  // before the parts are freed.
+  std::unique_ptr<DeviceCopies> device_;
   uint64_t bytes_expected_ = 0;
   uint64_t bytes_received_ = 0;
   bool committed_ = false;

@@ -318,12 +318,14 @@ for label, pinned in (("pinned", True), ("pageable", False)):
     dt = time.perf_counter() - t0
     print(f"plain H2D copy, {label} host memory: {n / dt / 1e9:.1f} GB/s ({n / 1e9:.2f} GB in {dt:.3f} s)")
 PYCOPY
+      echo "SHA-256 (OpenSSL, 8 MiB blocks): $(openssl speed -seconds 2 -bytes 8388608 -evp sha256 \
+        2>/dev/null | tail -n 1); sha_ni: $(grep -c -m 1 -w sha_ni /proc/cpuinfo)" | tee -a "$OUT/steps.log"
       model_dirs
-      log "cuda_test: pinned staging"
-      PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR timeout 120 "$BUILD/tests/cuda_test" \
-        "CUDA staging goes through pinned memory; a bad file checksum changes nothing" -r compact \
-        >"$OUT/cuda_test_staging.log" 2>&1 || rc=1
-      tail -n 4 "$OUT/cuda_test_staging.log" | tee -a "$OUT/steps.log"
+      ctest --test-dir "$BUILD" -R "make_fixture" >/dev/null 2>&1
+      log "cuda_test [staging]: pinned ring, transient device copy"
+      PT2SERVE_CUDA_MODEL_DIR=$CUDA_DIR PT2SERVE_FIXTURE_DIR=$BUILD/fixtures timeout 120 \
+        "$BUILD/tests/cuda_test" "[staging]" -r compact >"$OUT/cuda_test_staging.log" 2>&1 || rc=1
+      tail -n 6 "$OUT/cuda_test_staging.log" | tee -a "$OUT/steps.log"
       do_bench_upload || rc=1
     fi ;;
   peers)  # issue 10: batching gain and pt2serve vs the Python grpcio peer on the GPU

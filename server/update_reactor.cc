@@ -3,6 +3,7 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
+#include <spdlog/fmt/fmt.h>
 
 #include "common/limits.h"
 
@@ -245,13 +246,29 @@ void UpdateReactor::CommitLocked() {
     }
     const PushMemory& push = st.last_push;
     const double write_s = std::chrono::duration<double>(push.write_time).count();
+    const double transfer_s = std::chrono::duration<double>(push.transfer_time).count();
+    auto rate = [](size_t bytes, double s) {
+      return s > 0 ? static_cast<double>(bytes) / s / 1e9 : 0.0;
+    };
+    std::string transfer;
+    if (push.device_staged && session_) {
+      transfer = fmt::format("; waited {:.1f} ms for the last copies to the device",
+                             transfer_s * 1e3);
+    } else if (push.device_staged) {
+      transfer = fmt::format(
+          "; read, hashed and moved to the device through pinned memory in {:.1f} ms, "
+          "{:.2f} GB/s",
+          transfer_s * 1e3, rate(push.written_bytes, transfer_s));
+    }
     Logger("admin")->info(
-        "model '{}': weights '{}' staged from {} ({} bytes, {} ms; copy into the inactive "
-        "buffer {} bytes in {:.1f} ms, {:.2f} GB/s from {} host memory)",
+        "model '{}': weights '{}' staged from {} ({} bytes, {} ms{}; copy into the inactive "
+        "buffer {} bytes in {:.1f} ms, {:.2f} GB/s from {})",
         model_name_, options_.version, options_.source, st.inactive.bytes,
-        std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), push.written_bytes,
-        write_s * 1e3, write_s > 0 ? static_cast<double>(push.written_bytes) / write_s / 1e9 : 0.0,
-        push.pinned_staging ? "pinned" : "pageable");
+        std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), transfer,
+        push.written_bytes, write_s * 1e3, rate(push.written_bytes, write_s),
+        push.device_staged    ? "its transient copy on the device"
+        : push.pinned_staging ? "pinned host memory"
+                              : "pageable host memory");
     FinishLocked(grpc::Status::OK);
   });
   if (!started.ok()) FailLocked(started);  // too many admin operations running

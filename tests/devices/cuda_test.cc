@@ -10,6 +10,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <thread>
 
@@ -17,7 +18,9 @@
 #include "common/sha256.h"
 #include "devices/device_executor.h"
 #include "devices/device_memory.h"
+#include "devices/device_staging.h"
 #include "devices/staging_memory.h"
+#include "devices/tensor_convert.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
 #include "tests/support/hot_swap_race.h"
@@ -216,7 +219,7 @@ TEST_CASE("a request right after a swap sees the staged set's folded constants",
 // engine reads it at bus speed), a server-side file is hashed while it is
 // copied there, and a checksum mismatch writes nothing (PREVIOUS survives).
 TEST_CASE("CUDA staging goes through pinned memory; a bad file checksum changes nothing",
-          "[cuda]") {
+          "[cuda][staging]") {
   auto cuda = AllocateStagingMemory({DeviceSpec{DeviceKind::kCuda, 0}}, 1 << 20);
   REQUIRE(cuda.ok());
   CHECK(cuda->pinned);
@@ -247,14 +250,16 @@ TEST_CASE("CUDA staging goes through pinned memory; a bad file checksum changes 
   REQUIRE(staged.ok());
   const PushMemory push = weights.status().last_push;
   CHECK(push.pinned_staging);
+  CHECK(push.device_staged);  // one replica on one GPU: through a transient device copy
+  CHECK(push.transfer_time.count() > 0);
   CHECK(push.written_bytes == model->info().constants_nbytes);
   CHECK(push.write_time.count() > 0);
-  CHECK(weights.status().upload_bytes == 0);  // the pinned copies are gone
+  CHECK(weights.status().upload_bytes == 0);  // the ring is gone
   REQUIRE(weights.Swap().ok());
   expect(seed7, "seed7-file");
 
   // The initial set is PREVIOUS now; a file whose checksum does not match
-  // must leave it there (the copy into pinned memory ran, nothing else).
+  // must leave it there (the copy to the device ran, nothing else).
   options.version = "bad";
   options.sha256 = std::string(64, '0');
   Status bad = weights.StageFromFile(seed7_file, options);
@@ -264,20 +269,87 @@ TEST_CASE("CUDA staging goes through pinned memory; a bad file checksum changes 
   REQUIRE(weights.Rollback().ok());
   expect(initial, model->config().initial_weights_version);
 
-  // An upload's chunks land in pinned memory too.
+  // An upload's tensors go to the device as they complete. One that is
+  // abandoned midway, or whose digest does not match, changes nothing.
   auto file = SafetensorsFile::Open(seed7_file);
   REQUIRE(file.ok());
   std::vector<TensorSpec> specs;
   for (const Tensor& t : file->tensors) specs.push_back({t.name, t.dtype, t.shape});
-  options.version = "seed7-upload";
-  options.sha256.clear();
-  auto session = weights.BeginUpload(specs, options);
-  REQUIRE(session.ok());
-  for (const Tensor& t : file->tensors) REQUIRE((*session)->Write(t.name, 0, t.data, t.nbytes).ok());
-  REQUIRE((*session)->Commit().ok());
+  auto upload = [&](const std::string& version, const std::string& sha, size_t count) {
+    StageOptions o;
+    o.version = version;
+    o.sha256 = sha;
+    auto session = weights.BeginUpload(specs, o);
+    REQUIRE(session.ok());
+    for (size_t i = 0; i < count; ++i) {
+      const Tensor& t = file->tensors[i];
+      REQUIRE((*session)->Write(t.name, 0, t.data, t.nbytes).ok());
+    }
+    return std::move(*session);
+  };
+  upload("abandoned", "", 1).reset();
+  CHECK(weights.status().inactive_state == InactiveState::kPrevious);
+  CHECK(upload("bad", std::string(64, '1'), file->tensors.size())->Commit().code() ==
+        StatusCode::kDataLoss);
+  CHECK(weights.status().inactive_state == InactiveState::kPrevious);
+  CHECK(weights.status().upload_bytes == 0);
+  expect(initial, model->config().initial_weights_version);
+  REQUIRE(upload("seed7-upload", "", file->tensors.size())->Commit().ok());
   CHECK(weights.status().last_push.pinned_staging);
+  CHECK(weights.status().last_push.device_staged);
   REQUIRE(weights.Swap().ok());
   expect(seed7, "seed7-upload");
+}
+
+// The ring of pinned blocks with real asynchronous copies: more bytes than
+// the ring holds, from four threads at once, read back from the GPU.
+TEST_CASE("device staging moves every byte to the GPU through the pinned ring",
+          "[cuda][staging]") {
+  const DeviceSpec gpu{DeviceKind::kCuda, 0};
+  const std::vector<size_t> sizes = {5 * DeviceStaging::kBlockBytes + 4097,
+                                     DeviceStaging::kRingBytes * 2 + 1};
+  std::vector<std::vector<std::byte>> source;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    std::vector<std::byte> bytes(sizes[i]);
+    for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<std::byte>((k * 131 + i) >> 3);
+    source.push_back(std::move(bytes));
+  }
+  auto staging = DeviceStaging::Create(gpu, sizes);
+  REQUIRE(staging.ok());
+  constexpr size_t kPiece = (5 << 20) + 3;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (size_t k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      size_t piece = 0;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        for (size_t off = 0; off < sizes[i]; off += kPiece, ++piece) {
+          if (piece % 4 != k) continue;
+          if (!(*staging)->Copy(i, off, source[i].data() + off, std::min(kPiece, sizes[i] - off))
+                   .ok()) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(failures.load() == 0);
+  REQUIRE((*staging)->Finish().ok());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    Tensor t;
+    t.name = "t" + std::to_string(i);
+    t.dtype = DType::kUInt8;
+    t.shape = {static_cast<int64_t>(sizes[i])};
+    t.nbytes = sizes[i];
+    t.owner = (*staging)->TakeTensor(i, &t.data);
+    t.on_device = true;
+    auto on_gpu = ToAten(t, gpu);
+    REQUIRE(on_gpu.ok());
+    CHECK(on_gpu->is_cuda());
+    const at::Tensor back = on_gpu->cpu();
+    CHECK(std::memcmp(back.const_data_ptr(), source[i].data(), sizes[i]) == 0);
+  }
 }
 
 TEST_CASE("CUDA device mismatches are load errors", "[cuda]") {

@@ -11,6 +11,7 @@
 
 #include "common/safetensors.h"
 #include "common/sha256.h"
+#include "devices/device_staging.h"
 #include "runtime/model.h"
 #include "tests/support/hot_swap_race.h"
 #include "tests/support/test_models.h"
@@ -345,6 +346,102 @@ TEST_CASE("a server-side file staged through copies made while it is hashed",
   ExpectServes(*model, seed7, "seed7");
   REQUIRE(weights.Rollback().ok());
   ExpectServes(*model, initial, "initial");
+}
+
+// The path of a model on one accelerator (there through pinned memory to a
+// transient copy on the GPU), here with the CPU as the "device": the set is
+// moved while it is read or received, written into the inactive buffer only
+// once complete and its digest matched, and the ring and transient copy are
+// gone (and uncharged) when the push ends, whatever its outcome.
+TEST_CASE("pushes staged through a transient copy on the device", "[constant_buffer]") {
+  auto model = LoadMlp();
+  ConstantBufferManager& weights = model->weights();
+  weights.DeviceStagingForTest();
+  const Reference initial = LoadReference("mlp");
+  const Reference seed7 = ReferenceFile(FixturePath("mlp.seed7.reference.safetensors"));
+  const size_t w = model->info().constants_nbytes;
+  const size_t buffer = model->info().blob_nbytes + model->info().folded_nbytes;
+  auto expect_clean = [&](InactiveState state, const std::string& inactive_version) {
+    BufferStatus s = weights.status();
+    CHECK(s.upload_bytes == 0);
+    CHECK(s.inactive_state == state);
+    CHECK(s.inactive.version == inactive_version);
+  };
+
+  SECTION("a server-side file") {
+    const std::string file = FixturePath("mlp.seed7.weights.safetensors");
+    StageOptions options = Version("seed7");
+    options.sha256 = ReadLine(FixturePath("mlp.seed7.weights.sha256"));
+    REQUIRE(weights.StageFromFile(file, options).ok());
+    BufferStatus s = weights.status();
+    CHECK(s.last_push.device_staged);
+    CHECK(s.last_push.written_bytes == w);
+    // Reserved: the ring, the transient copy (W) and the inactive buffer.
+    CHECK(s.last_push.staging_bytes == DeviceStaging::kRingBytes + w + buffer);
+    expect_clean(InactiveState::kStaged, "seed7");
+    REQUIRE(weights.Swap().ok());
+    ExpectServes(*model, seed7, "seed7");
+
+    // A digest that does not match: DATA_LOSS, the rollback target is intact.
+    options.version = "bad";
+    options.sha256 = std::string(64, 'a');
+    ExpectError(weights.StageFromFile(file, options), StatusCode::kDataLoss, "checksum mismatch");
+    expect_clean(InactiveState::kPrevious, "initial");
+    // A file that is not this model's weight set is refused before any copy.
+    options.sha256.clear();
+    ExpectError(weights.StageFromFile(FixturePath("mlp.bad_shape.weights.safetensors"), options),
+                StatusCode::kInvalidArgument, "model 'mlp'");
+    expect_clean(InactiveState::kPrevious, "initial");
+    ExpectServes(*model, seed7, "seed7");
+    REQUIRE(weights.Rollback().ok());
+    ExpectServes(*model, initial, "initial");
+  }
+  SECTION("uploads") {
+    const std::vector<Tensor> tensors =
+        SortedByName(WeightsFile("mlp.seed7.weights.safetensors"));
+    const std::string data_sha = ReadLine(FixturePath("mlp.seed7.data.sha256"));
+    auto begin = [&](std::string version, std::string sha) {
+      StageOptions options = Version(std::move(version));
+      options.sha256 = std::move(sha);
+      auto session = weights.BeginUpload(SpecsOf(tensors), options);
+      INFO(session.status().ToString());
+      REQUIRE(session.ok());
+      return std::move(session).value();
+    };
+    auto send = [&](UploadSession& session, size_t count) {  // the first `count` tensors
+      for (size_t i = 0; i < count; ++i) {
+        const Tensor& t = tensors[i];
+        const size_t half = t.nbytes / 2;  // two chunks (the digest is in arrival order)
+        REQUIRE(session.Write(t.name, 0, t.data, half).ok());
+        REQUIRE(session.Write(t.name, half, t.data + half, t.nbytes - half).ok());
+      }
+    };
+    {
+      auto session = begin("seed7-upload", data_sha);
+      CHECK(weights.status().upload_bytes == w + DeviceStaging::kRingBytes);
+      send(*session, tensors.size());
+      REQUIRE(session->Commit().ok());
+    }
+    CHECK(weights.status().last_push.device_staged);
+    expect_clean(InactiveState::kStaged, "seed7-upload");
+    REQUIRE(weights.Swap("seed7-upload").ok());
+    ExpectServes(*model, seed7, "seed7-upload");
+
+    {  // a client that goes away after some tensors went to the device
+      auto session = begin("abandoned", "");
+      send(*session, 2);
+    }
+    expect_clean(InactiveState::kPrevious, "initial");
+    {
+      auto session = begin("bad", std::string(64, 'b'));
+      send(*session, tensors.size());
+      ExpectError(session->Commit(), StatusCode::kDataLoss, "checksum mismatch");
+    }
+    expect_clean(InactiveState::kPrevious, "initial");
+    ExpectServes(*model, seed7, "seed7-upload");
+    REQUIRE(weights.Rollback().ok());
+    ExpectServes(*model, initial, "initial");
+  }
 }
 
 TEST_CASE("a failed stage drops the staged set but keeps the rollback target",

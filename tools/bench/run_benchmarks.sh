@@ -403,12 +403,13 @@ EOF
     fi
     out "Daemon VmRSS at the end: $(rss_mb "$DAEMON_PID") MB."
     out ""
-    # The daemon logs each push's copy into the inactive buffer (on an accelerator: the
-    # host-to-device part) with its bandwidth and whether the staging memory was pinned.
-    out "Copies into the inactive buffer, one per push above, from the daemon's log:"
+    # The daemon logs each push: its time, the transfer to the device (device staging:
+    # through pinned memory, overlapped with reading or receiving) and the copy into
+    # the inactive buffer with its bandwidth and what it read.
+    out "Each push above as the daemon logged it:"
     out ""
     grep -o "weights '[^']*' staged.*copy into the inactive buffer[^)]*)" "$DATA/upload.daemon.log" \
-      | sed -E "s/^weights '([^']*)' staged from ([^ ]*).*copy into the inactive buffer (.*)\)$/- \1 (\2): \3/" \
+      | sed -E "s/^weights '([^']*)' staged from ([^ ]*) \((.*)\)$/- \1 (\2): \3/" \
       | tee -a "$RESULTS" || out "(none logged)"
     out ""
     stop_daemon
