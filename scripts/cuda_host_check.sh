@@ -22,6 +22,8 @@
 #                                       # (SOAK_CYCLES, default 1000; SOAK_MODELS)
 #   scripts/cuda_host_check.sh memory   # build; weights memory accounting of big_mlp on CUDA
 #                                       # (pt2ctl weights status after each step, as JSON)
+#   scripts/cuda_host_check.sh sdk      # build; Python SDK push --swap of big_mlp
+#                                       # (tools/bench/sdk_push_bench.py; ZOO_MODELS=mlp is enough)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -239,6 +241,25 @@ do_containment_bench() {
   return $rc
 }
 
+# Starts a daemon serving `name=package` with an admin token (/tmp/admin.token) and waits
+# until the model answers `weights status`. Sets DAEMON_PID and ADMIN.
+start_admin_daemon() {
+  local spec=$1 name=${1%%=*}
+  echo admintoken > /tmp/admin.token; chmod 600 /tmp/admin.token
+  ADMIN=127.0.0.1:18102
+  "$BUILD/server/pt2serve" -m "$spec" --inference-address 127.0.0.1:18101 \
+    --admin-address $ADMIN --metrics-address '' --admin-token-file /tmp/admin.token \
+    >"$LOGS/admin-daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  for i in $(seq 300); do grep -q listening "$LOGS/admin-daemon.log" && break; sleep 0.2; done
+  # "listening" comes before the model is READY: wait for weights status to answer.
+  for i in $(seq 120); do
+    "$BUILD/tools/pt2ctl/pt2ctl" --admin-address $ADMIN --token-file /tmp/admin.token \
+      weights status "$name" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+}
+
 rc=0
 case $STAGE in
   build) do_build || rc=1 ;;
@@ -370,14 +391,8 @@ WRAP
       model_dirs
       $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
         || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
-      tok=/tmp/mem.token; echo memtoken > $tok; chmod 600 $tok
-      "$BUILD/server/pt2serve" -m "big_mlp=$CUDA_DIR/big_mlp.pt2" --inference-address 127.0.0.1:18101 \
-        --admin-address 127.0.0.1:18102 --metrics-address '' --admin-token-file $tok >"$LOGS/mem-daemon.log" 2>&1 &
-      dpid=$!
-      for i in $(seq 300); do grep -q listening "$LOGS/mem-daemon.log" && break; sleep 0.2; done
-      ctl() { "$BUILD/tools/pt2ctl/pt2ctl" --admin-address 127.0.0.1:18102 --token-file $tok --json "$@"; }
-      # "listening" comes before the model is READY: wait for weights status to answer.
-      for i in $(seq 120); do ctl weights status big_mlp >/dev/null 2>&1 && break; sleep 0.5; done
+      start_admin_daemon "big_mlp=$CUDA_DIR/big_mlp.pt2"
+      ctl() { "$BUILD/tools/pt2ctl/pt2ctl" --admin-address $ADMIN --token-file /tmp/admin.token --json "$@"; }
       {
         echo "== serving"; ctl weights status big_mlp
         echo "== push (staged)"; ctl weights push big_mlp "$CUDA_DIR/big_mlp.weights.safetensors" --version v2
@@ -388,8 +403,24 @@ WRAP
         echo "== staged after free"; ctl weights status big_mlp
       } >"$OUT/memory-cuda.log" 2>&1 || rc=1
       nvidia-smi --query-gpu=memory.used --format=csv >>"$OUT/memory-cuda.log" 2>&1
-      kill -TERM $dpid; wait $dpid
+      kill -TERM $DAEMON_PID; wait $DAEMON_PID
       log "memory stage done (memory-cuda.log)"
+    fi ;;
+  sdk)  # issue 11 part 2: the Python SDK's push --swap of big_mlp to a CUDA daemon
+    do_build || rc=1  # ZOO_MODELS=mlp keeps the export short
+    if [[ $rc == 0 ]]; then
+      model_dirs
+      stubs=/tmp/pt2serve-sdk-stubs; mkdir -p $stubs  # what sdk/python/setup.py generates
+      $PY -m grpc_tools.protoc -Iproto -I"$($PY -c 'import grpc_tools,os;print(os.path.dirname(grpc_tools.__file__))')/_proto" \
+        --python_out=$stubs --grpc_python_out=$stubs pt2serve/v1/inference.proto pt2serve/v1/admin.proto \
+        && touch $stubs/pt2serve/__init__.py $stubs/pt2serve/v1/__init__.py || log "stub generation failed"
+      $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
+        || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
+      start_admin_daemon "big_mlp=$CUDA_DIR/big_mlp.pt2"
+      PYTHONPATH=$stubs:$PYTHONPATH timeout 120 $PY tools/bench/sdk_push_bench.py --admin $ADMIN \
+        --token-file /tmp/admin.token --model big_mlp --weights "$CUDA_DIR/big_mlp.weights.safetensors" \
+        --pushes ${SDK_PUSHES:-5} 2>&1 | tail -n 12 | tee -a "$OUT/steps.log" || rc=1
+      kill -TERM $DAEMON_PID; wait $DAEMON_PID
     fi ;;
   quick-latency)
     do_build || rc=1
