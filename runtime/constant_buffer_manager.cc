@@ -176,12 +176,16 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
   if (options.source.empty()) options.source = safetensors_path;
   PushProbe probe(model_.device_specs());
-  // Host staging copies (copy_file_tensors_), released when the push ends.
+  // Host staging copies (copy_file_tensors_, or device staging's ring and
+  // its transient device copy), released when the push ends.
   size_t copy_bytes = 0;
+  size_t device_bytes = 0;
   auto stage = [&]() -> Status {
     auto file = SafetensorsFile::Open(safetensors_path);
     if (!file.ok()) return FailStage(file.status(), /*buffer_written=*/false);
-    if (device_staging_) return StageFileThroughDevice(*file, options, probe, &copy_bytes);
+    if (device_staging_) {
+      return StageFileThroughDevice(*file, options, probe, &copy_bytes, &device_bytes);
+    }
     // On CPU the file's memory map (page cache) is the staging memory: no
     // upload buffers of ours. Accelerators get (pinned) copies.
     size_t upload_bytes = 0;
@@ -224,7 +228,7 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
   };
   Status status = stage();
   if (copy_bytes != 0) {  // the copies died with stage()'s tensors
-    ReleaseUploadBytes(copy_bytes);
+    ReleaseUploadBytes(copy_bytes, device_bytes);
     ReleaseCachedStagingMemory(staging_devices_);
   }
   RecordPush(probe, options.version, status.ok());
@@ -233,7 +237,8 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
 
 Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file,
                                                      const StageOptions& options,
-                                                     PushProbe& probe, size_t* upload_bytes) {
+                                                     PushProbe& probe, size_t* upload_bytes,
+                                                     size_t* device_bytes) {
   // A file that is not a weight set of this package costs no transfer.
   if (Status checked = CheckWeightSet(file.tensors, options); !checked.ok()) {
     return FailStage(checked, false);
@@ -248,7 +253,8 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
     return FailStage(reserved, false);
   }
   *upload_bytes = DeviceStaging::kRingBytes;
-  AddUploadBytes(*upload_bytes);
+  *device_bytes = total;
+  AddUploadBytes(*upload_bytes, *device_bytes);
   auto staging = DeviceStaging::Create(*device_staging_, sizes);
   if (!staging.ok()) return FailStage(staging.status(), false);
   probe.pinned = true;
@@ -306,18 +312,20 @@ Status ConstantBufferManager::ReserveStaging(size_t upload_bytes, PushProbe& pro
 
 void ConstantBufferManager::SyncCharge() {
   std::lock_guard lock(mu_);
-  account_->Set(upload_bytes_ + (inactive_allocated_ ? buffer_bytes_ : 0));
+  account_->Set(upload_bytes_ + device_upload_bytes_ + (inactive_allocated_ ? buffer_bytes_ : 0));
 }
 
-void ConstantBufferManager::AddUploadBytes(size_t bytes) {
+void ConstantBufferManager::AddUploadBytes(size_t bytes, size_t device_bytes) {
   std::lock_guard lock(mu_);
   upload_bytes_ += bytes;
+  device_upload_bytes_ += device_bytes;
 }
 
-void ConstantBufferManager::ReleaseUploadBytes(size_t bytes) {
+void ConstantBufferManager::ReleaseUploadBytes(size_t bytes, size_t device_bytes) {
   {
     std::lock_guard lock(mu_);
     upload_bytes_ -= std::min(upload_bytes_, bytes);
+    device_upload_bytes_ -= std::min(device_upload_bytes_, device_bytes);
   }
   SyncCharge();
 }
@@ -626,6 +634,7 @@ BufferStatus ConstantBufferManager::status() const {
   s.active_memory = FullBuffer();
   if (inactive_allocated_) s.inactive_memory = FullBuffer();
   s.upload_bytes = upload_bytes_;
+  s.device_upload_bytes = device_upload_bytes_;
   s.staging_bytes = account_->charge();
   s.staging_budget = staging_budget_;
   s.last_push = last_push_;
@@ -699,11 +708,12 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     if (!device) probe->pinned = memory->pinned;
     parts[i].memory = std::move(*memory);
   }
-  AddUploadBytes(upload_bytes);
+  AddUploadBytes(upload_bytes, device_copy_bytes);
   auto session = std::unique_ptr<UploadSession>(
       new UploadSession(*this, std::move(slot), std::move(tensors), std::move(parts),
                         upload_bytes, std::move(options), std::move(probe)));
   if (device) {
+    session->held_device_bytes_ = device_copy_bytes;
     session->device_ = std::make_unique<UploadSession::DeviceCopies>();
     session->device_->staging = std::move(device);
   }
@@ -757,7 +767,7 @@ void UploadSession::Finish(bool ok) {
   device_.reset();
   parts_.clear();
   ReleaseCachedStagingMemory(manager_.staging_devices_);
-  manager_.ReleaseUploadBytes(held_bytes_);
+  manager_.ReleaseUploadBytes(held_bytes_, held_device_bytes_);
   manager_.RecordPush(*probe_, options_.version, ok);
 }
 

@@ -160,6 +160,8 @@ struct BufferStatus {
   BufferMemory active_memory;
   BufferMemory inactive_memory;  // non-zero while the buffer is allocated
   size_t upload_bytes = 0;       // host: upload buffers of a push in progress
+  // Device: the transient copy of a push in progress (device staging).
+  size_t device_upload_bytes = 0;
   // Charged against the staging budgets: upload_bytes + the inactive
   // buffer while allocated (or reserved by a push in progress).
   size_t staging_bytes = 0;
@@ -301,16 +303,18 @@ class ConstantBufferManager {
   // one more F when the freed buffer must be refolded first) against both
   // budgets, noting it in `probe`. REQUIRES: the writer slot.
   Status ReserveStaging(size_t upload_bytes, PushProbe& probe, size_t device_copy_bytes = 0);
-  // StageFromFile's body with device staging; `upload_bytes` is set to the
-  // host memory it added to upload_bytes_ (released by the caller).
+  // StageFromFile's body with device staging; `upload_bytes` and
+  // `device_bytes` are set to what it added to upload_bytes_ and
+  // device_upload_bytes_ (released by the caller).
   Status StageFileThroughDevice(const SafetensorsFile& file, const StageOptions& options,
-                                PushProbe& probe, size_t* upload_bytes);
+                                PushProbe& probe, size_t* upload_bytes, size_t* device_bytes);
   // Sets the budget charge to what is held now (upload_bytes_ + the
   // inactive buffer while allocated).
   void SyncCharge();
-  // Upload buffers of `bytes` were allocated (+) or released (-).
-  void AddUploadBytes(size_t bytes);
-  void ReleaseUploadBytes(size_t bytes);
+  // Upload buffers of `bytes` (and a transient device copy of
+  // `device_bytes`) were allocated (+) or released (-).
+  void AddUploadBytes(size_t bytes, size_t device_bytes = 0);
+  void ReleaseUploadBytes(size_t bytes, size_t device_bytes = 0);
   // Ends `probe` and keeps its numbers as status().last_push.
   void RecordPush(PushProbe& probe, const std::string& version, bool ok);
   BufferMemory FullBuffer() const;
@@ -376,6 +380,7 @@ class ConstantBufferManager {
   InactiveState inactive_state_ = InactiveState::kEmpty;
   bool inactive_allocated_ = false;  // the container's inactive buffer may hold memory
   size_t upload_bytes_ = 0;          // upload buffers alive now
+  size_t device_upload_bytes_ = 0;   // transient device copies alive now
   PushMemory last_push_;
 };
 
@@ -456,6 +461,7 @@ class UploadSession {
   const std::vector<TensorSpec> specs_;
   std::vector<Part> parts_;  // parallel to specs_
   const size_t held_bytes_;  // host memory the parts hold (charged as upload bytes)
+  size_t held_device_bytes_ = 0;  // the transient device copy (device staging)
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in specs_
   StageOptions options_;
   // Fed (with views of parts_' buffers, written once) when a checksum is

@@ -410,14 +410,10 @@ WRAP
     do_build || rc=1  # ZOO_MODELS=mlp keeps the export short
     if [[ $rc == 0 ]]; then
       model_dirs
-      stubs=/tmp/pt2serve-sdk-stubs; mkdir -p $stubs  # what sdk/python/setup.py generates
-      $PY -m grpc_tools.protoc -Iproto -I"$($PY -c 'import grpc_tools,os;print(os.path.dirname(grpc_tools.__file__))')/_proto" \
-        --python_out=$stubs --grpc_python_out=$stubs pt2serve/v1/inference.proto pt2serve/v1/admin.proto \
-        && touch $stubs/pt2serve/__init__.py $stubs/pt2serve/v1/__init__.py || log "stub generation failed"
       $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
         || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
       start_admin_daemon "big_mlp=$CUDA_DIR/big_mlp.pt2"
-      PYTHONPATH=$stubs:$PYTHONPATH timeout 120 $PY tools/bench/sdk_push_bench.py --admin $ADMIN \
+      timeout 120 $PY tools/bench/sdk_push_bench.py --admin $ADMIN \
         --token-file /tmp/admin.token --model big_mlp --weights "$CUDA_DIR/big_mlp.weights.safetensors" \
         --pushes ${SDK_PUSHES:-5} 2>&1 | tail -n 12 | tee -a "$OUT/steps.log" || rc=1
       kill -TERM $DAEMON_PID; wait $DAEMON_PID

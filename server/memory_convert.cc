@@ -34,6 +34,7 @@ void WeightsMemoryToProto(const BufferStatus& status, const StagingBudget* serve
   BufferToProto(status.active_memory, proto->mutable_active());
   BufferToProto(status.inactive_memory, proto->mutable_inactive());
   proto->set_upload_bytes(status.upload_bytes);
+  proto->set_device_upload_bytes(status.device_upload_bytes);
   proto->set_staging_bytes(status.staging_bytes);
   proto->set_staging_budget_bytes(status.staging_budget);
   if (server_budget) {

@@ -153,6 +153,9 @@ class StateCollector : public prometheus::Collectable {
       buffer("inactive", weights.inactive_memory);
       weights_memory.metric.push_back(Gauge(
           {{"model", s.name}, {"buffer", "upload"}, {"memory", "host"}}, weights.upload_bytes));
+      weights_memory.metric.push_back(
+          Gauge({{"model", s.name}, {"buffer", "upload"}, {"memory", "device"}},
+                weights.device_upload_bytes));
       staging.metric.push_back(Gauge({{"model", s.name}}, weights.staging_bytes));
       if (!weights.last_push.version.empty()) {
         push_peak.metric.push_back(Gauge({{"model", s.name}, {"memory", "process_rss"}},

@@ -227,6 +227,7 @@ def test_status_numbers_follow_stage_swap_free(pb, repo, daemon_path, tmp_path, 
         assert st.memory.active.host_bytes == st.memory.inactive.host_bytes == buffer
         assert st.memory.inactive.folded_bytes == folded
         assert st.memory.upload_bytes == 0
+        assert st.memory.device_upload_bytes == 0  # CPU model: no device staging
         assert st.memory.staging_bytes == st.memory.server_staging_bytes == buffer
         assert st.memory.server_staging_budget_bytes == 0
         assert st.bytes_in_use == 2 * w
@@ -250,6 +251,10 @@ def test_status_numbers_follow_stage_swap_free(pb, repo, daemon_path, tmp_path, 
         assert m("pt2serve_weights_memory_bytes", model="mlp", buffer="active",
                  memory="folded") == folded
         assert m("pt2serve_weights_staging_bytes", model="mlp") == buffer
+        # No push in progress: no upload buffers, no transient device copy.
+        assert m("pt2serve_weights_memory_bytes", model="mlp", buffer="upload", memory="host") == 0
+        assert m("pt2serve_weights_memory_bytes", model="mlp", buffer="upload",
+                 memory="device") == 0
         assert m("pt2serve_server_weights_staging_bytes", kind="in_use") == buffer
         assert m("pt2serve_weights_push_peak_bytes", model="mlp",
                  memory="process_rss") == resp.memory.process_peak_rss_bytes

@@ -375,6 +375,7 @@ TEST_CASE("pushes staged through a transient copy on the device", "[constant_buf
     REQUIRE(weights.StageFromFile(file, options).ok());
     BufferStatus s = weights.status();
     CHECK(s.last_push.device_staged);
+    CHECK(s.device_upload_bytes == 0);
     CHECK(s.last_push.written_bytes == w);
     // Reserved: the ring, the transient copy (W) and the inactive buffer.
     CHECK(s.last_push.staging_bytes == DeviceStaging::kRingBytes + w + buffer);
@@ -418,10 +419,15 @@ TEST_CASE("pushes staged through a transient copy on the device", "[constant_buf
     };
     {
       auto session = begin("seed7-upload", data_sha);
-      CHECK(weights.status().upload_bytes == w + DeviceStaging::kRingBytes);
+      BufferStatus during = weights.status();
+      CHECK(during.upload_bytes == w + DeviceStaging::kRingBytes);
+      CHECK(during.device_upload_bytes == w);  // the transient copy, reported and charged
+      CHECK(during.staging_bytes == DeviceStaging::kRingBytes + 2 * w + buffer);
       send(*session, tensors.size());
       REQUIRE(session->Commit().ok());
     }
+    CHECK(weights.status().device_upload_bytes == 0);
+    CHECK(weights.status().staging_bytes == buffer);  // the staged set only
     CHECK(weights.status().last_push.device_staged);
     expect_clean(InactiveState::kStaged, "seed7-upload");
     REQUIRE(weights.Swap("seed7-upload").ok());

@@ -487,8 +487,12 @@ int WeightsStatus(const Globals& g, const std::string& model) {
   add("inactive", response.inactive(), mem.inactive());
   std::fputs(table.ToString().c_str(), stdout);
   auto budget = [](uint64_t limit) { return limit ? FormatBytes(limit) : std::string("none"); };
-  std::printf("staging: %s held (upload buffers %s); model budget %s; server %s held, budget %s\n",
-              FormatBytes(mem.staging_bytes()).c_str(), FormatBytes(mem.upload_bytes()).c_str(),
+  std::string uploads = "upload buffers " + FormatBytes(mem.upload_bytes());
+  if (mem.device_upload_bytes() != 0) {
+    uploads += ", transient device copy " + FormatBytes(mem.device_upload_bytes());
+  }
+  std::printf("staging: %s held (%s); model budget %s; server %s held, budget %s\n",
+              FormatBytes(mem.staging_bytes()).c_str(), uploads.c_str(),
               budget(mem.staging_budget_bytes()).c_str(),
               FormatBytes(mem.server_staging_bytes()).c_str(),
               budget(mem.server_staging_budget_bytes()).c_str());
