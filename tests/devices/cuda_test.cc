@@ -23,6 +23,7 @@
 #include "devices/tensor_convert.h"
 #include "runtime/constant_buffer_manager.h"
 #include "runtime/model.h"
+#include "tests/support/device_staging_feed.h"
 #include "tests/support/hot_swap_race.h"
 #include "tests/support/test_models.h"
 
@@ -316,25 +317,7 @@ TEST_CASE("device staging moves every byte to the GPU through the pinned ring",
   }
   auto staging = DeviceStaging::Create(gpu, sizes);
   REQUIRE(staging.ok());
-  constexpr size_t kPiece = (5 << 20) + 3;
-  std::vector<std::thread> threads;
-  std::atomic<int> failures{0};
-  for (size_t k = 0; k < 4; ++k) {
-    threads.emplace_back([&, k] {
-      size_t piece = 0;
-      for (size_t i = 0; i < sizes.size(); ++i) {
-        for (size_t off = 0; off < sizes[i]; off += kPiece, ++piece) {
-          if (piece % 4 != k) continue;
-          if (!(*staging)->Copy(i, off, source[i].data() + off, std::min(kPiece, sizes[i] - off))
-                   .ok()) {
-            ++failures;
-          }
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  REQUIRE(failures.load() == 0);
+  REQUIRE(FeedInPieces(**staging, source, (5 << 20) + 3, 4) == 0);
   REQUIRE((*staging)->Finish().ok());
   for (size_t i = 0; i < sizes.size(); ++i) {
     Tensor t;

@@ -4,8 +4,9 @@
 
 #include <cstring>
 #include <random>
-#include <thread>
 #include <vector>
+
+#include "tests/support/device_staging_feed.h"
 
 using namespace pt2serve;
 
@@ -29,24 +30,7 @@ TEST_CASE("device staging puts every piece at its place through the ring", "[dev
   REQUIRE(staging.ok());
 
   // Four threads, each taking every fourth piece of 3 MiB + 1 of each tensor.
-  constexpr size_t kPiece = (3 << 20) + 1;
-  std::vector<std::thread> threads;
-  std::vector<Status> results(4);
-  for (size_t k = 0; k < 4; ++k) {
-    threads.emplace_back([&, k] {
-      size_t piece = 0;
-      for (size_t i = 0; i < sizes.size(); ++i) {
-        for (size_t off = 0; off < sizes[i]; off += kPiece, ++piece) {
-          if (piece % 4 != k) continue;
-          Status s = (*staging)->Copy(i, off, source[i].data() + off,
-                                      std::min(kPiece, sizes[i] - off));
-          if (!s.ok()) results[k] = s;
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (const Status& s : results) REQUIRE(s.ok());
+  REQUIRE(testing::FeedInPieces(**staging, source, (3 << 20) + 1, 4) == 0);
   REQUIRE((*staging)->Finish().ok());
 
   for (size_t i = 0; i < sizes.size(); ++i) {
