@@ -380,7 +380,9 @@ def test_pt2serve_inference_service(pt2serve_v1):
     assert {(f.name, f.number) for f in inf.BufferMemory.DESCRIPTOR.fields} == {
         ("host_bytes", 1), ("device_bytes", 2), ("folded_bytes", 3)}
     assert len(inf.PushMemory.DESCRIPTOR.fields) == 8
-    assert len(inf.WeightsMemory.DESCRIPTOR.fields) == 10
+    assert len(inf.WeightsMemory.DESCRIPTOR.fields) == 11
+    assert inf.WeightsMemory.DESCRIPTOR.fields_by_name["upload_bytes"].number == 3
+    assert inf.WeightsMemory.DESCRIPTOR.fields_by_name["device_upload_bytes"].number == 11
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["isolation"].number == 18
     assert inf.ModelInfo.DESCRIPTOR.fields_by_name["restarts"].number == 19
     assert {(f.name, f.number) for f in inf.TensorSpec.DESCRIPTOR.fields} == {
