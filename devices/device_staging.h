@@ -42,7 +42,8 @@ class DeviceStaging {
   // Allocates one uninitialized device buffer of tensor_bytes[i] bytes per
   // tensor and the ring. RESOURCE_EXHAUSTED when the device (or pinned host)
   // memory cannot be had; UNIMPLEMENTED when the device type has no pinned
-  // host allocator (the caller then stages through host memory).
+  // host allocator (ConstantBufferManager uses device staging only where
+  // HasPinnedStagingMemory says there is one, so there this is an error).
   static StatusOr<std::unique_ptr<DeviceStaging>> Create(const DeviceSpec& device,
                                                          const std::vector<size_t>& tensor_bytes);
   // Waits for the copies in flight (they read the ring and write buffers

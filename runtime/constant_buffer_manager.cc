@@ -889,41 +889,31 @@ Status UploadSession::Commit() {
     probe_->transfer_time += SteadyClock::now() - start;
     probe_->Sample();
     if (!arrived.ok()) return fail(arrived);
-    std::vector<Tensor> tensors(specs_.size());
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      tensors[i].name = specs_[i].name;
-      tensors[i].dtype = specs_[i].dtype;
-      tensors[i].shape = specs_[i].shape;
-      tensors[i].nbytes = parts_[i].nbytes;
-      tensors[i].owner = device_->staging->TakeTensor(i, &tensors[i].data);
-      tensors[i].on_device = true;
-    }
-    device_.reset();
-    parts_.clear();  // the host copy is not needed any more
-    Status staged = manager_.StageHoldingSlot(tensors, options_, probe_.get());
-    tensors.clear();
-    Finish(staged.ok());
-    return staged;
   }
-  // Hand the buffers over without copying; they are freed when Stage's
-  // tensors (and anything LibTorch made from them) are gone.
+  // Hand the set over without copying (the transient device copy, or the
+  // upload buffers); it is freed when Stage's tensors (and anything LibTorch
+  // made from them) are gone.
   Status staged;
   {
-    std::vector<Tensor> tensors;
-    tensors.reserve(specs_.size());
+    std::vector<Tensor> tensors(specs_.size());
     for (size_t i = 0; i < specs_.size(); ++i) {
-      Tensor t;
+      Tensor& t = tensors[i];
       t.name = specs_[i].name;
       t.dtype = specs_[i].dtype;
       t.shape = specs_[i].shape;
-      t.data = parts_[i].memory.data;
       t.nbytes = parts_[i].nbytes;
-      t.owner = std::move(parts_[i].memory.owner);
-      tensors.push_back(std::move(t));
+      if (device_) {
+        t.owner = device_->staging->TakeTensor(i, &t.data);
+        t.on_device = true;
+      } else {
+        t.data = parts_[i].memory.data;
+        t.owner = std::move(parts_[i].memory.owner);
+      }
     }
-    parts_.clear();
+    device_.reset();
+    parts_.clear();  // with device staging the host copy is not needed any more
     staged = manager_.StageHoldingSlot(tensors, options_, probe_.get());
-  }  // the upload buffers are freed here
+  }  // the set is freed here
   Finish(staged.ok());
   return staged;
 }
