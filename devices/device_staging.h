@@ -6,9 +6,10 @@
 // bytes are copied into a free block and the block is copied to the device
 // asynchronously on a stream of the staging's own, so the host-to-device
 // copy reads pinned memory at bus speed and overlaps with whatever produces
-// the next bytes. Pinning only the ring (kBlocks x kBlockBytes) instead of
-// the whole set keeps a push from paying to pin gigabytes of host memory
-// (measured on the H200 host: pinning cost about what it saved).
+// the next bytes. Pinning only the ring (at most kBlocks x kBlockBytes,
+// less for a smaller set: RingBytes) instead of the whole set keeps a push
+// from paying to pin gigabytes of host memory (measured on the H200 host:
+// pinning cost about what it saved).
 //
 // The device tensors are a transient copy: the caller writes them into the
 // model's inactive constant buffer (a device-to-device copy) once the set is
@@ -23,6 +24,7 @@
 // TakeTensor() from one thread after every Copy() returned.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -36,8 +38,23 @@ class DeviceStaging {
  public:
   static constexpr size_t kBlockBytes = 8 << 20;
   static constexpr size_t kBlocks = 8;
-  // Host memory the ring holds (for the staging budgets).
+  // Host memory the ring holds at most.
   static constexpr size_t kRingBytes = kBlocks * kBlockBytes;
+  // Host memory the ring of a set of `set_bytes` holds (for the staging
+  // budgets): as many blocks as the set fills, at most kBlocks; a set smaller
+  // than one block gets one block of its own size.
+  static size_t RingBytes(size_t set_bytes);
+
+  // What the copies to the device did (Stats()).
+  struct CopyStats {
+    size_t bytes = 0;   // copied to the device
+    size_t copies = 0;  // block copies queued
+    // Sum of the copies' own durations, measured on the device (events
+    // around each copy; copies on one stream never overlap). bytes / busy
+    // is the host-to-device rate while copying, whatever kept the stream
+    // waiting in between (hashing, the network).
+    std::chrono::nanoseconds busy{0};
+  };
 
   // Allocates one uninitialized device buffer of tensor_bytes[i] bytes per
   // tensor and the ring. RESOURCE_EXHAUSTED when the device (or pinned host)
@@ -66,6 +83,8 @@ class DeviceStaging {
   // owner (a LibTorch tensor). REQUIRES: Finish() returned OK.
   std::shared_ptr<const void> TakeTensor(size_t i, const std::byte** data);
 
+  // REQUIRES: Finish() returned OK.
+  CopyStats Stats() const;
 
  private:
   struct Impl;

@@ -54,6 +54,13 @@ class PushProbe {
   bool pinned = false;  // the copies read pinned staging memory
   bool device_staged = false;
   std::chrono::nanoseconds transfer_time{0};
+  DeviceStaging::CopyStats device_copies;
+
+  void AddCopyStats(const DeviceStaging::CopyStats& stats) {
+    device_copies.bytes += stats.bytes;
+    device_copies.copies += stats.copies;
+    device_copies.busy += stats.busy;
+  }
 
   PushMemory Finish() {
     Sample();
@@ -67,6 +74,8 @@ class PushProbe {
     m.pinned_staging = pinned;
     m.device_staged = device_staged;
     m.transfer_time = std::chrono::duration_cast<std::chrono::microseconds>(transfer_time);
+    m.device_copy_bytes = device_copies.bytes;
+    m.device_copy_busy = std::chrono::duration_cast<std::chrono::microseconds>(device_copies.busy);
     m.finished_at = std::chrono::system_clock::now();
     return m;
   }
@@ -249,10 +258,11 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
     sizes.push_back(t.nbytes);
     total += t.nbytes;
   }
-  if (Status reserved = ReserveStaging(DeviceStaging::kRingBytes, probe, total); !reserved.ok()) {
+  const size_t ring = DeviceStaging::RingBytes(total);
+  if (Status reserved = ReserveStaging(ring, probe, total); !reserved.ok()) {
     return FailStage(reserved, false);
   }
-  *upload_bytes = DeviceStaging::kRingBytes;
+  *upload_bytes = ring;
   *device_bytes = total;
   AddUploadBytes(*upload_bytes, *device_bytes);
   auto staging = DeviceStaging::Create(*device_staging_, sizes);
@@ -268,6 +278,7 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
       check);
   Status arrived = actual.ok() ? (*staging)->Finish() : actual.status();
   probe.transfer_time += SteadyClock::now() - start;
+  if (arrived.ok()) probe.AddCopyStats((*staging)->Stats());
   probe.Sample();
   if (!arrived.ok()) return FailStage(arrived, false);
   if (check && *actual != ToLower(options.sha256)) {
@@ -684,7 +695,7 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     upload_bytes += StagingFootprint(part_devices, sizes.back());
     if (device_staging_) device_copy_bytes += sizes.back();
   }
-  if (device_staging_) upload_bytes += DeviceStaging::kRingBytes;
+  if (device_staging_) upload_bytes += DeviceStaging::RingBytes(device_copy_bytes);
   if (Status reserved = ReserveStaging(upload_bytes, *probe, device_copy_bytes); !reserved.ok()) {
     return refuse(reserved);
   }
@@ -887,6 +898,7 @@ Status UploadSession::Commit() {
     device_->tasks.wait();
     Status arrived = device_->error.ok() ? device_->staging->Finish() : device_->error;
     probe_->transfer_time += SteadyClock::now() - start;
+    if (arrived.ok()) probe_->AddCopyStats(device_->staging->Stats());
     probe_->Sample();
     if (!arrived.ok()) return fail(arrived);
   }

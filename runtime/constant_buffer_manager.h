@@ -148,6 +148,12 @@ struct PushMemory {
   // (files), or how long the commit waited for the last copies (uploads).
   bool device_staged = false;
   std::chrono::microseconds transfer_time{0};
+  // Device staging: bytes copied to the device through the pinned ring, and
+  // how long the copies themselves ran, measured on the device (0 where the
+  // backend cannot time them). device_copy_bytes / device_copy_busy is the
+  // host-to-device rate while copying.
+  size_t device_copy_bytes = 0;
+  std::chrono::microseconds device_copy_busy{0};
 };
 
 struct BufferStatus {

@@ -260,6 +260,13 @@ void UpdateReactor::CommitLocked() {
           "{:.2f} GB/s",
           transfer_s * 1e3, rate(push.written_bytes, transfer_s));
     }
+    if (push.device_copy_busy.count() > 0) {
+      const double busy_s = std::chrono::duration<double>(push.device_copy_busy).count();
+      transfer += fmt::format(
+          "; host-to-device copies {:.2f} GB/s while copying ({} bytes in {:.1f} ms of copy "
+          "time on the device)",
+          rate(push.device_copy_bytes, busy_s), push.device_copy_bytes, busy_s * 1e3);
+    }
     Logger("admin")->info(
         "model '{}': weights '{}' staged from {} ({} bytes, {} ms{}; copy into the inactive "
         "buffer {} bytes in {:.1f} ms, {:.2f} GB/s from {})",

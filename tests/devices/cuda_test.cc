@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -319,6 +320,13 @@ TEST_CASE("device staging moves every byte to the GPU through the pinned ring",
   REQUIRE(staging.ok());
   REQUIRE(FeedInPieces(**staging, source, (5 << 20) + 3, 4) == 0);
   REQUIRE((*staging)->Finish().ok());
+  // Every block copy was timed on the device.
+  const DeviceStaging::CopyStats stats = (*staging)->Stats();
+  CHECK(stats.bytes == sizes[0] + sizes[1]);
+  CHECK(stats.copies >= (stats.bytes + DeviceStaging::kBlockBytes - 1) / DeviceStaging::kBlockBytes);
+  CHECK(stats.busy.count() > 0);
+  std::printf("device staging: %zu bytes in %zu copies, %.2f GB/s while copying\n", stats.bytes,
+              stats.copies, static_cast<double>(stats.bytes) / static_cast<double>(stats.busy.count()));
   for (size_t i = 0; i < sizes.size(); ++i) {
     Tensor t;
     t.name = "t" + std::to_string(i);

@@ -32,6 +32,9 @@ TEST_CASE("device staging puts every piece at its place through the ring", "[dev
   // Four threads, each taking every fourth piece of 3 MiB + 1 of each tensor.
   REQUIRE(testing::FeedInPieces(**staging, source, (3 << 20) + 1, 4) == 0);
   REQUIRE((*staging)->Finish().ok());
+  size_t total = 0;
+  for (size_t n : sizes) total += n;
+  CHECK((*staging)->Stats().bytes == total);
 
   for (size_t i = 0; i < sizes.size(); ++i) {
     INFO("tensor " << i << " of " << sizes[i] << " bytes");
@@ -55,4 +58,32 @@ TEST_CASE("device staging's tensors outlive the staging through their owners",
     owner = (*staging)->TakeTensor(0, &data);
   }
   CHECK(data[999] == std::byte{9});  // still alive through `owner` (ASan would object)
+}
+
+// The ring pins no more than the set needs: a push of a tiny model does not
+// reserve (or pin) 64 MiB.
+TEST_CASE("device staging's ring is sized to the set", "[device_staging]") {
+  constexpr size_t kBlock = DeviceStaging::kBlockBytes;
+  CHECK(DeviceStaging::RingBytes(0) == 1);
+  CHECK(DeviceStaging::RingBytes(6712) == 6712);
+  CHECK(DeviceStaging::RingBytes(kBlock - 1) == kBlock - 1);
+  CHECK(DeviceStaging::RingBytes(kBlock) == kBlock);
+  CHECK(DeviceStaging::RingBytes(kBlock + 1) == 2 * kBlock);
+  CHECK(DeviceStaging::RingBytes(3 * kBlock) == 3 * kBlock);
+  CHECK(DeviceStaging::RingBytes(100 * kBlock) == DeviceStaging::kRingBytes);
+
+  // A set smaller than a block goes through its one block in pieces.
+  std::vector<std::byte> bytes(5000);
+  for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<std::byte>(k * 7);
+  auto staging = DeviceStaging::Create(DeviceSpec{}, {3000, 2000});
+  REQUIRE(staging.ok());
+  REQUIRE((*staging)->Copy(0, 0, bytes.data(), 3000).ok());
+  REQUIRE((*staging)->Copy(1, 0, bytes.data() + 3000, 2000).ok());
+  REQUIRE((*staging)->Finish().ok());
+  const DeviceStaging::CopyStats stats = (*staging)->Stats();
+  CHECK(stats.bytes == 5000);
+  CHECK(stats.copies == 2);
+  const std::byte* data = nullptr;
+  auto owner = (*staging)->TakeTensor(1, &data);
+  CHECK(std::memcmp(data, bytes.data() + 3000, 2000) == 0);
 }

@@ -377,8 +377,11 @@ TEST_CASE("pushes staged through a transient copy on the device", "[constant_buf
     CHECK(s.last_push.device_staged);
     CHECK(s.device_upload_bytes == 0);
     CHECK(s.last_push.written_bytes == w);
-    // Reserved: the ring, the transient copy (W) and the inactive buffer.
-    CHECK(s.last_push.staging_bytes == DeviceStaging::kRingBytes + w + buffer);
+    // Reserved: the ring (sized to the small set), the transient copy (W)
+    // and the inactive buffer.
+    CHECK(DeviceStaging::RingBytes(w) == w);
+    CHECK(s.last_push.staging_bytes == DeviceStaging::RingBytes(w) + w + buffer);
+    CHECK(s.last_push.device_copy_bytes == w);
     expect_clean(InactiveState::kStaged, "seed7");
     REQUIRE(weights.Swap().ok());
     ExpectServes(*model, seed7, "seed7");
@@ -420,15 +423,16 @@ TEST_CASE("pushes staged through a transient copy on the device", "[constant_buf
     {
       auto session = begin("seed7-upload", data_sha);
       BufferStatus during = weights.status();
-      CHECK(during.upload_bytes == w + DeviceStaging::kRingBytes);
+      CHECK(during.upload_bytes == w + DeviceStaging::RingBytes(w));
       CHECK(during.device_upload_bytes == w);  // the transient copy, reported and charged
-      CHECK(during.staging_bytes == DeviceStaging::kRingBytes + 2 * w + buffer);
+      CHECK(during.staging_bytes == DeviceStaging::RingBytes(w) + 2 * w + buffer);
       send(*session, tensors.size());
       REQUIRE(session->Commit().ok());
     }
     CHECK(weights.status().device_upload_bytes == 0);
     CHECK(weights.status().staging_bytes == buffer);  // the staged set only
     CHECK(weights.status().last_push.device_staged);
+    CHECK(weights.status().last_push.device_copy_bytes == w);
     expect_clean(InactiveState::kStaged, "seed7-upload");
     REQUIRE(weights.Swap("seed7-upload").ok());
     ExpectServes(*model, seed7, "seed7-upload");
