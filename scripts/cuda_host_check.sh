@@ -23,7 +23,8 @@
 #   scripts/cuda_host_check.sh memory   # build; weights memory accounting of big_mlp on CUDA
 #                                       # (pt2ctl weights status after each step, as JSON)
 #   scripts/cuda_host_check.sh sdk      # build; Python SDK push --swap of big_mlp
-#                                       # (tools/bench/sdk_push_bench.py; ZOO_MODELS=mlp is enough)
+#                                       # (tools/bench/sdk_push_bench.py; ZOO_MODELS=mlp is enough;
+#                                       # SDK_VARIANTS="--chunk-mib 2;--chunk-mib 0.5": several runs)
 #
 # The host has no network and no gRPC/protobuf/spdlog/... C++ libraries: they
 # travel as Debian packages in .debs/ (see shared notes cuda-host.md; fetch
@@ -338,6 +339,14 @@ for label, pinned in (("pinned", True), ("pageable", False)):
     t0 = time.perf_counter(); dev.copy_(host, non_blocking=pinned); torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     print(f"plain H2D copy, {label} host memory: {n / dt / 1e9:.1f} GB/s ({n / 1e9:.2f} GB in {dt:.3f} s)")
+# The same bytes in 8 MiB copies (device staging's block size) from one pinned 64 MiB ring.
+piece, ring = 8 << 20, torch.ones(64 << 20, dtype=torch.uint8, pin_memory=True)
+torch.cuda.synchronize(); t0 = time.perf_counter()
+for i in range(n // piece):
+    at = (i % 8) * piece
+    dev[i * piece:(i + 1) * piece].copy_(ring[at:at + piece], non_blocking=True)
+torch.cuda.synchronize(); dt = time.perf_counter() - t0
+print(f"plain H2D copy, 8 MiB pieces from pinned memory: {n / dt / 1e9:.1f} GB/s")
 PYCOPY
       echo "SHA-256 (OpenSSL, 8 MiB blocks): $(openssl speed -seconds 2 -bytes 8388608 -evp sha256 \
         2>/dev/null | tail -n 1); sha_ni: $(grep -c -m 1 -w sha_ni /proc/cpuinfo)" | tee -a "$OUT/steps.log"
@@ -412,10 +421,18 @@ WRAP
       model_dirs
       $PY tools/export/export_model.py zoo --device cuda --models big_mlp >"$LOGS/export-big.log" 2>&1 \
         || log "big_mlp export failed: $(tail -n 3 "$LOGS/export-big.log")"
+      timeout 60 $PY tools/bench/sdk_chunk_cost.py 2>&1 | tee -a "$OUT/steps.log"
       start_admin_daemon "big_mlp=$CUDA_DIR/big_mlp.pt2"
-      timeout 120 $PY tools/bench/sdk_push_bench.py --admin $ADMIN \
-        --token-file /tmp/admin.token --model big_mlp --weights "$CUDA_DIR/big_mlp.weights.safetensors" \
-        --pushes ${SDK_PUSHES:-5} 2>&1 | tail -n 12 | tee -a "$OUT/steps.log" || rc=1
+      # SDK_VARIANTS: ';'-separated sdk_push_bench.py options, one run each (e.g.
+      # "--chunk-mib 2;--chunk-mib 0.5"; an empty one, e.g. a leading ";", runs with the
+      # SDK's defaults); default: one run with the SDK's defaults.
+      IFS=';' read -ra variants <<<"${SDK_VARIANTS:-}"
+      for variant in "${variants[@]:-}"; do
+        # shellcheck disable=SC2086 # a variant is several options
+        timeout 120 $PY tools/bench/sdk_push_bench.py --admin $ADMIN \
+          --token-file /tmp/admin.token --model big_mlp --weights "$CUDA_DIR/big_mlp.weights.safetensors" \
+          --pushes ${SDK_PUSHES:-5} $variant 2>&1 | tail -n 12 | tee -a "$OUT/steps.log" || rc=1
+      done
       kill -TERM $DAEMON_PID; wait $DAEMON_PID
     fi ;;
   quick-latency)

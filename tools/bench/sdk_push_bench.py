@@ -66,7 +66,8 @@ def main() -> int:
         rates.append(total / took / 1e6)
         print(f"push {i}: {total / 1e6:.1f} MB in {took:.3f} s = {rates[-1]:.0f} MB/s "
               f"(server staging {result.server_staging_us / 1e3:.1f} ms)", flush=True)
-    print(f"sdk push --swap {args.model}: {total / 1e6:.1f} MB, {args.pushes} pushes, "
+    chunks = f" --chunk-mib {args.chunk_mib:g}" if args.chunk_mib else ""
+    print(f"sdk push --swap {args.model}{chunks}: {total / 1e6:.1f} MB, {args.pushes} pushes, "
           f"median {statistics.median(rates):.0f} MB/s, best {max(rates):.0f} MB/s")
     return 0
 

@@ -26,7 +26,10 @@ import numpy as np
 
 from pt2serve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2
 
-DEFAULT_CHUNK_BYTES = 2 << 20
+# Small enough that gRPC Python's two copies of each chunk (into its message, then serialized)
+# stay in the CPU's caches: 512 KiB chunks pushed 724 MB/s on the H200 host where 2 MiB ones
+# pushed 533 MB/s (tools/bench/sdk_chunk_cost.py, docs/benchmarks.md).
+DEFAULT_CHUNK_BYTES = 512 << 10
 
 # numpy dtype -> wire dtype. bfloat16 comes from torch (numpy has none).
 _NUMPY_DTYPES = {
