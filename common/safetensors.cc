@@ -192,7 +192,9 @@ std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
 
 StatusOr<std::string> SafetensorsFile::CopyTensors(const PieceCopy& copy,
                                                    bool with_sha256) const {
-  constexpr size_t kBlockBytes = 8 << 20;
+  // DeviceStaging's block size: pieces fill its blocks and go to the
+  // device in copies of that size.
+  constexpr size_t kBlockBytes = 16 << 20;
   struct Range {
     size_t begin = 0;
     size_t end = 0;

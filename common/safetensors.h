@@ -41,7 +41,7 @@ struct SafetensorsFile {
   // Copies tensor i's bytes to dest[i] (parallel to `tensors`, each holding
   // tensors[i].nbytes) and returns the lower-case hex SHA-256 of the whole
   // file image when `with_sha256` (else ""), in one pass over the file: a
-  // oneTBB pipeline copies 8 MiB blocks on several threads (which also pages
+  // oneTBB pipeline copies 16 MiB blocks on several threads (which also pages
   // a cold file in) while one thread hashes the blocks in order behind them.
   // The hash is the longest stage (one SHA-256 stream cannot be split), so
   // the copies cost almost no extra time. REQUIRES: dest.size() ==
