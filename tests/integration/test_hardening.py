@@ -1,6 +1,6 @@
 """Hardening of the daemon against hostile or broken clients (issue 14), end to end.
 
-ModelStreamInfer: cancellation reaches every queued request, a client that never reads is not
+ModelStreamInfer and ModelInfer: cancellation reaches every queued request, a client that never reads is not
 read without bound, a message that does not parse ends the stream with an error. /metrics:
 silent and trickling clients block neither scrapers nor shutdown; unloaded models' series go.
 Signals: a second SIGTERM during the drain exits at once. Admin: failed authentications are
@@ -70,6 +70,40 @@ def test_stream_cancel_cancels_every_queued_request(daemon_factory, model_dir):
     assert ok + cancelled <= total and ok + cancelled >= queued, (ok, cancelled, queued)
     # Two may leave the queue for the runner between the scrape and the cancel.
     assert cancelled >= queued - 2, f"{cancelled} of {queued} queued requests were cancelled"
+
+
+def test_unary_cancel_cancels_the_queued_request(daemon_factory, model_dir):
+    """Client-cancelled ModelInfer calls leave the queue without running. Their reactor runs
+    OnCancel on the gRPC thread that sees the cancellation (InferReactor is inlineable)."""
+    d = daemon_factory(models=[{"name": "cnn", "path": str(model_dir / "cnn.pt2"),
+                                "num_runners": 1, "max_queue_size": 100}])
+    total = 15
+    image = np.random.default_rng(0).random((1024, 3, 16, 16), dtype=np.float32)
+    with d.channel() as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        calls = [stub.ModelInfer.future(kserve_request(service_pb2, "cnn", {"image": image},
+                                                       id=str(i)), timeout=60)
+                 for i in range(total)]
+        wait_for(lambda: metric(d, "pt2serve_queue_depth", model="cnn") >= 5, 30,
+                 "requests queued behind the one runner")
+        queued = metric(d, "pt2serve_queue_depth", model="cnn")
+        for call in calls:
+            call.cancel()
+        wait_for(lambda: metric(d, "pt2serve_queue_depth", model="cnn") == 0
+                 and metric(d, "pt2serve_inflight_requests", model="cnn") == 0, 60,
+                 "queue drained")
+        families = parse_metrics(scrape(d))
+        ok = sample_value(families, "pt2serve_requests_total", model="cnn", code="OK")
+        cancelled = sample_value(families, "pt2serve_requests_total", model="cnn",
+                                 code="CANCELLED")
+        # A call cancelled before the server read it is never counted.
+        assert queued <= ok + cancelled <= total, (ok, cancelled, queued)
+        # Two may leave the queue for the runner between the scrape and the cancel.
+        assert cancelled >= queued - 2, f"{cancelled} of {queued} queued requests were cancelled"
+        # Still serving.
+        r = stub.ModelInfer(kserve_request(service_pb2, "cnn", {"image": image[:2]}),
+                            timeout=RPC_TIMEOUT)
+        assert len(r.raw_output_contents) == 1
 
 
 def test_stream_client_that_never_reads_is_not_read_without_bound(daemon_factory, model_dir):
