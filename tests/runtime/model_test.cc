@@ -120,7 +120,10 @@ TEST_CASE("8 threads over 2 runners: correct results, never more than 2 inside",
   CHECK(wrong == 0);
   auto stats = model->pool().stats();
   CHECK(stats.completed == 800);
-  CHECK(stats.max_in_flight == 2);  // measured at the container's door
+  // Measured at the container's door. Whether two calls ever overlap depends
+  // on scheduling (a loaded 2-core CI host ran all 800 one at a time).
+  CHECK(stats.max_in_flight >= 1);
+  CHECK(stats.max_in_flight <= 2);
 }
 
 TEST_CASE("async inference returns the same results", "[model]") {
