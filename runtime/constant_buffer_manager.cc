@@ -56,12 +56,6 @@ class PushProbe {
   std::chrono::nanoseconds transfer_time{0};
   DeviceStaging::CopyStats device_copies;
 
-  void AddCopyStats(const DeviceStaging::CopyStats& stats) {
-    device_copies.bytes += stats.bytes;
-    device_copies.copies += stats.copies;
-    device_copies.busy += stats.busy;
-  }
-
   PushMemory Finish() {
     Sample();
     PushMemory m;
@@ -91,6 +85,28 @@ class PushProbe {
   size_t before_ = 0;
   size_t peak_ = 0;
 };
+
+namespace {
+
+// The end of a device-staged transfer that began at `start`: waits for the
+// queued copies unless `status` already failed, and notes the transfer in
+// `probe`.
+Status FinishTransfer(DeviceStaging& staging, Status status, SteadyClock::time_point start,
+                      PushProbe& probe) {
+  if (status.ok()) status = staging.Finish();
+  probe.transfer_time += SteadyClock::now() - start;
+  if (status.ok()) probe.device_copies = staging.Stats();
+  probe.Sample();
+  return status;
+}
+
+// Points `t` at tensor `i` of the staging's transient device copy.
+void TakeDeviceTensor(DeviceStaging& staging, size_t i, Tensor& t) {
+  t.owner = staging.TakeTensor(i, &t.data);
+  t.on_device = true;
+}
+
+}  // namespace
 
 std::string_view InactiveStateName(InactiveState state) {
   switch (state) {
@@ -276,10 +292,7 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
         return (*staging)->Copy(i, offset, src, n);
       },
       check);
-  Status arrived = actual.ok() ? (*staging)->Finish() : actual.status();
-  probe.transfer_time += SteadyClock::now() - start;
-  if (arrived.ok()) probe.AddCopyStats((*staging)->Stats());
-  probe.Sample();
+  Status arrived = FinishTransfer(**staging, actual.status(), start, probe);
   if (!arrived.ok()) return FailStage(arrived, false);
   if (check && *actual != ToLower(options.sha256)) {
     return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
@@ -287,10 +300,7 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
                      false);
   }
   std::vector<Tensor> tensors = file.tensors;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    tensors[i].owner = (*staging)->TakeTensor(i, &tensors[i].data);
-    tensors[i].on_device = true;
-  }
+  for (size_t i = 0; i < tensors.size(); ++i) TakeDeviceTensor(**staging, i, tensors[i]);
   staging->reset();
   return StageHoldingSlot(tensors, options, &probe);
 }
@@ -896,10 +906,7 @@ Status UploadSession::Commit() {
   if (device_) {  // the set goes on from its transient copy on the device
     const auto start = SteadyClock::now();
     device_->tasks.wait();
-    Status arrived = device_->error.ok() ? device_->staging->Finish() : device_->error;
-    probe_->transfer_time += SteadyClock::now() - start;
-    if (arrived.ok()) probe_->AddCopyStats(device_->staging->Stats());
-    probe_->Sample();
+    Status arrived = FinishTransfer(*device_->staging, device_->error, start, *probe_);
     if (!arrived.ok()) return fail(arrived);
   }
   // Hand the set over without copying (the transient device copy, or the
@@ -915,8 +922,7 @@ Status UploadSession::Commit() {
       t.shape = specs_[i].shape;
       t.nbytes = parts_[i].nbytes;
       if (device_) {
-        t.owner = device_->staging->TakeTensor(i, &t.data);
-        t.on_device = true;
+        TakeDeviceTensor(*device_->staging, i, t);
       } else {
         t.data = parts_[i].memory.data;
         t.owner = std::move(parts_[i].memory.owner);
