@@ -120,17 +120,23 @@ StatusOr<std::unique_ptr<ModelPackage>> ModelPackage::Load(const Options& option
   info.signature_source = SignatureSourceName(desc.source);
   if (desc.wrapper) info.runtime_constant_folding = desc.wrapper->runtime_constant_folding;
 
-  try {
+  {
     std::lock_guard lock(LoaderMutex());
-    pkg->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-        options.path, "model", /*run_single_threaded=*/false,
-        std::max<size_t>(options.num_runners, 1),
-        static_cast<c10::DeviceIndex>(info.device.index));
-    // Claims the directory the package was just extracted into, so that it is
-    // removed if this process dies before the loader can (extraction_dirs.h).
-    pkg->extraction_claim_ = ExtractionClaim::ClaimNew();
-  } catch (const std::exception& e) {
-    return InvalidArgument("failed to load package " + options.path + ": " + What(e));
+    ExtractionLoadGuard extraction;
+    try {
+      pkg->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          options.path, "model", /*run_single_threaded=*/false,
+          std::max<size_t>(options.num_runners, 1),
+          static_cast<c10::DeviceIndex>(info.device.index));
+      // Claims the directory the package was just extracted into, so that it
+      // is removed if this process dies before the loader can.
+      pkg->extraction_claim_ = extraction.Claim();
+    } catch (const std::exception& e) {
+      // The loader throws after extracting (e.g. a library that does not
+      // load) without removing what it extracted (extraction_dirs.h).
+      extraction.RemoveLeftovers();
+      return InvalidArgument("failed to load package " + options.path + ": " + What(e));
+    }
   }
 
   try {

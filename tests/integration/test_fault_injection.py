@@ -377,7 +377,24 @@ def corrupt_library(src: Path, dst: Path) -> Path:
     return dst
 
 
+def unclaimed_extractions() -> set[str]:
+    """Package extraction directories under /tmp (<dir>/<package>/data/aotinductor) that no
+    pt2serve process claimed (runtime/extraction_dirs.h): what a failed load used to leave."""
+    found = set()
+    for entry in os.scandir("/tmp"):
+        try:
+            if (entry.is_dir(follow_symlinks=False)
+                    and not os.path.lexists(os.path.join(entry.path, ".pt2serve-owner"))
+                    and any(os.path.isdir(os.path.join(entry.path, sub, "data", "aotinductor"))
+                            for sub in os.listdir(entry.path))):
+                found.add(entry.path)
+        except OSError:  # another user's, or gone meanwhile
+            continue
+    return found
+
+
 def test_corrupted_package(tmp_path, model_dir, refs, pb):
+    before = unclaimed_extractions()
     repo = tmp_path / "repo"
     repo.mkdir()
     good = (model_dir / "mlp.pt2").read_bytes()
@@ -410,8 +427,13 @@ def test_corrupted_package(tmp_path, model_dir, refs, pb):
                 p = ctl(d, "models", "load", "again", name)
                 refused(p, "INVALID_ARGUMENT", name)
                 assert "Traceback" not in p.stderr and "frame #" not in p.stderr
+        # The library fails to load in a worker process too (isolation: process).
+        refused(ctl(d, "models", "load", "again", "garbage_so.pt2", "--isolation", "process"),
+                "INVALID_ARGUMENT", "garbage_so.pt2")
         assert d.alive()
         assert "again" not in ok(ctl(d, "models", "list")).stdout  # run-time loads leave nothing
+        # Nor on disk: each failed load removed the directory it had extracted the package into.
+        assert unclaimed_extractions() - before == set()
         check_state(pb, d, "mlp", x, y, "initial", "EMPTY")
         rss_back_to(d.pid, level, "after failed loads of corrupted packages")
     finally:

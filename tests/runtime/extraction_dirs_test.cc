@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 
 using namespace pt2serve;
@@ -84,4 +86,50 @@ TEST_CASE("extraction directories are claimed while in use and swept once releas
 
   fs::remove_all(root);
   fs::remove_all(outside);
+}
+
+TEST_CASE("a failed load removes the directory it extracted, and nothing else",
+          "[extraction_dirs]") {
+  const fs::path root = fs::temp_directory_path() /
+                        ("pt2serve_failed_load_test_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  const fs::path layout = fs::path("pkg") / "data" / "aotinductor" / "model";
+  Write(root / "before" / layout / "x.so", "x");  // there before the load began
+
+  ExtractionLoadGuard load(root.string());
+  REQUIRE(load.locked());
+  // What the failed load extracted, and what others did meanwhile: a sibling
+  // pt2serve load that succeeded (claimed), a program that maps its library,
+  // one with a file open, and a directory of another layout.
+  Write(root / "failed" / layout / "x.so", "x");
+  Write(root / "claimed" / layout / "x.so", "x");
+  Write(root / "claimed" / kExtractionOwnerFile, "pid=1\n");
+  Mapped mapped(root / "mapped" / layout / "x.so");
+  Write(root / "open" / layout / "x.so", "x");
+  const int open_fd = ::open((root / "open" / layout / "x.so").c_str(), O_RDONLY);
+  REQUIRE(open_fd >= 0);
+  Write(root / "other" / "x", "x");
+
+  SECTION("not while another load may be between extracting and claiming") {
+    auto sibling = std::make_unique<ExtractionLoadGuard>(root.string());
+    REQUIRE(sibling->locked());
+    CHECK(load.RemoveLeftovers(std::chrono::milliseconds(50)) == 0);
+    CHECK(fs::exists(root / "failed"));
+    sibling.reset();
+    CHECK(load.RemoveLeftovers(std::chrono::milliseconds(50)) == 1);
+  }
+  SECTION("at once when no other load runs") {
+    CHECK(load.RemoveLeftovers() == 1);
+    // Done: the lock is free for the next load.
+    ExtractionLoadGuard next(root.string());
+    CHECK(next.locked());
+  }
+  CHECK_FALSE(fs::exists(root / "failed"));
+  for (const char* kept : {"before", "claimed", "mapped", "open", "other"}) {
+    INFO(kept);
+    CHECK(fs::exists(root / kept));
+  }
+  ::close(open_fd);
+  fs::remove_all(root);
 }
