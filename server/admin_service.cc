@@ -121,6 +121,13 @@ Status AdminService::RunInBackground(std::function<void()> work) {
   return Status::Ok();
 }
 
+StatusOr<ModelHandle> AdminService::AuthorizedModel(grpc::CallbackServerContext* ctx,
+                                                    const std::string& model) {
+  PT2_RETURN_IF_ERROR(Authenticate(ctx));
+  PT2_RETURN_IF_ERROR(CheckLength("model name", model, kMaxModelNameBytes));
+  return registry_.Get(model);
+}
+
 Status AdminService::Authenticate(grpc::CallbackServerContext* ctx) {
   const std::string peer = ctx->peer();
   PT2_RETURN_IF_ERROR(throttle_.Admit(peer));
@@ -337,15 +344,13 @@ grpc::ServerUnaryReactor* AdminService::SwapLike(grpc::CallbackServerContext* ct
                                                  const std::string& expected_active,
                                                  pt2serve::v1::SwapResponse* response,
                                                  bool rollback) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
-  for (Status length : {CheckLength("model name", model, kMaxModelNameBytes),
-                        CheckLength("expected_version", expected_version, kMaxVersionLabelBytes),
+  auto handle = AuthorizedModel(ctx, model);
+  if (!handle.ok()) return FinishUnary(ctx, handle.status());
+  for (Status length : {CheckLength("expected_version", expected_version, kMaxVersionLabelBytes),
                         CheckLength("expected_active_version", expected_active,
                                     kMaxVersionLabelBytes)}) {
     if (!length.ok()) return FinishUnary(ctx, length);
   }
-  auto handle = registry_.Get(model);
-  if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
   // A swap waits for in-flight requests (about one inference): off the gRPC thread.
@@ -393,12 +398,7 @@ grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::FreeInactiveRequest* request,
     pt2serve::v1::FreeInactiveResponse* response) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
-  if (Status length = CheckLength("model name", request->model(), kMaxModelNameBytes);
-      !length.ok()) {
-    return FinishUnary(ctx, length);
-  }
-  auto handle = registry_.Get(request->model());
+  auto handle = AuthorizedModel(ctx, request->model());
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   auto* reactor = ctx->DefaultReactor();
   auto shared = std::make_shared<ModelHandle>(std::move(handle).value());
@@ -420,12 +420,7 @@ grpc::ServerUnaryReactor* AdminService::FreeInactiveConstantBuffer(
 grpc::ServerUnaryReactor* AdminService::GetConstantBufferStatus(
     grpc::CallbackServerContext* ctx, const pt2serve::v1::ConstantBufferStatusRequest* request,
     pt2serve::v1::ConstantBufferStatus* response) {
-  if (Status auth = Authenticate(ctx); !auth.ok()) return FinishUnary(ctx, auth);
-  if (Status length = CheckLength("model name", request->model(), kMaxModelNameBytes);
-      !length.ok()) {
-    return FinishUnary(ctx, length);
-  }
-  auto handle = registry_.Get(request->model());
+  auto handle = AuthorizedModel(ctx, request->model());
   if (!handle.ok()) return FinishUnary(ctx, handle.status());
   const BufferStatus st = (*handle)->weights().status();
   response->set_model(request->model());

@@ -97,6 +97,10 @@ class AdminService final : public AdminServiceBase {
     std::chrono::system_clock::time_point at;
   };
   Status Authenticate(grpc::CallbackServerContext* ctx);
+  // Authenticate, then the model named in a weight RPC: its name's length
+  // checked, NOT_FOUND when it is not loaded.
+  StatusOr<ModelHandle> AuthorizedModel(grpc::CallbackServerContext* ctx,
+                                        const std::string& model);
   // Runs `work` on its own thread (it blocks: loads, drains); the destructor
   // waits for it, so it never outlives the registry. RESOURCE_EXHAUSTED (and
   // `work` is not run) when kMaxAdminBackground operations are running.
