@@ -18,6 +18,8 @@
 #                                       # (PEERS_MID=1: the mid-size tools/bench/mid_mlp.py)
 #                                       # (tools/bench/peers/run_peers.sh --device cuda); needs
 #                                       # perf_analyzer in .pa/ (bin/, lib/: `fetch` fills it)
+#   scripts/cuda_host_check.sh pytriton-wheels  # install .ptw-a/ or .ptw-b/ (one call each,
+#                                       # before `peers`; `fetch-pytriton` fills them here)
 #   scripts/cuda_host_check.sh soak     # build; tools/bench/soak.py on the CUDA zoo
 #                                       # (SOAK_CYCLES, default 1000; SOAK_MODELS)
 #   scripts/cuda_host_check.sh memory   # build; weights memory accounting of big_mlp on CUDA
@@ -65,6 +67,47 @@ if [[ $STAGE == fetch ]]; then  # on a dev machine with apt: refresh .debs/ and 
     mkdir -p .pa/bin .pa/lib && cp "$pa/bin/perf_analyzer" .pa/bin/ && cp -L "$pa"/lib/* .pa/lib/
     cp -L /usr/lib/x86_64-linux-gnu/libb64.so.0d .pa/lib/ 2>/dev/null || true
   fi
+  exit 0
+fi
+
+# PyTriton, the Triton peer of issue 10, does not fit into one call's carry next to the
+# build's packages (nvidia-pytriton alone is a 55 MB wheel; a call carries 64 MiB). So its
+# wheels travel in two calls of their own, `pytriton-wheels` with carry [".ptw-a"] and then
+# with [".ptw-b"], each installing into the host's python; a `peers` call right after, on the
+# same warm machine, then runs the pytriton rows. PyTriton 0.7.0 needs numpy < 2 in that
+# python (with numpy 2 its Python backend returns empty outputs: rehearsed on the dev VM), and
+# tritonclient needs ml-dtypes <= 0.5.4, so .ptw-b carries both (the machine is discarded after).
+PTW_A=(nvidia-pytriton==0.7.0)
+PTW_B=(pyzmq==27.3.0 sh==2.4.0 gevent==26.9.0 geventhttpclient==2.6.1 greenlet==3.5.6
+       zope.event==6.1 zope.interface==8.2 brotli==1.2.1 importlib_metadata==10.2.0
+       tritonclient==2.73.0 python-rapidjson==1.25 numpy==1.26.4 ml-dtypes==0.5.4)
+if [[ $STAGE == fetch-pytriton ]]; then  # on a dev machine: fill .ptw-a/ and .ptw-b/
+  fetch_into() {
+    local dir=$1; shift
+    mkdir -p "$dir"
+    for spec in "$@"; do
+      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+        -d "$dir" "$spec" || exit 1
+    done
+  }
+  fetch_into .ptw-a "${PTW_A[@]}"
+  fetch_into .ptw-b "${PTW_B[@]}"
+  du -sh .ptw-a .ptw-b
+  exit 0
+fi
+if [[ $STAGE == pytriton-wheels ]]; then  # on the CUDA host, once per carried folder
+  py=$(command -v "${PT2SERVE_PYTHON:-python3}")
+  for dir in .ptw-a .ptw-b; do
+    if ls "$dir"/*.whl >/dev/null 2>&1; then
+      log "installing $(ls "$dir"/*.whl | wc -l) wheels from $dir into $($py -c 'import sys;print(sys.prefix)')"
+      $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$dir"/*.whl \
+        2>&1 | grep -v WARNING | tail -n 5 | tee -a "$OUT/steps.log"
+    fi
+  done
+  $py -c 'import numpy, pytriton.triton, zmq, tritonclient.http; print("pytriton ready, numpy", numpy.__version__)' \
+    2>&1 | tail -n 2 | tee -a "$OUT/steps.log"
   exit 0
 fi
 
@@ -375,10 +418,16 @@ WRAP
            --inputs x:float32:-1,1024 --outputs y --max-batch 64 --device cuda --out "$peers_dir") \
           >"$LOGS/export-mid.log" 2>&1 || log "midmlp export failed: $(tail -n 3 "$LOGS/export-mid.log")"
       fi
+      # The pytriton rows need the two pytriton-wheels calls before this one (see above).
+      skip_pytriton=--skip-pytriton
+      if $PY -c 'import pytriton.triton, zmq' >/dev/null 2>&1; then
+        skip_pytriton=
+        log "pytriton found (numpy $($PY -c 'import numpy;print(numpy.__version__)')): its rows run too"
+      fi
       log "peers on $peers_dir ($peers_models)"
       timeout ${PEERS_TIMEOUT:-420} tools/bench/peers/run_peers.sh --out "$OUT/peers-cuda.md" \
         --pt2serve "$BUILD/server/pt2serve" --model-dir "$peers_dir" --models "$peers_models" \
-        --device cuda --perf-analyzer /tmp/perf_analyzer --peers-python "$PY" --skip-pytriton \
+        --device cuda --perf-analyzer /tmp/perf_analyzer --peers-python "$PY" $skip_pytriton \
         ${PEERS_ARGS:---no-repeat} >"$LOGS/peers.log" 2>&1 || rc=1
       tail -n 30 "$LOGS/peers.log" | tee -a "$OUT/steps.log"
     fi ;;
