@@ -113,6 +113,22 @@ StatusOr<std::string> Sha256::HexOfFile(const std::string& path) {
   return hasher.FinishHex();
 }
 
+std::string Sha256::Lower(std::string hex) {
+  for (char& c : hex) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return hex;
+}
+
+Status Sha256::Verify(std::string_view expected, std::string_view actual,
+                      std::string_view where) {
+  const std::string want = Lower(std::string(expected));
+  if (actual == want) return Status::Ok();
+  std::string message = "checksum mismatch: expected " + want + ", got " + std::string(actual);
+  if (!where.empty()) message += " (" + std::string(where) + ")";
+  return DataLoss(std::move(message));
+}
+
 bool Sha256::IsHexDigest(std::string_view text) {
   if (text.size() != 64) return false;
   for (char c : text) {

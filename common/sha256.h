@@ -45,6 +45,13 @@ class Sha256 {
   static StatusOr<std::string> HexOfFile(const std::string& path);
   // True for 64 hex digits (either case).
   static bool IsHexDigest(std::string_view text);
+  // A digest as given (operators paste either case), in lower case.
+  static std::string Lower(std::string hex);
+  // OK when `actual` (lower-case hex) is `expected` in any case, else
+  // DATA_LOSS "checksum mismatch: expected E, got A (where)"; the
+  // parenthesis only when `where` is not empty.
+  static Status Verify(std::string_view expected, std::string_view actual,
+                       std::string_view where = "");
 
  private:
   struct CtxDeleter {

@@ -8,103 +8,20 @@
 #include <unordered_map>
 #include <utility>
 
-#include <oneapi/tbb/task_group.h>
-
-#include "common/process_memory.h"
 #include "common/safetensors.h"
-#include "devices/device_memory.h"
+#include "common/sha256.h"
 #include "devices/device_staging.h"
+#include "devices/staging_memory.h"
 #include "runtime/model.h"
+#include "runtime/push_probe.h"
 #include "runtime/replica.h"
+#include "runtime/upload_session.h"
 
 namespace pt2serve {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 using SystemClock = std::chrono::system_clock;
-
-std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
-
-std::string ToLower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-}  // namespace
-
-// Measures one push: the process's peak RSS (PeakRssWindow) and the used
-// memory of the model's accelerators, sampled at each step (the container
-// allocates its blobs outside the caching allocator, so only the driver's
-// count sees them). Not thread-safe: used by the push's writer.
-class PushProbe {
- public:
-  explicit PushProbe(std::vector<DeviceSpec> devices) : devices_(std::move(devices)) {
-    before_ = DeviceUsed();
-    peak_ = before_;
-  }
-  void Sample() {
-    window_.Sample();
-    peak_ = std::max(peak_, DeviceUsed());
-  }
-  // What the push reserved (or was refused), set by ReserveStaging.
-  size_t staging = 0;
-  // Copies into the inactive buffers (StageHoldingSlot), over all replicas.
-  std::chrono::nanoseconds write_time{0};
-  size_t written_bytes = 0;
-  bool pinned = false;  // the copies read pinned staging memory
-  bool device_staged = false;
-  std::chrono::nanoseconds transfer_time{0};
-  DeviceStaging::CopyStats device_copies;
-
-  PushMemory Finish() {
-    Sample();
-    PushMemory m;
-    m.process_rss_before = window_.rss_before();
-    m.process_peak_rss = window_.Finish();
-    m.device_used_before = before_;
-    m.device_peak_used = peak_;
-    m.write_time = std::chrono::duration_cast<std::chrono::microseconds>(write_time);
-    m.written_bytes = written_bytes;
-    m.pinned_staging = pinned;
-    m.device_staged = device_staged;
-    m.transfer_time = std::chrono::duration_cast<std::chrono::microseconds>(transfer_time);
-    m.device_copy_bytes = device_copies.bytes;
-    m.device_copy_busy = std::chrono::duration_cast<std::chrono::microseconds>(device_copies.busy);
-    m.finished_at = std::chrono::system_clock::now();
-    return m;
-  }
-
- private:
-  size_t DeviceUsed() const {
-    size_t sum = 0;
-    for (const DeviceSpec& d : devices_) sum += DeviceBytesInUse(d).value_or(0);
-    return sum;
-  }
-  const std::vector<DeviceSpec> devices_;
-  PeakRssWindow window_;
-  size_t before_ = 0;
-  size_t peak_ = 0;
-};
-
-namespace {
-
-// The end of a device-staged transfer that began at `start`: waits for the
-// queued copies unless `status` already failed, and notes the transfer in
-// `probe`.
-Status FinishTransfer(DeviceStaging& staging, Status status, SteadyClock::time_point start,
-                      PushProbe& probe) {
-  if (status.ok()) status = staging.Finish();
-  probe.transfer_time += SteadyClock::now() - start;
-  if (status.ok()) probe.device_copies = staging.Stats();
-  probe.Sample();
-  return status;
-}
-
-// Points `t` at tensor `i` of the staging's transient device copy.
-void TakeDeviceTensor(DeviceStaging& staging, size_t i, Tensor& t) {
-  t.owner = staging.TakeTensor(i, &t.data);
-  t.on_device = true;
-}
 
 }  // namespace
 
@@ -244,10 +161,9 @@ Status ConstantBufferManager::StageFromFile(const std::string& safetensors_path,
       // file, which could also have changed in between.
       actual = Sha256::HexOf(file->bytes, file->size);
     }
-    if (check && actual != ToLower(options.sha256)) {
-      return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
-                                ", got " + actual + " (" + safetensors_path + ")"),
-                       false);
+    if (check) {
+      Status verified = Sha256::Verify(options.sha256, actual, safetensors_path);
+      if (!verified.ok()) return FailStage(verified, false);
     }
     return StageHoldingSlot(tensors, options, &probe);
   };
@@ -294,10 +210,9 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
       check);
   Status arrived = FinishTransfer(**staging, actual.status(), start, probe);
   if (!arrived.ok()) return FailStage(arrived, false);
-  if (check && *actual != ToLower(options.sha256)) {
-    return FailStage(DataLoss("checksum mismatch: expected " + ToLower(options.sha256) +
-                              ", got " + *actual + " (" + options.source + ")"),
-                     false);
+  if (check) {
+    Status verified = Sha256::Verify(options.sha256, *actual, options.source);
+    if (!verified.ok()) return FailStage(verified, false);
   }
   std::vector<Tensor> tensors = file.tensors;
   for (size_t i = 0; i < tensors.size(); ++i) TakeDeviceTensor(**staging, i, tensors[i]);
@@ -427,7 +342,7 @@ Status ConstantBufferManager::StageHoldingSlot(const std::vector<Tensor>& tensor
 
   std::lock_guard lock(mu_);
   inactive_.info.version = options.version;
-  inactive_.info.sha256 = ToLower(options.sha256);
+  inactive_.info.sha256 = Sha256::Lower(options.sha256);
   inactive_.info.source = options.source;
   inactive_.info.updated_at = SystemClock::now();
   inactive_.folded = true;
@@ -662,16 +577,6 @@ BufferStatus ConstantBufferManager::status() const {
   return s;
 }
 
-// Device staging of an upload: each tensor is copied to the device by a
-// oneTBB task as soon as its last chunk arrived, while the next tensors are
-// received. The tasks only read their part (written once, complete).
-struct UploadSession::DeviceCopies {
-  std::unique_ptr<DeviceStaging> staging;
-  oneapi::tbb::task_group tasks;
-  std::mutex mu;
-  Status error;  // the first failed copy; guarded by mu
-};
-
 StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
     std::vector<TensorSpec> tensors, StageOptions options) {
   PT2_ASSIGN_OR_RETURN(WriterSlot slot, AcquireWriter());
@@ -733,207 +638,8 @@ StatusOr<std::unique_ptr<UploadSession>> ConstantBufferManager::BeginUpload(
   auto session = std::unique_ptr<UploadSession>(
       new UploadSession(*this, std::move(slot), std::move(tensors), std::move(parts),
                         upload_bytes, std::move(options), std::move(probe)));
-  if (device) {
-    session->held_device_bytes_ = device_copy_bytes;
-    session->device_ = std::make_unique<UploadSession::DeviceCopies>();
-    session->device_->staging = std::move(device);
-  }
+  if (device) session->AttachDeviceStaging(std::move(device), device_copy_bytes);
   return session;
-}
-
-void UploadSession::CopyPartToDevice(size_t i) {
-  DeviceCopies* device = device_.get();
-  const Part& part = parts_[i];
-  device->tasks.run([device, i, data = part.memory.data, n = part.nbytes] {
-    Status copied = device->staging->Copy(i, 0, data, n);
-    if (!copied.ok()) {
-      std::lock_guard lock(device->mu);
-      if (device->error.ok()) device->error = std::move(copied);
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------
-// UploadSession
-
-UploadSession::UploadSession(ConstantBufferManager& manager,
-                             ConstantBufferManager::WriterSlot slot,
-                             std::vector<TensorSpec> specs, std::vector<Part> parts,
-                             size_t held_bytes, StageOptions options,
-                             std::unique_ptr<PushProbe> probe)
-    : manager_(manager),
-      slot_(std::move(slot)),
-      probe_(std::move(probe)),
-      specs_(std::move(specs)),
-      parts_(std::move(parts)),
-      held_bytes_(held_bytes),
-      options_(std::move(options)) {
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    index_.emplace(specs_[i].name, i);
-    bytes_expected_ += parts_[i].nbytes;
-  }
-}
-
-// An abandoned upload wrote nothing to the container: releasing its buffers
-// (and then slot_, a member) is all it needs.
-UploadSession::~UploadSession() { Finish(false); }
-
-void UploadSession::Finish(bool ok) {
-  if (finished_) return;
-  finished_ = true;
-  // The helper may still be hashing an abandoned upload's buffers (a client
-  // that went away mid-stream): it must let go of them before they are freed.
-  hasher_.Abandon();
-  if (device_) device_->tasks.wait();  // its copies read the parts
-  device_.reset();
-  parts_.clear();
-  ReleaseCachedStagingMemory(manager_.staging_devices_);
-  manager_.ReleaseUploadBytes(held_bytes_, held_device_bytes_);
-  manager_.RecordPush(*probe_, options_.version, ok);
-}
-
-Status UploadSession::Write(std::string_view name, uint64_t offset, const void* data,
-                            size_t size) {
-  return Write(name, offset, size, [&](std::byte* dest) {
-    std::memcpy(dest, data, size);
-    return true;
-  });
-}
-
-Status UploadSession::Write(std::string_view name, uint64_t offset, size_t size,
-                            const std::function<bool(std::byte* dest)>& fill) {
-  if (committed_) return FailedPrecondition("upload already committed");
-  auto found = index_.find(name);
-  if (found == index_.end()) {
-    return InvalidArgument("upload: tensor " + Quoted(name) + " was not announced");
-  }
-  Part& part = parts_[found->second];
-  if (offset > part.nbytes || size > part.nbytes - offset) {
-    return InvalidArgument("upload: chunk [" + std::to_string(offset) + ", " +
-                           std::to_string(offset + size) + ") is outside tensor " +
-                           Quoted(name) + " (" + std::to_string(part.nbytes) + " bytes)");
-  }
-  if (size == 0) return Status::Ok();
-  const uint64_t end = offset + size;
-  // First range starting after `offset`, and the one before it.
-  auto next = part.written.upper_bound(offset);
-  auto prev = next == part.written.begin() ? part.written.end() : std::prev(next);
-  if ((prev != part.written.end() && prev->second > offset) ||
-      (next != part.written.end() && next->first < end)) {
-    return InvalidArgument("upload: bytes [" + std::to_string(offset) + ", " +
-                           std::to_string(end) + ") of tensor " + Quoted(name) +
-                           " were already written");
-  }
-  std::byte* dest = part.memory.data + offset;
-  if (!fill(dest)) {
-    return InvalidArgument("upload: chunk data for bytes [" + std::to_string(offset) + ", " +
-                           std::to_string(end) + ") of tensor " + Quoted(name) + " is truncated");
-  }
-  // The staged copy is written once and outlives the hasher: hash it there.
-  if (!options_.sha256.empty() || options_.sha256_follows) hasher_.Update(dest, size);
-  part.received += size;
-  bytes_received_ += size;
-  if (device_ && part.received == part.nbytes) CopyPartToDevice(found->second);
-  // Record [offset, end), merged with touching neighbours.
-  uint64_t begin = offset, stop = end;
-  if (prev != part.written.end() && prev->second == offset) {
-    begin = prev->first;
-    part.written.erase(prev);
-  }
-  if (next != part.written.end() && next->first == end) {
-    stop = next->second;
-    part.written.erase(next);
-  }
-  part.written[begin] = stop;
-  return Status::Ok();
-}
-
-Status UploadSession::ExpectSha256(std::string sha256) {
-  if (!options_.sha256.empty()) return InvalidArgument("upload: sha256 given twice");
-  if (!options_.sha256_follows) {
-    return InvalidArgument("upload: no sha256 was announced to follow the data");
-  }
-  if (!Sha256::IsHexDigest(sha256)) {
-    return InvalidArgument("upload: sha256 " + Quoted(sha256) + " is not 64 hex digits");
-  }
-  // From here on the options read as if the sha256 had come up front.
-  options_.sha256 = std::move(sha256);
-  options_.sha256_follows = false;
-  return Status::Ok();
-}
-
-Status UploadSession::Commit() {
-  if (committed_) return FailedPrecondition("upload already committed");
-  committed_ = true;
-  // Released when Commit returns, whatever happens.
-  ConstantBufferManager::WriterSlot slot = std::move(slot_);
-
-  std::vector<std::string> incomplete;
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    if (parts_[i].received != parts_[i].nbytes) {
-      incomplete.push_back(Quoted(specs_[i].name) + " has " +
-                           std::to_string(parts_[i].received) + " of " +
-                           std::to_string(parts_[i].nbytes) + " bytes");
-    }
-  }
-  auto fail = [&](Status error) {
-    Status failed = manager_.FailStage(std::move(error), false);
-    Finish(false);
-    return failed;
-  };
-  if (!incomplete.empty()) {
-    std::string msg = "incomplete upload for model '" + manager_.model_name_ + "': ";
-    for (size_t i = 0; i < incomplete.size() && i < kMaxListedProblems; ++i) {
-      if (i) msg += "; ";
-      msg += incomplete[i];
-    }
-    if (incomplete.size() > kMaxListedProblems) {
-      msg += "; ... and " + std::to_string(incomplete.size() - kMaxListedProblems) + " more";
-    }
-    return fail(InvalidArgument(std::move(msg)));
-  }
-  if (options_.sha256_follows && options_.sha256.empty()) {
-    return fail(InvalidArgument("upload: the sha256 announced to follow the data never came"));
-  }
-  if (!options_.sha256.empty()) {
-    const std::string actual = hasher_.FinishHex();
-    const std::string expected = ToLower(options_.sha256);
-    if (actual != expected) {
-      return fail(DataLoss("checksum mismatch: expected " + expected + ", got " + actual));
-    }
-  }
-
-  if (device_) {  // the set goes on from its transient copy on the device
-    const auto start = SteadyClock::now();
-    device_->tasks.wait();
-    Status arrived = FinishTransfer(*device_->staging, device_->error, start, *probe_);
-    if (!arrived.ok()) return fail(arrived);
-  }
-  // Hand the set over without copying (the transient device copy, or the
-  // upload buffers); it is freed when Stage's tensors (and anything LibTorch
-  // made from them) are gone.
-  Status staged;
-  {
-    std::vector<Tensor> tensors(specs_.size());
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      Tensor& t = tensors[i];
-      t.name = specs_[i].name;
-      t.dtype = specs_[i].dtype;
-      t.shape = specs_[i].shape;
-      t.nbytes = parts_[i].nbytes;
-      if (device_) {
-        TakeDeviceTensor(*device_->staging, i, t);
-      } else {
-        t.data = parts_[i].memory.data;
-        t.owner = std::move(parts_[i].memory.owner);
-      }
-    }
-    device_.reset();
-    parts_.clear();  // with device staging the host copy is not needed any more
-    staged = manager_.StageHoldingSlot(tensors, options_, probe_.get());
-  }  // the set is freed here
-  Finish(staged.ok());
-  return staged;
 }
 
 }  // namespace pt2serve

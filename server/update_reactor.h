@@ -39,6 +39,7 @@
 
 #include "pt2serve/v1/admin.pb.h"
 #include "runtime/constant_buffer_manager.h"
+#include "runtime/upload_session.h"
 #include "runtime/model_registry.h"
 
 namespace pt2serve::server {

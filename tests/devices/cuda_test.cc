@@ -23,6 +23,7 @@
 #include "devices/staging_memory.h"
 #include "devices/tensor_convert.h"
 #include "runtime/constant_buffer_manager.h"
+#include "runtime/upload_session.h"
 #include "runtime/model.h"
 #include "tests/support/device_staging_feed.h"
 #include "tests/support/hot_swap_race.h"

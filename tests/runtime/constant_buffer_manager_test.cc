@@ -1,4 +1,5 @@
 #include "runtime/constant_buffer_manager.h"
+#include "runtime/upload_session.h"
 
 #include <algorithm>
 #include <atomic>
