@@ -3,7 +3,8 @@
 #   build-asan/  ASan + UBSan (gcc, -fno-omit-frame-pointer): runtime_test,
 #                common_test, config_test
 #   build-tsan/  TSan (gcc): runtime_test (runner pool, constant buffer manager,
-#                model registry, dynamic batcher, hot-swap races)
+#                model registry, dynamic batcher, hot-swap races), devices_test
+#                (device staging's ring fed from several threads)
 #
 #   scripts/sanitizers.sh [asan|tsan|all] [CTEST_REGEX]
 #
@@ -85,6 +86,7 @@ if [[ $which == asan || $which == all ]]; then
     "${filter:-^(make_fixture_packages|(runtime_test|common_test|config_test):.*)\$}"
 fi
 if [[ $which == tsan || $which == all ]]; then
-  run_tree tsan thread "${PT2SERVE_TSAN_TARGETS:-runtime_test}" "${filter:-^(make_fixture_packages|runtime_test:.*)\$}"
+  run_tree tsan thread "${PT2SERVE_TSAN_TARGETS:-runtime_test devices_test}" \
+    "${filter:-^(make_fixture_packages|runtime_test:.*|devices_test:.*)\$}"
 fi
 exit $status
