@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sanitizer builds of the unit tests, built and run in one go:
-#   build-asan/  ASan + UBSan (gcc, -fno-omit-frame-pointer): runtime_test,
+#   build-asan/  ASan + UBSan (gcc, -fno-omit-frame-pointer): runtime_test, server_test,
 #                common_test, config_test
 #   build-tsan/  TSan (gcc): runtime_test (runner pool, constant buffer manager,
 #                model registry, dynamic batcher, hot-swap races), devices_test
@@ -82,8 +82,8 @@ run_tree() {  # run_tree NAME SANITIZER TARGETS REGEX
 }
 
 if [[ $which == asan || $which == all ]]; then
-  run_tree asan address "${PT2SERVE_ASAN_TARGETS:-runtime_test common_test config_test}" \
-    "${filter:-^(make_fixture_packages|(runtime_test|common_test|config_test):.*)\$}"
+  run_tree asan address "${PT2SERVE_ASAN_TARGETS:-runtime_test common_test config_test server_test}" \
+    "${filter:-^(make_fixture_packages|(runtime_test|common_test|config_test|server_test):.*)\$}"
 fi
 if [[ $which == tsan || $which == all ]]; then
   run_tree tsan thread "${PT2SERVE_TSAN_TARGETS:-runtime_test devices_test}" \
