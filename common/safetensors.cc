@@ -190,11 +190,9 @@ std::string SafetensorsFile::CopyTensors(const std::vector<std::byte*>& dest,
   return copied.ok() ? *copied : std::string();  // memcpy cannot fail
 }
 
-StatusOr<std::string> SafetensorsFile::CopyTensors(const PieceCopy& copy,
-                                                   bool with_sha256) const {
-  // DeviceStaging's block size: pieces fill its blocks and go to the
-  // device in copies of that size.
-  constexpr size_t kBlockBytes = 16 << 20;
+StatusOr<std::string> SafetensorsFile::CopyTensors(const PieceCopy& copy, bool with_sha256,
+                                                   size_t block_bytes) const {
+  block_bytes = std::max<size_t>(block_bytes, 1);
   struct Range {
     size_t begin = 0;
     size_t end = 0;
@@ -216,7 +214,7 @@ StatusOr<std::string> SafetensorsFile::CopyTensors(const PieceCopy& copy,
               fc.stop();
               return {};
             }
-            Range r{next, std::min(size, next + kBlockBytes)};
+            Range r{next, std::min(size, next + block_bytes)};
             next = r.end;
             return r;
           }) &

@@ -41,7 +41,7 @@ struct SafetensorsFile {
   // Copies tensor i's bytes to dest[i] (parallel to `tensors`, each holding
   // tensors[i].nbytes) and returns the lower-case hex SHA-256 of the whole
   // file image when `with_sha256` (else ""), in one pass over the file: a
-  // oneTBB pipeline copies 16 MiB blocks on several threads (which also pages
+  // oneTBB pipeline copies blocks (kDefaultBlockBytes) on several threads (which also pages
   // a cold file in) while one thread hashes the blocks in order behind them.
   // The hash is the longest stage (one SHA-256 stream cannot be split), so
   // the copies cost almost no extra time. REQUIRES: dest.size() ==
@@ -51,11 +51,14 @@ struct SafetensorsFile {
   // The same pass with the copy left to `copy(i, offset, src, size)`: called
   // for every piece of every tensor (tensor i's bytes [offset, offset +
   // size), read from `src` in the mapping), several at once on oneTBB
-  // threads. Returns the digest as above, or the first error of `copy`
-  // (the pass then stops early).
+  // threads. The file is cut into blocks of `block_bytes` (a caller that
+  // forwards pieces to its own blocks passes their size). Returns the digest
+  // as above, or the first error of `copy` (the pass then stops early).
+  static constexpr size_t kDefaultBlockBytes = 16 << 20;
   using PieceCopy =
       std::function<Status(size_t tensor, size_t offset, const std::byte* src, size_t size)>;
-  StatusOr<std::string> CopyTensors(const PieceCopy& copy, bool with_sha256) const;
+  StatusOr<std::string> CopyTensors(const PieceCopy& copy, bool with_sha256,
+                                    size_t block_bytes = kDefaultBlockBytes) const;
 };
 
 // Safetensors dtype code ("F32", "BF16", "I64", ...).

@@ -203,11 +203,12 @@ Status ConstantBufferManager::StageFileThroughDevice(const SafetensorsFile& file
   probe.device_staged = true;
   const bool check = Sha256::IsHexDigest(options.sha256);
   const auto start = SteadyClock::now();
+  // Pieces of the ring's block size go to the device in copies of that size.
   StatusOr<std::string> actual = file.CopyTensors(
       [&](size_t i, size_t offset, const std::byte* src, size_t n) {
         return (*staging)->Copy(i, offset, src, n);
       },
-      check);
+      check, DeviceStaging::kBlockBytes);
   Status arrived = FinishTransfer(**staging, actual.status(), start, probe);
   if (!arrived.ok()) return FailStage(arrived, false);
   if (check) {

@@ -39,8 +39,8 @@
 
 #include "pt2serve/v1/admin.pb.h"
 #include "runtime/constant_buffer_manager.h"
-#include "runtime/upload_session.h"
 #include "runtime/model_registry.h"
+#include "runtime/upload_session.h"
 
 namespace pt2serve::server {
 

@@ -10,9 +10,9 @@
 #include "common/process_memory.h"
 #include "common/safetensors.h"
 #include "runtime/constant_buffer_manager.h"
-#include "runtime/upload_session.h"
 #include "runtime/model.h"
 #include "runtime/staging_budget.h"
+#include "runtime/upload_session.h"
 #include "tests/support/test_models.h"
 
 using namespace pt2serve;
